@@ -1,0 +1,291 @@
+"""numba kernels: encoding, list scans with a bounded top-k, merging, refine.
+
+Kernels take arrays and scalars only. They are serial, compiled with
+``cache=True`` (so a fresh process loads them from disk instead of compiling)
+and ``nogil=True`` (so they run in parallel from Python threads, see
+:mod:`ivfsq._threads`). No ``parallel=True`` kernel is used: that keeps every
+kernel cacheable and makes concurrent searches from user threads safe with any
+numba threading layer.
+
+Distances inside the kernels are "smaller is better"; inner products are
+negated by the caller on the way out.
+"""
+
+import numpy as np
+from numba import njit
+
+# Metric codes understood by the scan kernel. The per-vector auxiliary value
+# ``aux`` differs per metric: ||x_hat||^2 for L2, unused for inner product,
+# 1/||x_hat|| for cosine (0 for a zero vector, giving cosine distance 1).
+METRIC_L2 = 0
+METRIC_IP = 1
+METRIC_COSINE = 2
+
+_JIT = dict(cache=True, nogil=True)
+
+
+# ---------------------------------------------------------------- top-k heap
+@njit(inline="always")
+def _greater(d1, i1, d2, i2):
+    # Total order on (distance, id): ties are broken by the smaller id, which
+    # makes the selected set independent of the scan order.
+    return d1 > d2 or (d1 == d2 and i1 > i2)
+
+
+@njit(inline="always")
+def _heap_push_replace(heap_d, heap_i, k, dist, idx):
+    """Replace the root (the worst kept candidate) of a max-heap and sift down."""
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= k:
+            break
+        right = child + 1
+        if right < k and _greater(heap_d[right], heap_i[right], heap_d[child], heap_i[child]):
+            child = right
+        if _greater(heap_d[child], heap_i[child], dist, idx):
+            heap_d[pos] = heap_d[child]
+            heap_i[pos] = heap_i[child]
+            pos = child
+        else:
+            break
+    heap_d[pos] = dist
+    heap_i[pos] = idx
+
+
+@njit(inline="always")
+def _heap_sort(heap_d, heap_i, k):
+    """Sort a max-heap in place into ascending (distance, id) order."""
+    for end in range(k - 1, 0, -1):
+        top_d = heap_d[0]
+        top_i = heap_i[0]
+        last_d = heap_d[end]
+        last_i = heap_i[end]
+        heap_d[end] = top_d
+        heap_i[end] = top_i
+        # Sift ``last`` down from the root within [0, end).
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= end:
+                break
+            right = child + 1
+            if right < end and _greater(heap_d[right], heap_i[right], heap_d[child], heap_i[child]):
+                child = right
+            if _greater(heap_d[child], heap_i[child], last_d, last_i):
+                heap_d[pos] = heap_d[child]
+                heap_i[pos] = heap_i[child]
+                pos = child
+            else:
+                break
+        heap_d[pos] = last_d
+        heap_i[pos] = last_i
+
+
+@njit(inline="always")
+def _heap_init(heap_d, heap_i):
+    for j in range(heap_d.shape[0]):
+        heap_d[j] = np.inf
+        heap_i[j] = -1
+
+
+# -------------------------------------------------------------------- encode
+@njit(**_JIT)
+def encode_sq8(vectors, centers, labels, vmin, delta, codes, decoded):
+    """Encode rows as 8-bit residual codes; write the decoded rows too.
+
+    ``code = clamp(round((x - c - vmin) / delta), 0, 255)`` and
+    ``x_hat = c + vmin + code * delta``. ``centers`` has one row of zeros when
+    residuals are not used (``labels`` all 0).
+    """
+    n_rows, dim = vectors.shape
+    for row in range(n_rows):
+        center = labels[row]
+        for j in range(dim):
+            scaled = (vectors[row, j] - centers[center, j] - vmin[j]) / delta[j]
+            level = np.floor(scaled + np.float32(0.5))
+            if level < 0:
+                level = 0
+            elif level > 255:
+                level = 255
+            code = np.uint8(level)
+            codes[row, j] = code
+            decoded[row, j] = centers[center, j] + (vmin[j] + np.float32(code) * delta[j])
+
+
+# ---------------------------------------------------------------------- scan
+# Reassociation lets LLVM vectorise the dot-product reductions; the flags
+# that assume no inf/NaN are left out because the top-k heap holds +inf.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(inline="always")
+def _dot_codes(weights, codes, row, dim):
+    # float x uint8 dot product; fastmath lets LLVM vectorise the reduction.
+    total = np.float32(0.0)
+    for j in range(dim):
+        total += weights[j] * np.float32(codes[row, j])
+    return total
+
+
+@njit(fastmath=_FAST, **_JIT)
+def scan_lists(
+    probes,
+    list_consts,
+    weights,
+    query_sq_norms,
+    codes,
+    ids,
+    aux,
+    list_offsets,
+    list_sizes,
+    metric,
+    keep_words,
+    use_filter,
+    out_distances,
+    out_ids,
+):
+    """Scan the probed lists of each query and keep its top-k.
+
+    For query ``i`` and probe ``p`` the list ``probes[i, p]`` is scanned; a
+    vector with codes ``u`` scores ``s = list_consts[i, p] + weights[i] . u``,
+    which is ``q . x_hat`` (DESIGN 4.1: ``q.c + q.vmin + (q*delta).u``). The
+    distance is then ``|q|^2 + |x_hat|^2 - 2 s`` (L2), ``-s`` (inner product)
+    or ``1 - s / |x_hat|`` (cosine). Filtered-out ids are skipped before
+    scoring. Rows of ``out_*`` receive the ascending top-k, padded with
+    (+inf, -1).
+    """
+    n_queries, n_probes = probes.shape
+    k = out_distances.shape[1]
+    dim = codes.shape[1]
+    n_words = keep_words.shape[0]
+    for i in range(n_queries):
+        heap_d = out_distances[i]
+        heap_i = out_ids[i]
+        _heap_init(heap_d, heap_i)
+        w = weights[i]
+        q_sq = query_sq_norms[i]
+        for p in range(n_probes):
+            lst = probes[i, p]
+            if lst < 0:
+                continue
+            base = list_consts[i, p]
+            start = list_offsets[lst]
+            stop = start + list_sizes[lst]
+            for row in range(start, stop):
+                vid = ids[row]
+                if use_filter:
+                    word = vid >> 5
+                    if word >= n_words or ((keep_words[word] >> (vid & 31)) & 1) == 0:
+                        continue
+                s = base + _dot_codes(w, codes, row, dim)
+                if metric == METRIC_L2:
+                    dist = q_sq + aux[row] - np.float32(2.0) * s
+                elif metric == METRIC_IP:
+                    dist = -s
+                else:
+                    dist = np.float32(1.0) - aux[row] * s
+                if _greater(heap_d[0], heap_i[0], dist, vid):
+                    _heap_push_replace(heap_d, heap_i, k, dist, vid)
+        _heap_sort(heap_d, heap_i, k)
+
+
+@njit(**_JIT)
+def merge_topk(candidate_distances, candidate_ids, out_distances, out_ids):
+    """Per row, the ascending top-k (by (distance, id)) of the candidates.
+
+    Candidates with id -1 are padding and skipped.
+    """
+    n_rows, n_candidates = candidate_ids.shape
+    k = out_distances.shape[1]
+    for i in range(n_rows):
+        heap_d = out_distances[i]
+        heap_i = out_ids[i]
+        _heap_init(heap_d, heap_i)
+        for j in range(n_candidates):
+            vid = candidate_ids[i, j]
+            if vid < 0:
+                continue
+            dist = candidate_distances[i, j]
+            if _greater(heap_d[0], heap_i[0], dist, vid):
+                _heap_push_replace(heap_d, heap_i, k, dist, vid)
+        _heap_sort(heap_d, heap_i, k)
+
+
+@njit(**_JIT)
+def probe_dots(queries, centers, probes, out):
+    """``out[i, p] = queries[i] . centers[probes[i, p]]``, accumulated in float64.
+
+    Recomputed for the probed lists only, so a query's list constants do not
+    depend on which other queries share its batch (BLAS blocking would).
+    """
+    n_queries, n_probes = probes.shape
+    dim = queries.shape[1]
+    for i in range(n_queries):
+        for p in range(n_probes):
+            center = probes[i, p]
+            total = 0.0
+            for j in range(dim):
+                total += np.float64(queries[i, j]) * np.float64(centers[center, j])
+            out[i, p] = total
+
+
+# -------------------------------------------------------------------- refine
+@njit(**_JIT)
+def refine_exact(dataset, queries, candidates, metric, out_distances, out_ids):
+    """Exact distances from each query to its candidate rows of ``dataset``; top-k.
+
+    ``metric``: METRIC_L2 (squared L2), METRIC_IP (negated inner product) or
+    METRIC_COSINE (1 - cos; a zero vector has distance 1). Candidates < 0 or
+    past the dataset are skipped (the caller validates the range).
+    """
+    n_queries, n_candidates = candidates.shape
+    dim = queries.shape[1]
+    k = out_distances.shape[1]
+    for i in range(n_queries):
+        heap_d = out_distances[i]
+        heap_i = out_ids[i]
+        _heap_init(heap_d, heap_i)
+        q_norm = 0.0
+        if metric == METRIC_COSINE:
+            for j in range(dim):
+                q_norm += np.float64(queries[i, j]) * queries[i, j]
+            q_norm = np.sqrt(q_norm)
+        for c in range(n_candidates):
+            vid = candidates[i, c]
+            if vid < 0:
+                continue
+            acc = 0.0
+            if metric == METRIC_L2:
+                for j in range(dim):
+                    diff = np.float64(queries[i, j]) - np.float64(dataset[vid, j])
+                    acc += diff * diff
+                dist = acc
+            elif metric == METRIC_IP:
+                for j in range(dim):
+                    acc += np.float64(queries[i, j]) * np.float64(dataset[vid, j])
+                dist = -acc
+            else:
+                x_norm = 0.0
+                for j in range(dim):
+                    x = np.float64(dataset[vid, j])
+                    acc += np.float64(queries[i, j]) * x
+                    x_norm += x * x
+                denominator = q_norm * np.sqrt(x_norm)
+                dist = 1.0 if denominator == 0.0 else 1.0 - acc / denominator
+            dist32 = np.float32(dist)
+            if _greater(heap_d[0], heap_i[0], dist32, vid):
+                _heap_push_replace(heap_d, heap_i, k, dist32, vid)
+        _heap_sort(heap_d, heap_i, k)
+
+
+# -------------------------------------------------------------------- kmeans
+@njit(**_JIT)
+def accumulate_clusters(vectors, labels, sums, counts):
+    """Add each row to its cluster's sum (float64) and count."""
+    n_rows, dim = vectors.shape
+    for row in range(n_rows):
+        label = labels[row]
+        counts[label] += 1
+        for j in range(dim):
+            sums[label, j] += vectors[row, j]

@@ -1,0 +1,257 @@
+"""The IVF-SQ engine: training, adding and searching, on validated inputs.
+
+The public facade (:mod:`ivfsq.neighbors.ivf_sq`) checks user input and calls
+into this module, which works on float32 C-contiguous arrays only.
+"""
+
+import threading
+
+import numpy as np
+
+from ivfsq._cpu import kernels
+from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
+from ivfsq._lists import ListStorage
+from ivfsq._quantizer import ScalarQuantizer
+from ivfsq._threads import run_chunks
+from ivfsq._validation import to_float32
+
+# Rows converted, assigned and encoded at a time: bounds the float32 working
+# set when the input is large (or memory-mapped).
+ENCODE_BATCH_ROWS = 65536
+# Queries per coarse-quantizer block: bounds the (queries x n_lists) matrix.
+COARSE_BLOCK_QUERIES = 4096
+
+KERNEL_METRIC = {
+    "sqeuclidean": kernels.METRIC_L2,
+    "euclidean": kernels.METRIC_L2,
+    "inner_product": kernels.METRIC_IP,
+    "cosine": kernels.METRIC_COSINE,
+}
+
+
+def normalize_rows(vectors):
+    """Rows scaled to unit L2 norm in place; zero rows stay zero."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+    nonzero = norms > 0
+    vectors[nonzero] /= norms[nonzero, None].astype(np.float32)
+    return vectors, nonzero
+
+
+class IvfSqEngine:
+    """Trained state of an IVF-SQ index and the operations on it."""
+
+    def __init__(self, metric, centers, quantizer, lists, conservative_memory_allocation):
+        self.metric = metric
+        self.centers = centers
+        self.center_sq_norms = np.einsum("ij,ij->i", centers, centers).astype(np.float32)
+        self.quantizer = quantizer
+        self.lists = lists
+        self.conservative_memory_allocation = conservative_memory_allocation
+        self.next_id = 0
+        self._extend_lock = threading.Lock()
+
+    # ------------------------------------------------------------- training
+    @classmethod
+    def train(cls, params, dataset, n_threads):
+        """Train the coarse quantizer and the scalar quantizer on a sample."""
+        n_rows = dataset.shape[0]
+        n_train = min(n_rows, params.n_lists * params.max_train_points_per_cluster)
+        rng = np.random.default_rng(params.seed)
+        if n_train < n_rows:
+            # Sorted row order reads a memory-mapped input sequentially.
+            sample_rows = np.sort(rng.choice(n_rows, size=n_train, replace=False))
+            sample = dataset[sample_rows]
+        else:
+            sample = dataset
+        sample = to_float32("dataset", sample).copy()
+        if params.metric == "cosine":
+            normalize_rows(sample)
+        centers = train_kmeans(
+            sample, params.n_lists, params.kmeans_n_iters, params.seed, n_threads
+        )
+        labels, _ = assign_nearest(sample, centers, n_threads)
+        residuals = sample
+        residuals -= centers[labels]
+        quantizer = ScalarQuantizer.train(params.quantizer, residuals)
+        lists = ListStorage.empty(params.n_lists, quantizer.code_size)
+        return cls(
+            params.metric, centers, quantizer, lists, params.conservative_memory_allocation
+        )
+
+    # --------------------------------------------------------------- adding
+    def encode(self, vectors, n_threads):
+        """Lists, codes and per-vector norm terms of float32 rows (prepared)."""
+        n_rows = vectors.shape[0]
+        labels, _ = assign_nearest(vectors, self.centers, n_threads, self.center_sq_norms)
+        codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
+        aux = np.empty(n_rows, dtype=np.float32)
+
+        def task(start, stop):
+            chunk_codes, decoded = self.quantizer.encode(
+                vectors[start:stop], self.centers, labels[start:stop]
+            )
+            codes[start:stop] = chunk_codes
+            aux[start:stop] = self._norm_terms(decoded)
+
+        run_chunks(task, n_rows, n_threads, min_chunk=1024, chunks_per_thread=1)
+        return labels, codes, aux
+
+    def _norm_terms(self, decoded):
+        sq_norms = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64)
+        if self.metric == "cosine":
+            norms = np.sqrt(sq_norms)
+            return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        if self.metric == "inner_product":
+            return np.zeros_like(sq_norms)
+        return sq_norms
+
+    def prepare(self, name, rows, start=0):
+        """float32, finite, normalized for cosine."""
+        vectors = to_float32(name, rows, start)
+        if self.metric == "cosine":
+            if np.may_share_memory(vectors, rows):
+                vectors = vectors.copy()  # never normalize the caller's array
+            vectors, nonzero = normalize_rows(vectors)
+            return vectors, nonzero
+        return vectors, None
+
+    def add(self, dataset, ids, n_threads):
+        """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing)."""
+        with self._extend_lock:
+            n_rows = dataset.shape[0]
+            all_labels = np.empty(n_rows, dtype=np.int64)
+            all_codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
+            all_aux = np.empty(n_rows, dtype=np.float32)
+            for start in range(0, n_rows, ENCODE_BATCH_ROWS):
+                stop = min(n_rows, start + ENCODE_BATCH_ROWS)
+                vectors, nonzero = self.prepare("new_vectors", dataset[start:stop], start)
+                labels, codes, aux = self.encode(vectors, n_threads)
+                if nonzero is not None:
+                    # A zero vector keeps cosine distance 1 to every query.
+                    aux[~nonzero] = 0.0
+                all_labels[start:stop] = labels
+                all_codes[start:stop] = codes
+                all_aux[start:stop] = aux
+            # Everything is encoded: only now is the index changed.
+            self.lists = self.lists.add(
+                all_labels, all_codes, ids, all_aux, self.conservative_memory_allocation
+            )
+            if n_rows:
+                self.next_id = max(self.next_id, int(ids.max()) + 1)
+
+    def check_new_ids(self, ids):
+        """Reject ids already in the index."""
+        if ids.shape[0] == 0 or int(ids.min()) >= self.next_id:
+            return
+        lists = self.lists
+        stored = lists.ids[lists.valid_rows()]
+        clash = np.isin(ids, stored)
+        if clash.any():
+            raise ValueError(
+                f"new_indices must not repeat ids already in the index, got id "
+                f"{int(ids[np.argmax(clash)])} which is already present"
+            )
+
+    # ------------------------------------------------------------ searching
+    def coarse_probes(self, queries, n_probes):
+        """Probed lists (best first) and ``q . c`` for each, per query."""
+        n_queries = queries.shape[0]
+        n_lists = self.centers.shape[0]
+        probes = np.empty((n_queries, n_probes), dtype=np.int64)
+        center_dots = np.empty((n_queries, n_probes), dtype=np.float64)
+        for start in range(0, n_queries, COARSE_BLOCK_QUERIES):
+            stop = min(n_queries, start + COARSE_BLOCK_QUERIES)
+            dots = queries[start:stop] @ self.centers.T
+            if self.metric in ("sqeuclidean", "euclidean"):
+                scores = self.center_sq_norms - 2.0 * dots
+            else:
+                scores = -dots
+            if n_probes < n_lists:
+                best = np.argpartition(scores, n_probes - 1, axis=1)[:, :n_probes]
+            else:
+                best = np.broadcast_to(np.arange(n_lists), scores.shape)
+            best_scores = np.take_along_axis(scores, best, axis=1)
+            order = np.lexsort((best, best_scores), axis=1)
+            best = np.take_along_axis(best, order, axis=1)
+            probes[start:stop] = best
+        kernels.probe_dots(queries, self.centers, probes, center_dots)
+        return probes, center_dots
+
+    def search(self, queries, k, n_probes, keep_words, n_threads):
+        """Internal (smaller is better) distances and ids, (nq, k)."""
+        lists = self.lists  # one snapshot for the whole search
+        n_queries = queries.shape[0]
+        n_probes = min(n_probes, self.centers.shape[0])
+        if self.metric == "cosine":
+            queries, _ = normalize_rows(queries.copy())
+        probes, center_dots = self.coarse_probes(queries, n_probes)
+        list_consts = (center_dots + self.quantizer.offsets(queries)[:, None]).astype(np.float32)
+        weights = self.quantizer.weights(queries)
+        if self.metric in ("sqeuclidean", "euclidean"):
+            query_sq_norms = np.einsum(
+                "ij,ij->i", queries, queries, dtype=np.float64
+            ).astype(np.float32)
+        else:
+            query_sq_norms = np.zeros(n_queries, dtype=np.float32)
+        metric = KERNEL_METRIC[self.metric]
+        use_filter = keep_words is not None
+        if keep_words is None:
+            keep_words = np.zeros(0, dtype=np.uint32)
+        distances = np.empty((n_queries, k), dtype=np.float32)
+        neighbors = np.empty((n_queries, k), dtype=np.int64)
+
+        def scan(query_rows, probe_cols, out_d, out_i):
+            kernels.scan_lists(
+                np.ascontiguousarray(probes[query_rows, probe_cols]),
+                np.ascontiguousarray(list_consts[query_rows, probe_cols]),
+                weights[query_rows],
+                query_sq_norms[query_rows],
+                lists.codes,
+                lists.ids,
+                lists.aux,
+                lists.list_offsets,
+                lists.list_sizes,
+                metric,
+                keep_words,
+                use_filter,
+                out_d,
+                out_i,
+            )
+
+        if n_queries >= n_threads or n_probes == 1:
+            # Batches: parallel over queries, each query's top-k in one heap.
+            def task(start, stop):
+                rows = slice(start, stop)
+                scan(rows, slice(None), distances[rows], neighbors[rows])
+
+            run_chunks(task, n_queries, n_threads)
+        else:
+            # Few queries: parallel over probed lists, then merge the partial top-k.
+            n_parts = min(n_threads, n_probes)
+            bounds = [round(n_probes * part / n_parts) for part in range(n_parts + 1)]
+            part_d = np.empty((n_queries, n_parts * k), dtype=np.float32)
+            part_i = np.empty((n_queries, n_parts * k), dtype=np.int64)
+
+            def task(part_start, part_stop):
+                for part in range(part_start, part_stop):
+                    out_d = np.empty((n_queries, k), dtype=np.float32)
+                    out_i = np.empty((n_queries, k), dtype=np.int64)
+                    scan(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
+                    part_d[:, part * k : (part + 1) * k] = out_d
+                    part_i[:, part * k : (part + 1) * k] = out_i
+
+            run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
+            kernels.merge_topk(part_d, part_i, distances, neighbors)
+        return distances, neighbors
+
+    # ------------------------------------------------------------- decoding
+    def decoded_vectors(self):
+        """ids and decoded vectors of every stored entry (for tests and refine)."""
+        lists = self.lists
+        rows = lists.valid_rows()
+        labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
+        return lists.ids[rows], self.quantizer.decode(lists.codes[rows], self.centers, labels)
+
+    @property
+    def list_imbalance(self):
+        return imbalance_factor(self.lists.list_sizes)

@@ -1,0 +1,173 @@
+"""Every check of user input, in one place.
+
+Each check raises ``TypeError`` for a wrong type or dtype and ``ValueError``
+for a wrong value, shape or dimension, with a message that names the
+argument, what was expected and what came.
+"""
+
+import numbers
+
+import numpy as np
+
+METRICS = ("sqeuclidean", "euclidean", "inner_product", "cosine")
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"array of dtype {value.dtype} and shape {value.shape}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_int(name, value, *, minimum=None, maximum=None):
+    """Return ``value`` as a Python int, rejecting bools, floats and strings."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(name, value, *, minimum=None, exclusive_minimum=None):
+    """Return ``value`` as a finite Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {_describe(value)}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if exclusive_minimum is not None and value <= exclusive_minimum:
+        raise ValueError(f"{name} must be > {exclusive_minimum}, got {value}")
+    return value
+
+
+def check_bool(name, value):
+    """Return ``value`` as a Python bool; only real booleans are accepted."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return bool(value)
+
+
+def check_choice(name, value, choices):
+    """Return ``value`` if it is one of the strings in ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {list(choices)}, got {_describe(value)}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _as_host_array(name, value):
+    """Turn an array-like (NumPy, CuPy, anything with the array interface,
+    nested lists) into a NumPy array without copying when possible."""
+    if isinstance(value, np.ndarray):
+        return value
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be a 2-D array, got {_describe(value)}")
+    if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
+        # CuPy: brought to the host; results come back as NumPy arrays.
+        value = value.get()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {error}") from None
+    return array
+
+
+def check_real_dtype(name, array):
+    """Reject dtypes that are not real numbers (bool, complex, object, text)."""
+    if array.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{name} must have a real numeric dtype (float32, float16, or another "
+            f"real type converted to float32), got dtype {array.dtype}"
+        )
+
+
+def check_matrix(name, value, *, dim=None, allow_empty=False):
+    """Validate a 2-D real matrix; returns a NumPy array (not yet converted).
+
+    The dtype is checked here; conversion to C-contiguous float32 is done by
+    :func:`to_float32`, batch by batch, so memory-mapped inputs stay mapped.
+    """
+    array = _as_host_array(name, value)
+    check_real_dtype(name, array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_rows, dim), got shape {array.shape}")
+    if not allow_empty and array.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row, got shape {array.shape}")
+    if array.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one column, got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(
+            f"{name} must have dim={dim} columns to match the index, got {array.shape[1]} "
+            f"(shape {array.shape})"
+        )
+    return array
+
+
+def to_float32(name, array, start=0):
+    """Return a C-contiguous float32 copy or view of ``array``, rejecting NaN/inf.
+
+    ``start`` is the row offset of ``array`` in the caller's input, so that the
+    error can name the offending row.
+    """
+    converted = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(converted)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0, 0])
+            raise ValueError(
+                f"{name} must contain only finite values, got NaN or inf in row {start + row}"
+            )
+    elif array.dtype.itemsize > 4:
+        # float32 overflows to inf for huge int64 values.
+        if not np.isfinite(converted).all():
+            raise ValueError(f"{name} has values too large for float32")
+    return converted
+
+
+def check_ids(name, value, n_rows):
+    """Validate a 1-D vector of non-negative int64 ids with one id per row."""
+    array = _as_host_array(name, value)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must have an integer dtype (int64), got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of shape ({n_rows},), got shape {array.shape}")
+    if array.shape[0] != n_rows:
+        raise ValueError(
+            f"{name} must have one id per new vector: expected shape ({n_rows},), "
+            f"got shape {array.shape}"
+        )
+    if array.dtype == np.uint64 and n_rows and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64, got a value of {int(array.max())}")
+    ids = np.ascontiguousarray(array, dtype=np.int64)
+    if n_rows and ids.min() < 0:
+        raise ValueError(
+            f"{name} must be >= 0 (-1 marks a missing result), got {int(ids.min())}"
+        )
+    if n_rows > 1:
+        unique = np.unique(ids)
+        if unique.shape[0] != n_rows:
+            sorted_ids = np.sort(ids)
+            duplicate = int(sorted_ids[np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])[0]])
+            raise ValueError(f"{name} must not contain duplicate ids, got id {duplicate} twice")
+    return ids
+
+
+def check_output(name, value, shape, dtype):
+    """Validate a user-supplied output array written in place."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a NumPy array of dtype {np.dtype(dtype)} and shape {shape}, "
+            f"got {type(value).__name__}"
+        )
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got dtype {value.dtype}")
+    if value.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got shape {value.shape}")
+    if not value.flags.writeable:
+        raise ValueError(f"{name} must be writeable")
+    return value

@@ -1,0 +1,614 @@
+"""IVF-SQ: an inverted file over scalar-quantized residuals.
+
+The API follows ``cuvs.neighbors.ivf_sq``: :class:`IndexParams`,
+:class:`SearchParams`, :class:`Index`, :func:`build`, :func:`extend`,
+:func:`search`, :func:`save` and :func:`load` take the same names, keyword
+arguments and defaults, so code written for cuVS runs by changing the import.
+This module validates input and dispatches; the work is done in
+:mod:`ivfsq._ivf` and the numba kernels.
+
+Examples
+--------
+>>> import numpy as np
+>>> from ivfsq.neighbors import ivf_sq
+>>> rng = np.random.default_rng(0)
+>>> dataset = rng.random((5000, 32), dtype=np.float32)
+>>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=64), dataset)
+>>> distances, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=8),
+...                                      index, dataset[:4], k=5)
+>>> neighbors[:, 0].tolist()
+[0, 1, 2, 3]
+"""
+
+import numpy as np
+
+from ivfsq import _format
+from ivfsq._ivf import IvfSqEngine
+from ivfsq._lists import ListStorage
+from ivfsq._quantizer import QUANTIZERS, ScalarQuantizer
+from ivfsq._validation import (
+    METRICS,
+    check_bool,
+    check_choice,
+    check_float,
+    check_ids,
+    check_int,
+    check_matrix,
+    check_output,
+)
+from ivfsq.common import resolve_n_threads
+from ivfsq.neighbors.filters import Filter
+
+__all__ = [
+    "Index",
+    "IndexParams",
+    "SearchParams",
+    "build",
+    "extend",
+    "load",
+    "save",
+    "search",
+]
+
+FILE_KIND = "ivfsq.ivf_sq"
+
+
+class IndexParams:
+    """Parameters to build an IVF-SQ index.
+
+    Parameters
+    ----------
+    n_lists : int, default = 1024
+        The number of clusters (inverted lists) of the coarse quantizer.
+    metric : str, default = "sqeuclidean"
+        One of "sqeuclidean" (``sum (a_i - b_i)^2``), "euclidean" (its square
+        root), "inner_product" (``sum a_i b_i``, larger is better) and "cosine"
+        (``1 - a.b / (|a| |b|)``).
+    metric_arg : float, default = 2.0
+        Kept for compatibility with cuVS; no metric here uses it.
+    kmeans_n_iters : int, default = 20
+        Iterations of k-means when training the coarse quantizer.
+    max_train_points_per_cluster : int, default = 256
+        At most ``n_lists * max_train_points_per_cluster`` rows are sampled to
+        train k-means and the scalar quantizer.
+    add_data_on_build : bool, default = True
+        Add the dataset to the index after training. Otherwise the index is
+        left empty and :func:`extend` adds vectors.
+    conservative_memory_allocation : bool, default = False
+        By default list capacity grows geometrically on :func:`extend`, to
+        amortize copies; ``True`` allocates exactly what is needed.
+    quantizer : str, default = "sq8"
+        The residual code: "sq8", one byte per dimension with a per-dimension
+        range (the cuVS code).
+    seed : int, default = 0
+        Seed of the training sample and k-means initialisation. The same seed,
+        data and thread count give the same index on one machine.
+
+    Examples
+    --------
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> ivf_sq.IndexParams(n_lists=256, metric="cosine").n_lists
+    256
+    """
+
+    def __init__(
+        self,
+        *,
+        n_lists=1024,
+        metric="sqeuclidean",
+        metric_arg=2.0,
+        kmeans_n_iters=20,
+        max_train_points_per_cluster=256,
+        add_data_on_build=True,
+        conservative_memory_allocation=False,
+        quantizer="sq8",
+        seed=0,
+    ):
+        self._n_lists = check_int("n_lists", n_lists, minimum=1)
+        self._metric = check_choice("metric", metric, METRICS)
+        self._metric_arg = check_float("metric_arg", metric_arg)
+        self._kmeans_n_iters = check_int("kmeans_n_iters", kmeans_n_iters, minimum=1)
+        self._max_train_points_per_cluster = check_int(
+            "max_train_points_per_cluster", max_train_points_per_cluster, minimum=1
+        )
+        self._add_data_on_build = check_bool("add_data_on_build", add_data_on_build)
+        self._conservative_memory_allocation = check_bool(
+            "conservative_memory_allocation", conservative_memory_allocation
+        )
+        self._quantizer = check_choice("quantizer", quantizer, QUANTIZERS)
+        self._seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
+
+    def get_handle(self):
+        """An opaque handle (cuVS compatibility): the parameters object itself."""
+        return self
+
+    n_lists = property(lambda self: self._n_lists, doc="Number of inverted lists.")
+    metric = property(lambda self: self._metric, doc="Distance metric name.")
+    metric_arg = property(lambda self: self._metric_arg, doc="Unused metric argument.")
+    kmeans_n_iters = property(lambda self: self._kmeans_n_iters, doc="k-means iterations.")
+    max_train_points_per_cluster = property(
+        lambda self: self._max_train_points_per_cluster, doc="Training rows per list."
+    )
+    add_data_on_build = property(lambda self: self._add_data_on_build, doc="Add data on build.")
+    conservative_memory_allocation = property(
+        lambda self: self._conservative_memory_allocation, doc="Exact list allocation."
+    )
+    quantizer = property(lambda self: self._quantizer, doc="Residual quantizer name.")
+    seed = property(lambda self: self._seed, doc="Training seed.")
+
+    def _as_dict(self):
+        return {
+            "n_lists": self._n_lists,
+            "metric": self._metric,
+            "metric_arg": self._metric_arg,
+            "kmeans_n_iters": self._kmeans_n_iters,
+            "max_train_points_per_cluster": self._max_train_points_per_cluster,
+            "add_data_on_build": self._add_data_on_build,
+            "conservative_memory_allocation": self._conservative_memory_allocation,
+            "quantizer": self._quantizer,
+            "seed": self._seed,
+        }
+
+    def __repr__(self):
+        fields = ", ".join(f"{key}={value!r}" for key, value in self._as_dict().items())
+        return f"IndexParams({fields})"
+
+
+class SearchParams:
+    """Parameters to search an IVF-SQ index.
+
+    Parameters
+    ----------
+    n_probes : int, default = 20
+        The number of lists to scan per query (clamped to ``n_lists``).
+
+    Examples
+    --------
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> ivf_sq.SearchParams(n_probes=32)
+    SearchParams(n_probes=32)
+    """
+
+    def __init__(self, *, n_probes=20):
+        self._n_probes = check_int("n_probes", n_probes, minimum=1)
+
+    def get_handle(self):
+        """An opaque handle (cuVS compatibility): the parameters object itself."""
+        return self
+
+    n_probes = property(lambda self: self._n_probes, doc="Lists scanned per query.")
+
+    def __repr__(self):
+        return f"SearchParams(n_probes={self._n_probes})"
+
+
+class Index:
+    """An IVF-SQ index; create one with :func:`build` or :func:`load`.
+
+    ``Index()`` is an untrained, empty index: its accessors raise
+    ``ValueError`` until it is built.
+    """
+
+    def __init__(self):
+        self._engine = None
+        self._params = None
+
+    def _require_trained(self):
+        if self._engine is None:
+            raise ValueError("index is not trained: build it with ivf_sq.build() or ivf_sq.load()")
+        return self._engine
+
+    @property
+    def trained(self):
+        """Whether the index has been built (trained)."""
+        return self._engine is not None
+
+    @property
+    def n_lists(self):
+        """The number of inverted lists (clusters)."""
+        return self._require_trained().centers.shape[0]
+
+    @property
+    def dim(self):
+        """Dimensionality of the vectors (and of the cluster centers)."""
+        return self._require_trained().centers.shape[1]
+
+    @property
+    def centers(self):
+        """The cluster centers in the original space, float32 (n_lists, dim).
+
+        For the cosine metric, vectors are normalized before clustering, so
+        the centers are in the space of unit vectors.
+        """
+        centers = self._require_trained().centers.view()
+        centers.flags.writeable = False
+        return centers
+
+    @property
+    def metric(self):
+        """The distance metric name."""
+        return self._require_trained().metric
+
+    @property
+    def quantizer(self):
+        """The residual quantizer name ("sq8")."""
+        return self._require_trained().quantizer.kind
+
+    @property
+    def index_params(self):
+        """The :class:`IndexParams` the index was built with."""
+        self._require_trained()
+        return self._params
+
+    @property
+    def size(self):
+        """The number of vectors in the index (same as ``len(index)``)."""
+        return self._require_trained().lists.size
+
+    def __len__(self):
+        return self.size if self.trained else 0
+
+    @property
+    def list_sizes(self):
+        """Vectors in each list, int64 (n_lists,)."""
+        return self._require_trained().lists.list_sizes.copy()
+
+    @property
+    def imbalance_factor(self):
+        """``n_lists * sum(size^2) / size^2``: 1.0 when all lists are equal."""
+        return self._require_trained().list_imbalance
+
+    @property
+    def memory_bytes(self):
+        """Bytes held by the index: codes, ids, norms, lists, centers, ranges."""
+        return sum(self.memory_breakdown.values())
+
+    @property
+    def memory_breakdown(self):
+        """Bytes per part of the index, as a dict."""
+        engine = self._require_trained()
+        lists = engine.lists
+        return {
+            "codes": lists.codes.nbytes,
+            "ids": lists.ids.nbytes,
+            "norms": lists.aux.nbytes,
+            "list_metadata": lists.list_offsets.nbytes
+            + lists.list_sizes.nbytes
+            + lists.list_capacities.nbytes,
+            "centers": engine.centers.nbytes + engine.center_sq_norms.nbytes,
+            "quantizer": engine.quantizer.nbytes,
+        }
+
+    def __repr__(self):
+        if not self.trained:
+            return "Index(trained=False)"
+        return (
+            f"Index(trained=True, n_lists={self.n_lists}, dim={self.dim}, size={self.size}, "
+            f"metric={self.metric!r}, quantizer={self.quantizer!r})"
+        )
+
+
+def _check_index(index):
+    if not isinstance(index, Index):
+        raise TypeError(f"index must be an ivf_sq.Index, got {type(index).__name__}")
+    return index._require_trained()
+
+
+def build(index_params, dataset, resources=None):
+    """Build an IVF-SQ index from a dataset.
+
+    Trains balanced k-means on ``min(n_rows, n_lists *
+    max_train_points_per_cluster)`` sampled rows, trains the per-dimension
+    8-bit ranges on their residuals, then (if ``add_data_on_build``) encodes
+    every row, in batches so a memory-mapped dataset larger than RAM works.
+
+    Parameters
+    ----------
+    index_params : IndexParams
+    dataset : array (n_rows, dim)
+        float32 or float16; other real dtypes (float64, uint8, int8, ...)
+        are converted to float32. ``n_rows >= n_lists``.
+    resources : ivfsq.common.Resources, optional
+
+    Returns
+    -------
+    Index
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> dataset = np.random.default_rng(0).random((2000, 16), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), dataset)
+    >>> index.trained, index.n_lists, index.dim, len(index)
+    (True, 32, 16, 2000)
+    """
+    if not isinstance(index_params, IndexParams):
+        raise TypeError(
+            f"index_params must be an ivf_sq.IndexParams, got {type(index_params).__name__}"
+        )
+    dataset = check_matrix("dataset", dataset)
+    n_rows = dataset.shape[0]
+    if n_rows < index_params.n_lists:
+        raise ValueError(
+            f"dataset must have at least n_lists={index_params.n_lists} rows, got {n_rows}"
+        )
+    n_threads = resolve_n_threads(resources)
+    engine = IvfSqEngine.train(index_params, dataset, n_threads)
+    if index_params.add_data_on_build:
+        engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads)
+    index = Index()
+    index._engine = engine
+    index._params = index_params
+    return index
+
+
+def extend(index, new_vectors, new_indices, resources=None):
+    """Add vectors to a built index (without retraining).
+
+    Parameters
+    ----------
+    index : Index
+        A trained index; it is changed in place and returned.
+    new_vectors : array (n_rows, dim)
+        float32 or float16 (other real dtypes are converted).
+    new_indices : int64 array (n_rows,), or None
+        The ids of the new vectors: non-negative and unique, and not already in
+        the index. ``None`` numbers them after the largest id so far.
+    resources : ivfsq.common.Resources, optional
+
+    Returns
+    -------
+    Index
+        The same index object. If anything is invalid, the index is left as
+        it was.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> rng = np.random.default_rng(0)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16),
+    ...                      rng.random((1000, 8), dtype=np.float32))
+    >>> more = rng.random((10, 8), dtype=np.float32)
+    >>> index = ivf_sq.extend(index, more, np.arange(1000, 1010, dtype=np.int64))
+    >>> len(index)
+    1010
+    """
+    engine = _check_index(index)
+    new_vectors = check_matrix("new_vectors", new_vectors, dim=index.dim, allow_empty=True)
+    n_rows = new_vectors.shape[0]
+    if new_indices is None:
+        ids = np.arange(engine.next_id, engine.next_id + n_rows, dtype=np.int64)
+    else:
+        ids = check_ids("new_indices", new_indices, n_rows)
+        engine.check_new_ids(ids)
+    engine.add(new_vectors, ids, resolve_n_threads(resources))
+    return index
+
+
+def search(
+    search_params,
+    index,
+    queries,
+    k,
+    neighbors=None,
+    distances=None,
+    resources=None,
+    filter=None,
+):
+    """Find the k nearest neighbours of each query.
+
+    Parameters
+    ----------
+    search_params : SearchParams
+    index : Index
+    queries : array (n_queries, dim)
+        float32 or float16 (other real dtypes are converted).
+    k : int
+        Neighbours per query, ``1 <= k <= len(index)``.
+    neighbors : int64 array (n_queries, k), optional
+        Written in place when given.
+    distances : float32 array (n_queries, k), optional
+        Written in place when given.
+    resources : ivfsq.common.Resources, optional
+    filter : ivfsq.neighbors.filters.Filter, optional
+        Only ids whose bit is set are returned.
+
+    Returns
+    -------
+    distances : float32 (n_queries, k)
+        Best first: ascending for "sqeuclidean", "euclidean" and "cosine"
+        (``1 - cos``), descending inner products for "inner_product". They are
+        the exact distances between the query and the decoded vectors.
+    neighbors : int64 (n_queries, k)
+        Ids of the neighbours. When fewer than ``k`` vectors are found (few
+        probed vectors, or a filter), the rest is padded with id -1 and
+        distance +inf (-inf for "inner_product").
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> rng = np.random.default_rng(0)
+    >>> dataset = rng.random((2000, 16), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), dataset)
+    >>> distances, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=8),
+    ...                                      index, dataset[:3], k=4)
+    >>> distances.dtype, neighbors.dtype, neighbors.shape
+    (dtype('float32'), dtype('int64'), (3, 4))
+    """
+    if not isinstance(search_params, SearchParams):
+        raise TypeError(
+            f"search_params must be an ivf_sq.SearchParams, got {type(search_params).__name__}"
+        )
+    engine = _check_index(index)
+    queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
+    n_stored = engine.lists.size
+    k = check_int("k", k, minimum=1)
+    if k > n_stored:
+        raise ValueError(f"k must be <= the number of vectors in the index ({n_stored}), got {k}")
+    keep_words = None
+    if filter is not None:
+        if not isinstance(filter, Filter):
+            raise TypeError(
+                "filter must be created with ivfsq.neighbors.filters.from_bitset, got "
+                f"{type(filter).__name__}"
+            )
+        if filter.n_bits < engine.next_id:
+            raise ValueError(
+                f"filter must cover every id in the index (at least {engine.next_id} bits), "
+                f"got {filter.n_bits} bits"
+            )
+        keep_words = filter._words
+    n_queries = queries.shape[0]
+    if neighbors is not None:
+        check_output("neighbors", neighbors, (n_queries, k), np.int64)
+    if distances is not None:
+        check_output("distances", distances, (n_queries, k), np.float32)
+    n_threads = resolve_n_threads(resources)
+    query_rows = engine.prepare("queries", queries)[0] if n_queries else queries
+    if n_queries:
+        out_d, out_i = engine.search(
+            query_rows, k, search_params.n_probes, keep_words, n_threads
+        )
+    else:
+        out_d = np.empty((0, k), dtype=np.float32)
+        out_i = np.empty((0, k), dtype=np.int64)
+    metric = engine.metric
+    if metric in ("sqeuclidean", "euclidean"):
+        np.maximum(out_d, 0.0, out=out_d)  # rounding can dip below 0
+        if metric == "euclidean":
+            np.sqrt(out_d, out=out_d)
+    elif metric == "inner_product":
+        np.negative(out_d, out=out_d)
+    if neighbors is not None:
+        neighbors[...] = out_i
+        out_i = neighbors
+    if distances is not None:
+        distances[...] = out_d
+        out_d = distances
+    return out_d, out_i
+
+
+def save(filename, index, resources=None):
+    """Save the index to a file (atomically: an older file survives a crash).
+
+    The format is ivfsq's own: a versioned header and checksummed raw arrays;
+    nothing is pickled.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> dataset = np.random.default_rng(0).random((1000, 8), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), dataset)
+    >>> path = os.path.join(tempfile.mkdtemp(), "my_index.ivfsq")
+    >>> ivf_sq.save(path, index)
+    >>> len(ivf_sq.load(path))
+    1000
+    """
+    engine = _check_index(index)
+    lists = engine.lists
+    rows = lists.valid_rows()
+    header = {
+        "kind": FILE_KIND,
+        "params": index._params._as_dict(),
+        "metric": engine.metric,
+        "quantizer": engine.quantizer.kind,
+        "n_lists": int(engine.centers.shape[0]),
+        "dim": int(engine.centers.shape[1]),
+        "size": int(rows.shape[0]),
+        "next_id": int(engine.next_id),
+    }
+    arrays = {
+        "centers": engine.centers,
+        **engine.quantizer.to_arrays(),
+        "list_sizes": lists.list_sizes,
+        "codes": lists.codes[rows],
+        "ids": lists.ids[rows],
+        "norms": lists.aux[rows],
+    }
+    _format.write_index_file(filename, header, arrays)
+
+
+def load(filename, resources=None):
+    """Load an index saved by :func:`save`.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated, corrupt, of another version, or not an
+        ivfsq index file (``ivfsq._format.IndexFileError``). No code from
+        the file is ever run.
+    """
+    header, arrays = _format.read_index_file(filename)
+    return _index_from_file(filename, header, arrays)
+
+
+def _index_from_file(filename, header, arrays):
+    def bad(message):
+        return _format.IndexFileError(f"{filename}: not a valid ivf_sq index: {message}")
+
+    if not isinstance(header, dict) or header.get("kind") != FILE_KIND:
+        raise bad(f"expected kind {FILE_KIND!r}")
+    try:
+        params = IndexParams(**header["params"])
+        n_lists, dim, size, next_id = (
+            int(header[key]) for key in ("n_lists", "dim", "size", "next_id")
+        )
+        metric = check_choice("metric", header["metric"], METRICS)
+        quantizer_kind = check_choice("quantizer", header["quantizer"], QUANTIZERS)
+    except (KeyError, TypeError, ValueError) as error:
+        raise bad(f"bad header field ({error})") from None
+    expected = {
+        "centers": ((n_lists, dim), np.float32),
+        "sq_vmin": ((dim,), np.float32),
+        "sq_delta": ((dim,), np.float32),
+        "list_sizes": ((n_lists,), np.int64),
+        "codes": ((size, dim), np.uint8),
+        "ids": ((size,), np.int64),
+        "norms": ((size,), np.float32),
+    }
+    for name, (shape, dtype) in expected.items():
+        array = arrays.get(name)
+        if array is None:
+            raise bad(f"missing section {name!r}")
+        if array.shape != shape or array.dtype != dtype:
+            raise bad(
+                f"section {name!r} should be {np.dtype(dtype)} {shape}, "
+                f"found {array.dtype} {array.shape}"
+            )
+    list_sizes = arrays["list_sizes"]
+    if (list_sizes < 0).any() or int(list_sizes.sum()) != size:
+        raise bad("list sizes do not add up to the stored vectors")
+    ids = arrays["ids"]
+    if size and (int(ids.min()) < 0 or int(ids.max()) >= next_id):
+        raise bad("ids out of range")
+    for name in ("centers", "sq_vmin", "sq_delta", "norms"):
+        if not np.isfinite(arrays[name]).all():
+            raise bad(f"non-finite values in {name!r}")
+    if not (arrays["sq_delta"] > 0).all():
+        raise bad("quantizer steps must be positive")
+    quantizer = ScalarQuantizer.from_arrays(quantizer_kind, arrays)
+    offsets = np.cumsum(list_sizes) - list_sizes
+    lists = ListStorage(
+        np.ascontiguousarray(arrays["codes"]),
+        np.ascontiguousarray(ids),
+        np.ascontiguousarray(arrays["norms"]),
+        offsets.astype(np.int64),
+        list_sizes.astype(np.int64),
+        list_sizes.astype(np.int64),
+    )
+    engine = IvfSqEngine(
+        metric,
+        np.ascontiguousarray(arrays["centers"]),
+        quantizer,
+        lists,
+        params.conservative_memory_allocation,
+    )
+    engine.next_id = next_id
+    index = Index()
+    index._engine = engine
+    index._params = params
+    return index
