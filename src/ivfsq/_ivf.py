@@ -153,27 +153,23 @@ class IvfSqEngine:
             )
 
     # ------------------------------------------------------------ searching
-    def coarse_probes(self, queries, n_probes):
+    def coarse_probes(self, queries, n_probes, n_threads):
         """Probed lists (best first) and ``q . c`` for each, per query."""
         n_queries = queries.shape[0]
-        n_lists = self.centers.shape[0]
         probes = np.empty((n_queries, n_probes), dtype=np.int64)
+        scores = np.empty((n_queries, n_probes), dtype=np.float32)
+        use_l2 = self.metric in ("sqeuclidean", "euclidean")
+
+        def task(start, stop):
+            for block in range(start, stop, COARSE_BLOCK_QUERIES):
+                end = min(stop, block + COARSE_BLOCK_QUERIES)
+                dots = queries[block:end] @ self.centers.T
+                kernels.select_probes(
+                    dots, self.center_sq_norms, use_l2, scores[block:end], probes[block:end]
+                )
+
+        run_chunks(task, n_queries, n_threads, min_chunk=64, chunks_per_thread=1)
         center_dots = np.empty((n_queries, n_probes), dtype=np.float64)
-        for start in range(0, n_queries, COARSE_BLOCK_QUERIES):
-            stop = min(n_queries, start + COARSE_BLOCK_QUERIES)
-            dots = queries[start:stop] @ self.centers.T
-            if self.metric in ("sqeuclidean", "euclidean"):
-                scores = self.center_sq_norms - 2.0 * dots
-            else:
-                scores = -dots
-            if n_probes < n_lists:
-                best = np.argpartition(scores, n_probes - 1, axis=1)[:, :n_probes]
-            else:
-                best = np.broadcast_to(np.arange(n_lists), scores.shape)
-            best_scores = np.take_along_axis(scores, best, axis=1)
-            order = np.lexsort((best, best_scores), axis=1)
-            best = np.take_along_axis(best, order, axis=1)
-            probes[start:stop] = best
         kernels.probe_dots(queries, self.centers, probes, center_dots)
         return probes, center_dots
 
@@ -184,7 +180,7 @@ class IvfSqEngine:
         n_probes = min(n_probes, self.centers.shape[0])
         if self.metric == "cosine":
             queries, _ = normalize_rows(queries.copy())
-        probes, center_dots = self.coarse_probes(queries, n_probes)
+        probes, center_dots = self.coarse_probes(queries, n_probes, n_threads)
         list_consts = (center_dots + self.quantizer.offsets(queries)[:, None]).astype(np.float32)
         weights = self.quantizer.weights(queries)
         if self.metric in ("sqeuclidean", "euclidean"):

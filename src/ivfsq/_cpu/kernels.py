@@ -213,6 +213,29 @@ def merge_topk(candidate_distances, candidate_ids, out_distances, out_ids):
 
 
 @njit(**_JIT)
+def select_probes(dots, center_sq_norms, use_l2, out_scores, out_lists):
+    """Per query, the lists with the best coarse scores, best first.
+
+    The score of list ``l`` is ``|c_l|^2 - 2 q.c_l`` (L2) or ``-q.c_l``;
+    ties go to the lower list number.
+    """
+    n_queries, n_lists = dots.shape
+    n_probes = out_scores.shape[1]
+    for i in range(n_queries):
+        heap_d = out_scores[i]
+        heap_i = out_lists[i]
+        _heap_init(heap_d, heap_i)
+        for lst in range(n_lists):
+            if use_l2:
+                score = center_sq_norms[lst] - np.float32(2.0) * dots[i, lst]
+            else:
+                score = -dots[i, lst]
+            if _greater(heap_d[0], heap_i[0], score, lst):
+                _heap_push_replace(heap_d, heap_i, n_probes, score, lst)
+        _heap_sort(heap_d, heap_i, n_probes)
+
+
+@njit(**_JIT)
 def probe_dots(queries, centers, probes, out):
     """``out[i, p] = queries[i] . centers[probes[i, p]]``, accumulated in float64.
 

@@ -1,0 +1,5 @@
+import sys
+
+from ivfsq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""The SQ8 code format and the kernels, each against a plain NumPy oracle."""
+
+import numpy as np
+import pytest
+
+from ivfsq._cpu import kernels
+from ivfsq._kmeans import assign_nearest, imbalance_factor
+from ivfsq._lists import ListStorage
+from ivfsq._quantizer import ScalarQuantizer
+
+
+@pytest.fixture
+def residuals():
+    rng = np.random.default_rng(0)
+    scales = np.array([1.0, 0.01, 100.0, 5.0, 0.0, 3.0], dtype=np.float32)
+    return (rng.standard_normal((500, 6)) * scales).astype(np.float32)
+
+
+def test_sq8_range_has_five_percent_margin(residuals):
+    quantizer = ScalarQuantizer.train("sq8", residuals)
+    low, high = residuals.min(0), residuals.max(0)
+    span = (high - low).astype(np.float64)
+    np.testing.assert_allclose(quantizer.vmin, low - 0.05 * span, rtol=1e-6)
+    expected_delta = np.where(span == 0, 1.0, 1.1 * span / 255)
+    np.testing.assert_allclose(quantizer.delta, expected_delta, rtol=1e-6)
+
+
+def test_sq8_round_trip_error_at_most_half_a_step(residuals):
+    quantizer = ScalarQuantizer.train("sq8", residuals)
+    centers = np.zeros((1, 6), np.float32)
+    labels = np.zeros(len(residuals), np.int64)
+    codes, decoded = quantizer.encode(residuals, centers, labels)
+    assert codes.dtype == np.uint8 and codes.shape == (500, 6)
+    error = np.abs(decoded - residuals)
+    assert np.all(error <= quantizer.delta / 2 * (1 + 1e-5) + 1e-7)
+    # Round to nearest (not truncation): the code is the nearest level.
+    expected = np.clip(np.floor((residuals - quantizer.vmin) / quantizer.delta + 0.5), 0, 255)
+    np.testing.assert_array_equal(codes, expected.astype(np.uint8))
+    # The margin keeps training values off the clamping edges.
+    assert codes[:, [0, 2]].min() >= 10 and codes[:, [0, 2]].max() <= 245
+    # decode() is the exact inverse used by the kernels.
+    np.testing.assert_array_equal(quantizer.decode(codes, centers, labels), decoded)
+
+
+def test_sq8_with_centers_and_clamping():
+    quantizer = ScalarQuantizer("sq8", np.array([-1.0, -1.0], np.float32),
+                                np.array([1 / 128, 1 / 128], np.float32))
+    centers = np.array([[0.0, 0.0], [10.0, -10.0]], np.float32)
+    vectors = np.array([[0.0, 0.0], [10.0, -10.0], [15.0, -20.0], [0.5, -0.5]], np.float32)
+    labels = np.array([0, 1, 1, 0])
+    codes, decoded = quantizer.encode(vectors, centers, labels)
+    # Residual 0 sits at level (0 - vmin) / delta = 128.
+    assert codes[0].tolist() == [128, 128] and codes[1].tolist() == [128, 128]
+    # Out-of-range residuals (+5, -10) clamp to the last levels.
+    assert codes[2].tolist() == [255, 0]
+    np.testing.assert_allclose(decoded[2], [10.0 - 1 + 255 / 128, -11.0], rtol=1e-6)
+    # Half a step rounds up (round half up, never truncation).
+    codes, _ = quantizer.encode(np.array([[1 / 256, 3 / 256]], np.float32), centers, [0])
+    assert codes[0].tolist() == [129, 130]
+
+
+def test_scan_kernel_matches_numpy_oracle():
+    rng = np.random.default_rng(1)
+    n, dim, k = 300, 11, 7
+    codes = rng.integers(0, 256, size=(n, dim), dtype=np.uint8)
+    ids = rng.permutation(n).astype(np.int64) + 1000
+    aux = rng.random(n).astype(np.float32)
+    list_offsets = np.array([0, 100, 180], np.int64)
+    list_sizes = np.array([100, 80, 120], np.int64)
+    weights = rng.standard_normal((3, dim)).astype(np.float32)
+    probes = np.array([[0, 2], [1, 1], [2, -1]], np.int64)
+    consts = rng.standard_normal((3, 2)).astype(np.float32)
+    q_sq = rng.random(3).astype(np.float32)
+    for metric in (kernels.METRIC_L2, kernels.METRIC_IP, kernels.METRIC_COSINE):
+        out_d = np.empty((3, k), np.float32)
+        out_i = np.empty((3, k), np.int64)
+        kernels.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, list_offsets,
+                           list_sizes, metric, np.zeros(0, np.uint32), False, out_d, out_i)
+        for i in range(3):
+            cand_d, cand_i = [], []
+            for p in range(2):
+                lst = probes[i, p]
+                if lst < 0:
+                    continue
+                rows = np.arange(list_offsets[lst], list_offsets[lst] + list_sizes[lst])
+                s = consts[i, p] + codes[rows].astype(np.float64) @ weights[i]
+                if metric == kernels.METRIC_L2:
+                    d = q_sq[i] + aux[rows] - 2 * s
+                elif metric == kernels.METRIC_IP:
+                    d = -s
+                else:
+                    d = 1 - aux[rows] * s
+                cand_d.append(d)
+                cand_i.append(ids[rows])
+            cand_d, cand_i = np.concatenate(cand_d), np.concatenate(cand_i)
+            order = np.lexsort((cand_i, cand_d))[:k]
+            np.testing.assert_allclose(out_d[i], cand_d[order], rtol=1e-5, atol=1e-4)
+            np.testing.assert_array_equal(out_i[i], cand_i[order])
+
+
+def test_merge_topk_breaks_ties_by_smaller_id_and_skips_padding():
+    cand_d = np.array([[3.0, 1.0, 1.0, np.inf, 2.0, 1.0]], np.float32)
+    cand_i = np.array([[5, 9, 4, -1, 8, 7]], np.int64)
+    out_d = np.empty((1, 4), np.float32)
+    out_i = np.empty((1, 4), np.int64)
+    kernels.merge_topk(cand_d, cand_i, out_d, out_i)
+    assert out_i.tolist() == [[4, 7, 9, 8]]
+    out_d = np.empty((1, 7), np.float32)
+    out_i = np.empty((1, 7), np.int64)
+    kernels.merge_topk(cand_d, cand_i, out_d, out_i)
+    assert out_i.tolist() == [[4, 7, 9, 8, 5, -1, -1]]
+    assert np.isinf(out_d[0, 5:]).all()
+
+
+def test_assign_nearest_matches_oracle():
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((1000, 5)).astype(np.float32)
+    centers = rng.standard_normal((17, 5)).astype(np.float32)
+    labels, distances = assign_nearest(vectors, centers, n_threads=2)
+    full = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, full.argmin(1))
+    np.testing.assert_allclose(distances, full.min(1), rtol=1e-4, atol=1e-5)
+
+
+def test_imbalance_factor():
+    assert imbalance_factor([10, 10, 10, 10]) == 1.0
+    assert imbalance_factor([40, 0, 0, 0]) == 4.0
+
+
+def test_list_storage_growth_keeps_old_snapshot_intact():
+    storage = ListStorage.empty(3, 2)
+    first = storage.add(np.array([0, 2, 2]), np.arange(6, dtype=np.uint8).reshape(3, 2),
+                        np.array([10, 11, 12]), np.zeros(3, np.float32), conservative=False)
+    assert first.list_sizes.tolist() == [1, 0, 2]
+    second = first.add(np.array([2, 1]), np.full((2, 2), 9, np.uint8), np.array([13, 14]),
+                       np.ones(2, np.float32), conservative=False)
+    # The old snapshot still shows exactly its own entries.
+    assert sorted(first.ids[first.valid_rows()].tolist()) == [10, 11, 12]
+    assert sorted(second.ids[second.valid_rows()].tolist()) == [10, 11, 12, 13, 14]
+    rows = second.valid_rows()
+    lists = np.repeat(np.arange(3), second.list_sizes)
+    assert dict(zip(second.ids[rows].tolist(), lists.tolist())) == {
+        10: 0, 11: 2, 12: 2, 13: 2, 14: 1}
+    assert np.all(second.list_capacities >= second.list_sizes)
+    assert second.list_capacities[2] % 16 == 0
