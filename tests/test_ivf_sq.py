@@ -612,3 +612,36 @@ def test_many_dims_and_large_dataset_generator():
     _, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=20), index, queries, 10)
     _, truth = exact_knn(base, queries, 10, "sqeuclidean")
     assert recall(neighbors, truth) >= 0.95
+
+
+def test_search_during_extend_sees_a_consistent_index(blobs):
+    base, queries = blobs
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), base[:2000])
+    params = ivf_sq.SearchParams(n_probes=16)
+    errors, results = [], []
+    done = threading.Event()
+
+    def searcher():
+        try:
+            while not done.is_set():
+                results.append(ivf_sq.search(params, index, queries[:5], 5))
+        except Exception as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for start in range(2000, 5000, 300):
+            ivf_sq.extend(index, base[start : start + 300], None)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+    assert not errors and results
+    for distances, neighbors in results:
+        assert np.all((neighbors >= 0) & (neighbors < 5000))
+        assert np.all(np.diff(distances, axis=1) >= 0)
+    final = ivf_sq.search(params, index, queries[:5], 5)
+    _, truth = exact_knn(base[:5000], queries[:5], 5, "sqeuclidean")
+    assert recall(final[1], truth) >= 0.9

@@ -116,9 +116,17 @@ class IvfSqEngine:
         return vectors, None
 
     def add(self, dataset, ids, n_threads):
-        """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing)."""
+        """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing).
+
+        ``ids=None`` numbers the rows after the largest id so far; given ids
+        must not be in the index already.
+        """
         with self._extend_lock:
             n_rows = dataset.shape[0]
+            if ids is None:
+                ids = np.arange(self.next_id, self.next_id + n_rows, dtype=np.int64)
+            else:
+                self.check_new_ids(ids)
             all_labels = np.empty(n_rows, dtype=np.int64)
             all_codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
             all_aux = np.empty(n_rows, dtype=np.float32)

@@ -377,12 +377,9 @@ def extend(index, new_vectors, new_indices, resources=None):
     """
     engine = _check_index(index)
     new_vectors = check_matrix("new_vectors", new_vectors, dim=index.dim, allow_empty=True)
-    n_rows = new_vectors.shape[0]
-    if new_indices is None:
-        ids = np.arange(engine.next_id, engine.next_id + n_rows, dtype=np.int64)
-    else:
-        ids = check_ids("new_indices", new_indices, n_rows)
-        engine.check_new_ids(ids)
+    ids = None
+    if new_indices is not None:
+        ids = check_ids("new_indices", new_indices, new_vectors.shape[0])
     engine.add(new_vectors, ids, resolve_n_threads(resources))
     return index
 
