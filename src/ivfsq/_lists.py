@@ -10,6 +10,8 @@ changes rows that the old one exposes, so a search that took the old snapshot
 keeps a consistent view while another thread extends the index.
 """
 
+import copy
+
 import numpy as np
 
 # Capacities grow to a multiple of this many rows (and at least double) unless
@@ -102,14 +104,7 @@ class ListStorage:
                 )
             storage = self._reallocated(capacities)
         else:
-            storage = ListStorage(
-                self.codes,
-                self.ids,
-                self.aux,
-                self.list_offsets,
-                self.list_sizes,
-                self.list_capacities,
-            )
+            storage = copy.copy(self)  # shares the buffers; gets its own sizes below
         # Destination row of each new entry: after the list's current entries,
         # in input order within a list.
         order = np.argsort(labels, kind="stable")

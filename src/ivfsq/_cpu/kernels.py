@@ -33,15 +33,15 @@ def _greater(d1, i1, d2, i2):
 
 
 @njit(inline="always")
-def _heap_push_replace(heap_d, heap_i, k, dist, idx):
-    """Replace the root (the worst kept candidate) of a max-heap and sift down."""
+def _sift_down(heap_d, heap_i, size, dist, idx):
+    """Put (dist, idx) at the root of the max-heap ``[0, size)`` and sift it down."""
     pos = 0
     while True:
         child = 2 * pos + 1
-        if child >= k:
+        if child >= size:
             break
         right = child + 1
-        if right < k and _greater(heap_d[right], heap_i[right], heap_d[child], heap_i[child]):
+        if right < size and _greater(heap_d[right], heap_i[right], heap_d[child], heap_i[child]):
             child = right
         if _greater(heap_d[child], heap_i[child], dist, idx):
             heap_d[pos] = heap_d[child]
@@ -54,32 +54,20 @@ def _heap_push_replace(heap_d, heap_i, k, dist, idx):
 
 
 @njit(inline="always")
+def _heap_push_replace(heap_d, heap_i, k, dist, idx):
+    """Replace the root (the worst kept candidate) of a max-heap of size k."""
+    _sift_down(heap_d, heap_i, k, dist, idx)
+
+
+@njit(inline="always")
 def _heap_sort(heap_d, heap_i, k):
     """Sort a max-heap in place into ascending (distance, id) order."""
     for end in range(k - 1, 0, -1):
-        top_d = heap_d[0]
-        top_i = heap_i[0]
         last_d = heap_d[end]
         last_i = heap_i[end]
-        heap_d[end] = top_d
-        heap_i[end] = top_i
-        # Sift ``last`` down from the root within [0, end).
-        pos = 0
-        while True:
-            child = 2 * pos + 1
-            if child >= end:
-                break
-            right = child + 1
-            if right < end and _greater(heap_d[right], heap_i[right], heap_d[child], heap_i[child]):
-                child = right
-            if _greater(heap_d[child], heap_i[child], last_d, last_i):
-                heap_d[pos] = heap_d[child]
-                heap_i[pos] = heap_i[child]
-                pos = child
-            else:
-                break
-        heap_d[pos] = last_d
-        heap_i[pos] = last_i
+        heap_d[end] = heap_d[0]
+        heap_i[end] = heap_i[0]
+        _sift_down(heap_d, heap_i, end, last_d, last_i)
 
 
 @njit(inline="always")
