@@ -16,6 +16,9 @@ SMALL_CLUSTER_FRACTION = 0.25
 # Relative perturbation separating the two halves of a split cluster.
 SPLIT_EPSILON = 1.0 / 1024.0
 ASSIGN_BLOCK_ROWS = 16384
+# Clusters are split only in this first fraction of the iterations; the rest
+# let the moved centers converge.
+SPLIT_ITERATIONS = 0.5
 
 
 def imbalance_factor(sizes):
@@ -111,7 +114,7 @@ def train_kmeans(sample, n_clusters, n_iters, seed, n_threads):
         kernels.accumulate_clusters(sample, labels, sums, counts)
         nonempty = counts > 0
         centers[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-        if iteration < n_iters - 1:
+        if iteration < SPLIT_ITERATIONS * n_iters:
             _split_small_clusters(centers, counts, rng)
     if n_iters == 0:
         return np.ascontiguousarray(centers)

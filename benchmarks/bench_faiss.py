@@ -1,0 +1,511 @@
+"""Side-by-side benchmark: ivfsq IVF-SQ against FAISS IndexIVFScalarQuantizer.
+
+Both indexes use the same number of lists, the same training rows
+(``n_lists * 256``, capped at N), 20 k-means iterations, 8-bit scalar
+quantization of the residuals and the same thread count. For every
+``n_probes`` the script reports recall@k against the data set's exact
+ground truth, batch QPS (warm, best of repeated runs over >= ~1 s) and
+single-query latency (p50, one thread). Optionally hnswlib is run too, as
+context.
+
+Run from the repository root::
+
+    PYTHONPATH=src python benchmarks/bench_faiss.py --dataset siftsmall
+
+See benchmarks/README.md for the options.
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+from common import (
+    RESULTS_DIR,
+    default_n_lists,
+    format_table,
+    hardware_info,
+    measure_batch_qps,
+    measure_latency,
+    parse_int_list,
+    time_call,
+    utc_timestamp,
+    warn_if_busy,
+    write_jsonl,
+)
+
+try:
+    import ivfsq
+except ImportError:  # not installed: use the source tree next to this folder
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
+    import ivfsq
+
+import faiss
+from ivfsq.common import Resources
+from ivfsq.datasets import (
+    brute_force_knn,
+    find_shared_dataset,
+    load_dataset_dir,
+    make_blobs_lowrank,
+    recall_at_k,
+)
+from ivfsq.neighbors import ivf_sq
+
+KMEANS_N_ITERS = 20
+TRAIN_POINTS_PER_LIST = 256
+TRAIN_SEED = 0
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_VALUES = (10, 20, 40, 80, 160, 320)
+
+
+# --------------------------------------------------------------------------
+# command line and data
+# --------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="siftsmall",
+                        help="shared data set name (siftsmall, fashion-mnist, pypi-minilm), "
+                             "a data set folder, or 'synthetic' (default: siftsmall)")
+    parser.add_argument("--n-lists", type=int, default=None,
+                        help="inverted lists (default: about 4*sqrt(N), a power of two)")
+    parser.add_argument("--n-probes", type=parse_int_list, default=[1, 2, 4, 8, 16, 32, 64],
+                        help="comma-separated n_probes values (default: 1,2,4,8,16,32,64)")
+    parser.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for build and batch search (default: 2)")
+    parser.add_argument("--max-queries", type=int, default=None,
+                        help="use only the first N queries (default: all)")
+    parser.add_argument("--latency-queries", type=int, default=200,
+                        help="queries timed one at a time for latency (default: 200)")
+    parser.add_argument("--min-seconds", type=float, default=1.0,
+                        help="minimum total time of the repeated batch searches (default: 1.0)")
+    parser.add_argument("--out", default=None,
+                        help="JSON lines output (default: results/bench_<dataset>.jsonl)")
+    parser.add_argument("--plot", default=None,
+                        help="recall-vs-QPS plot (default: results/bench_<dataset>.png)")
+    parser.add_argument("--no-hnswlib", action="store_true", help="skip hnswlib even if installed")
+    return parser.parse_args(argv)
+
+
+def load_benchmark_data(dataset, max_queries):
+    """Load base, queries, ground-truth ids and metric for ``--dataset``.
+
+    The base and queries are returned as float32 (both libraries get the
+    same float32 arrays; the conversion is not timed).
+    """
+    if dataset == "synthetic":
+        base, queries = make_blobs_lowrank(100_000, 96, n_queries=1000)
+        metric = "sqeuclidean"
+        _, gt = brute_force_knn(base, queries, 100, metric)
+        name = "synthetic"
+    else:
+        folder = pathlib.Path(dataset) if os.path.isdir(dataset) else find_shared_dataset(dataset)
+        if folder is None:
+            raise SystemExit(f"data set {dataset!r} not found (not a folder, and no shared "
+                             f"data set of that name)")
+        data = load_dataset_dir(folder)
+        if data["gt"] is None:
+            raise SystemExit(f"data set folder {str(folder)!r} has no ground truth file")
+        base, queries, gt, metric = data["base"], data["queries"], data["gt"], data["metric"]
+        name = data["name"]
+    if max_queries is not None:
+        queries, gt = queries[:max_queries], gt[:max_queries]
+    return {
+        "name": name,
+        "base": np.ascontiguousarray(base, dtype=np.float32),
+        "queries": np.ascontiguousarray(queries, dtype=np.float32),
+        "gt": np.asarray(gt),
+        "metric": metric,
+        "source_dtype": str(base.dtype),
+    }
+
+
+def training_rows(n_rows, n_lists, seed=TRAIN_SEED):
+    """Row numbers of the k-means / quantizer training sample.
+
+    The same procedure as ``ivfsq._ivf.IvfSqEngine.train`` (seeded
+    ``default_rng(seed).choice`` without replacement, sorted), so FAISS is
+    trained on exactly the rows ivfsq samples internally while that code is
+    unchanged.
+    """
+    n_train = min(n_rows, n_lists * TRAIN_POINTS_PER_LIST)
+    if n_train == n_rows:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=n_train, replace=False))
+
+
+def normalized(vectors):
+    """A row-normalised float32 copy (for FAISS with the cosine metric)."""
+    out = np.array(vectors, dtype=np.float32, copy=True)
+    faiss.normalize_L2(out)
+    return out
+
+
+# --------------------------------------------------------------------------
+# the three libraries
+# --------------------------------------------------------------------------
+
+def warm_up_ivfsq(base, metric, threads):
+    """A small throwaway build and search, so numba compiles before timing."""
+    sample = base[:2000]
+    resources = Resources(n_threads=threads)
+    params = ivf_sq.IndexParams(n_lists=8, metric=metric, kmeans_n_iters=2)
+    index = ivf_sq.build(params, sample, resources=resources)
+    ivf_sq.search(ivf_sq.SearchParams(n_probes=2), index, sample[:10], k=5, resources=resources)
+
+
+def build_ivfsq(base, metric, n_lists, threads):
+    """Build the ivfsq index; return ``(index, seconds)``."""
+    params = ivf_sq.IndexParams(
+        n_lists=n_lists,
+        metric=metric,
+        kmeans_n_iters=KMEANS_N_ITERS,
+        max_train_points_per_cluster=TRAIN_POINTS_PER_LIST,
+        seed=TRAIN_SEED,
+    )
+    resources = Resources(n_threads=threads)
+    return time_call(lambda: ivf_sq.build(params, base, resources=resources))
+
+
+def build_faiss(base, metric, n_lists, threads):
+    """Build FAISS IndexIVFScalarQuantizer (QT_8bit, by residual).
+
+    Timed: normalising the base (cosine only), gathering the training rows,
+    ``train`` and ``add``. Returns ``(index, seconds)``.
+    """
+    faiss.omp_set_num_threads(threads)
+    rows = training_rows(base.shape[0], n_lists)
+    dim = base.shape[1]
+    if metric == "sqeuclidean":
+        faiss_metric, coarse = faiss.METRIC_L2, faiss.IndexFlatL2(dim)
+    else:  # cosine (on normalised vectors) and inner_product
+        faiss_metric, coarse = faiss.METRIC_INNER_PRODUCT, faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFScalarQuantizer(
+        coarse, dim, n_lists, faiss.ScalarQuantizer.QT_8bit, faiss_metric
+    )
+    index.by_residual = True
+    index.cp.niter = KMEANS_N_ITERS
+    index.cp.max_points_per_centroid = 1 << 30  # we already sampled: no subsampling
+
+    def build():
+        vectors = normalized(base) if metric == "cosine" else base
+        index.train(np.ascontiguousarray(vectors[rows]))
+        index.add(vectors)
+        return index
+
+    return time_call(build)
+
+
+def faiss_bytes_per_vector(index):
+    """Bytes per vector of the FAISS index, two ways.
+
+    ``serialized``: ``len(faiss.serialize_index(index)) / N`` (codes, 8-byte
+    ids, centroids, quantizer ranges, headers). ``lists``: code size + 8 byte
+    id, i.e. the inverted-list payload only.
+    """
+    n_rows = index.ntotal
+    serialized = len(faiss.serialize_index(index)) / n_rows
+    lists = index.code_size + 8
+    return serialized, lists
+
+
+def build_hnswlib(hnswlib, base, metric, threads):
+    """Build an hnswlib index (M=16, ef_construction=200); return ``(index, seconds)``."""
+    space = {"sqeuclidean": "l2", "cosine": "cosine", "inner_product": "ip"}[metric]
+    index = hnswlib.Index(space=space, dim=base.shape[1])
+
+    def build():
+        index.init_index(max_elements=base.shape[0], ef_construction=HNSW_EF_CONSTRUCTION,
+                         M=HNSW_M, random_seed=100)
+        index.set_num_threads(threads)
+        index.add_items(base, np.arange(base.shape[0]))
+        return index
+
+    return time_call(build)
+
+
+# --------------------------------------------------------------------------
+# one measurement
+# --------------------------------------------------------------------------
+
+def measure(search_batch, search_one, set_threads, queries, gt, args):
+    """Recall, batch QPS and single-query latency of one configuration.
+
+    ``search_batch()`` returns the ids of all queries; ``search_one(i)``
+    searches query ``i`` alone; ``set_threads(n)`` sets the thread count of
+    the library (batch search uses ``args.threads``, latency 1 thread).
+    """
+    set_threads(args.threads)
+    neighbors = search_batch()  # warm-up (and numba compilation for ivfsq)
+    recall = recall_at_k(np.asarray(neighbors)[:, :args.k], gt[:, :args.k])
+    result = {"recall": recall}
+    result.update(measure_batch_qps(search_batch, queries.shape[0], args.min_seconds))
+    set_threads(1)
+    result.update(measure_latency(search_one, min(args.latency_queries, queries.shape[0])))
+    set_threads(args.threads)
+    return result
+
+
+def sweep_ivfsq(index, queries, gt, args):
+    """Measure ivfsq at every n_probes; returns a list of result dicts."""
+    threads = {"n": args.threads}
+    results = []
+    for n_probes in args.n_probes:
+        params = ivf_sq.SearchParams(n_probes=n_probes)
+
+        def search_batch():
+            resources = Resources(n_threads=threads["n"])
+            return ivf_sq.search(params, index, queries, args.k, resources=resources)[1]
+
+        def search_one(i):
+            resources = Resources(n_threads=threads["n"])
+            return ivf_sq.search(params, index, queries[i:i + 1], args.k, resources=resources)
+
+        def set_threads(n):
+            threads["n"] = n
+
+        result = measure(search_batch, search_one, set_threads, queries, gt, args)
+        result["n_probes"] = n_probes
+        results.append(result)
+    return results
+
+
+def sweep_faiss(index, queries, gt, metric, args):
+    """Measure FAISS at every n_probes; returns a list of result dicts.
+
+    For cosine, normalising the queries is part of each timed search (ivfsq
+    normalises inside its search too).
+    """
+    results = []
+    for n_probes in args.n_probes:
+        index.nprobe = min(n_probes, index.nlist)
+
+        def prepare(rows):
+            return normalized(rows) if metric == "cosine" else rows
+
+        def search_batch():
+            return index.search(prepare(queries), args.k)[1]
+
+        def search_one(i):
+            return index.search(prepare(queries[i:i + 1]), args.k)
+
+        result = measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
+        result["n_probes"] = n_probes
+        results.append(result)
+    return results
+
+
+def sweep_hnswlib(index, queries, gt, args):
+    """Measure hnswlib at every ef in HNSW_EF_VALUES (ef >= k)."""
+    results = []
+    for ef in sorted({max(ef, args.k) for ef in HNSW_EF_VALUES}):
+        index.set_ef(ef)
+
+        def search_batch():
+            return index.knn_query(queries, k=args.k)[0]
+
+        def search_one(i):
+            return index.knn_query(queries[i:i + 1], k=args.k)
+
+        result = measure(search_batch, search_one, index.set_num_threads, queries, gt, args)
+        result["ef"] = ef
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------
+
+def print_main_table(ivfsq_results, faiss_results):
+    """One row per n_probes comparing ivfsq and FAISS."""
+    headers = ["n_probes", "ivfsq recall", "ivfsq QPS", "faiss recall", "faiss QPS",
+               "QPS ratio (ivfsq/faiss)", "ivfsq p50 ms", "faiss p50 ms"]
+    rows = []
+    for ours, theirs in zip(ivfsq_results, faiss_results):
+        rows.append([
+            str(ours["n_probes"]),
+            f"{ours['recall']:.4f}",
+            f"{ours['qps']:,.0f}",
+            f"{theirs['recall']:.4f}",
+            f"{theirs['qps']:,.0f}",
+            f"{ours['qps'] / theirs['qps']:.2f}",
+            f"{ours['latency_p50_ms']:.3f}",
+            f"{theirs['latency_p50_ms']:.3f}",
+        ])
+    print(format_table(headers, rows))
+
+
+def print_hnswlib_table(results):
+    """One row per ef for hnswlib."""
+    headers = ["ef", "hnswlib recall", "hnswlib QPS", "hnswlib p50 ms"]
+    rows = [[str(r["ef"]), f"{r['recall']:.4f}", f"{r['qps']:,.0f}",
+             f"{r['latency_p50_ms']:.3f}"] for r in results]
+    print(format_table(headers, rows))
+
+
+def make_records(library, results, common_fields, extra_fields):
+    """JSON records, one per result, with the shared fields added."""
+    records = []
+    for result in results:
+        record = dict(common_fields)
+        record.update(extra_fields)
+        record["library"] = library
+        record.update(result)
+        records.append(record)
+    return records
+
+
+def write_plot(path, curves, title):
+    """Recall-vs-QPS plot (log y) with one curve per library; skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; skipping the plot "
+              "(pip install matplotlib, or pip install -e '.[bench]')")
+        return
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for label, results, param in curves:
+        recalls = [r["recall"] for r in results]
+        qps = [r["qps"] for r in results]
+        axes.plot(recalls, qps, marker="o", label=label)
+        for r in results:
+            axes.annotate(str(r[param]), (r["recall"], r["qps"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    axes.set_yscale("log")
+    axes.set_xlabel("recall@k")
+    axes.set_ylabel("queries per second (batch, log scale)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"plot written to {path}")
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+def main(argv=None):
+    args = parse_args(argv)
+    warn_if_busy()
+    data = load_benchmark_data(args.dataset, args.max_queries)
+    base, queries, gt, metric = data["base"], data["queries"], data["gt"], data["metric"]
+    n_rows, dim = base.shape
+    if args.k > gt.shape[1]:
+        raise SystemExit(f"--k {args.k} exceeds the ground truth depth {gt.shape[1]}")
+    n_lists = args.n_lists or default_n_lists(n_rows)
+    n_train = len(training_rows(n_rows, n_lists))
+    print(f"dataset {data['name']}: base {n_rows} x {dim} ({data['source_dtype']}, given to "
+          f"both libraries as float32), {queries.shape[0]} queries, metric {metric}")
+    print(f"n_lists {n_lists}, training rows {n_train} (same rows for both), kmeans "
+          f"{KMEANS_N_ITERS} iters, k {args.k}, threads {args.threads}, latency on "
+          f"{min(args.latency_queries, queries.shape[0])} queries with 1 thread")
+
+    warm_up_ivfsq(base, metric, args.threads)
+    ivfsq_index, ivfsq_build_s = build_ivfsq(base, metric, n_lists, args.threads)
+    print(f"ivfsq build: {ivfsq_build_s:.2f} s (imbalance {ivfsq_index.imbalance_factor:.3f})")
+    faiss_index, faiss_build_s = build_faiss(base, metric, n_lists, args.threads)
+    print(f"faiss build: {faiss_build_s:.2f} s (imbalance "
+          f"{faiss_index.invlists.imbalance_factor():.3f})")
+
+    ivfsq_results = sweep_ivfsq(ivfsq_index, queries, gt, args)
+    faiss_results = sweep_faiss(faiss_index, queries, gt, metric, args)
+
+    hnswlib_results, hnswlib_build_s = [], None
+    if args.no_hnswlib:
+        print("note: hnswlib skipped (--no-hnswlib)")
+    else:
+        try:
+            import hnswlib
+        except ImportError:
+            hnswlib = None
+            print("note: hnswlib is not installed; skipping it (pip install hnswlib)")
+        if hnswlib is not None:
+            hnsw_index, hnswlib_build_s = build_hnswlib(hnswlib, base, metric, args.threads)
+            hnswlib_results = sweep_hnswlib(hnsw_index, queries, gt, args)
+
+    ivfsq_bytes = ivfsq_index.memory_bytes / n_rows
+    faiss_serialized_bytes, faiss_list_bytes = faiss_bytes_per_vector(faiss_index)
+
+    print()
+    print(f"ivf-sq results: recall@{args.k}, batch QPS = best of >= 2 runs over >= "
+          f"{args.min_seconds:g} s with {args.threads} thread(s), p50 = single-query latency "
+          f"with 1 thread")
+    print_main_table(ivfsq_results, faiss_results)
+    print()
+    print(f"build time (train + add): ivfsq {ivfsq_build_s:.2f} s | faiss {faiss_build_s:.2f} s")
+    print(f"bytes per vector: ivfsq {ivfsq_bytes:.1f} (index.memory_bytes / N) | faiss "
+          f"{faiss_serialized_bytes:.1f} (len(faiss.serialize_index) / N); faiss lists "
+          f"only {faiss_list_bytes} (code_size + 8-byte id)")
+    if hnswlib_results:
+        print()
+        print(f"hnswlib (M={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}), "
+              f"build {hnswlib_build_s:.2f} s:")
+        print_hnswlib_table(hnswlib_results)
+
+    common_fields = {
+        "benchmark": "bench_faiss",
+        "timestamp": utc_timestamp(),
+        "dataset": data["name"],
+        "n_rows": n_rows,
+        "dim": dim,
+        "n_queries": int(queries.shape[0]),
+        "metric": metric,
+        "k": args.k,
+        "threads": args.threads,
+        "hardware": hardware_info(),  # load_average_1min is taken at the end of the run
+    }
+    ivf_fields = {"n_lists": n_lists, "train_rows": n_train, "kmeans_n_iters": KMEANS_N_ITERS}
+    records = make_records("ivfsq", ivfsq_results, common_fields, {
+        **ivf_fields,
+        "build_seconds": ivfsq_build_s,
+        "bytes_per_vector": ivfsq_bytes,
+        "bytes_per_vector_method": "index.memory_bytes / N",
+        "memory_breakdown": ivfsq_index.memory_breakdown,
+        "imbalance_factor": ivfsq_index.imbalance_factor,
+        "train_sampling": "internal to ivf_sq.build (seed 0, same rows as faiss)",
+    })
+    records += make_records("faiss", faiss_results, common_fields, {
+        **ivf_fields,
+        "index": "IndexIVFScalarQuantizer(QT_8bit, by_residual=True)",
+        "build_seconds": faiss_build_s,
+        "bytes_per_vector": faiss_serialized_bytes,
+        "bytes_per_vector_method": "len(faiss.serialize_index(index)) / N",
+        "bytes_per_vector_lists_only": faiss_list_bytes,
+        "imbalance_factor": faiss_index.invlists.imbalance_factor(),
+    })
+    records += make_records("hnswlib", hnswlib_results, common_fields, {
+        "M": HNSW_M,
+        "ef_construction": HNSW_EF_CONSTRUCTION,
+        "build_seconds": hnswlib_build_s,
+        "bytes_per_vector": None,
+    })
+    out_path = args.out or RESULTS_DIR / f"bench_{data['name']}.jsonl"
+    write_jsonl(out_path, records)
+    print()
+    print(f"{len(records)} records written to {out_path}")
+
+    curves = [("ivfsq", ivfsq_results, "n_probes"), ("faiss IVFSQ8", faiss_results, "n_probes")]
+    if hnswlib_results:
+        curves.append(("hnswlib", hnswlib_results, "ef"))
+    plot_path = args.plot or RESULTS_DIR / f"bench_{data['name']}.png"
+    write_plot(plot_path, curves,
+               f"{data['name']} ({n_rows} x {dim}, {metric}), n_lists={n_lists}, "
+               f"{args.threads} thread(s)")
+
+
+if __name__ == "__main__":
+    main()

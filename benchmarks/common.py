@@ -1,0 +1,161 @@
+"""Helpers shared by the benchmark scripts: timing, hardware info and output.
+
+Everything here is library-neutral: a search is passed in as a plain
+function, so the same code times ivfsq, FAISS and hnswlib.
+"""
+
+import datetime
+import importlib
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "results"
+
+
+def default_n_lists(n_rows):
+    """About ``4 * sqrt(n_rows)``, rounded to the nearest power of two."""
+    target = 4.0 * math.sqrt(n_rows)
+    n_lists = 2 ** round(math.log2(target))
+    return int(max(1, min(n_lists, n_rows)))
+
+
+def parse_int_list(text):
+    """Parse ``"1,2,4"`` into ``[1, 2, 4]``."""
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise ValueError(f"expected a comma-separated list of positive integers, got {text!r}")
+    return values
+
+
+def time_call(function):
+    """Run ``function()`` once; return ``(result, seconds)``."""
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def measure_batch_qps(search_batch, n_queries, min_seconds=1.0, min_runs=2):
+    """Queries per second of a (warmed-up) batch search.
+
+    ``search_batch()`` is called repeatedly until at least ``min_runs`` runs
+    have been made and at least ``min_seconds`` have elapsed in total.
+
+    Returns a dict with the best and median QPS, the number of runs and the
+    best run's seconds.
+    """
+    run_seconds = []
+    while len(run_seconds) < min_runs or sum(run_seconds) < min_seconds:
+        _, seconds = time_call(search_batch)
+        run_seconds.append(seconds)
+    best = min(run_seconds)
+    median = statistics.median(run_seconds)
+    return {
+        "qps": n_queries / best,
+        "qps_median": n_queries / median,
+        "n_runs": len(run_seconds),
+        "best_run_seconds": best,
+    }
+
+
+def measure_latency(search_one, n_queries, n_warmup=5):
+    """Single-query latency percentiles in milliseconds.
+
+    ``search_one(i)`` searches query ``i`` alone. The first ``n_warmup``
+    queries are searched once untimed; then queries ``0 .. n_queries-1`` are
+    timed one at a time.
+    """
+    for i in range(min(n_warmup, n_queries)):
+        search_one(i)
+    latencies_ms = []
+    for i in range(n_queries):
+        _, seconds = time_call(lambda: search_one(i))
+        latencies_ms.append(seconds * 1000.0)
+    latencies_ms = np.asarray(latencies_ms)
+    return {
+        "latency_p50_ms": float(np.percentile(latencies_ms, 50)),
+        "latency_p90_ms": float(np.percentile(latencies_ms, 90)),
+        "latency_queries": int(n_queries),
+    }
+
+
+def cpu_model():
+    """The CPU model name from /proc/cpuinfo, or platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def library_version(module_name):
+    """``module.__version__`` of an importable module, else None."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    return getattr(module, "__version__", "unknown")
+
+
+def hardware_info(module_names=("numpy", "numba", "ivfsq", "faiss", "hnswlib")):
+    """Platform, CPU and library versions, for the result records."""
+    try:
+        usable_cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable_cores = os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores,
+        "python": platform.python_version(),
+        "load_average_1min": os.getloadavg()[0],
+        "versions": {name: library_version(name) for name in module_names},
+    }
+
+
+def warn_if_busy():
+    """Print a warning when other processes keep the CPUs busy (timings get noisy)."""
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load > 0.5 * cores:
+        print(f"warning: 1-minute load average is {load:.2f} on {cores} cores before the "
+              f"run; other processes are using the CPUs, so QPS and latency will be noisy")
+
+
+def utc_timestamp():
+    """The current time as an ISO 8601 UTC string."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_jsonl(path, records):
+    """Write ``records`` (dicts) as JSON lines, creating the folder; overwrites."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as out:
+        for record in records:
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def format_table(headers, rows):
+    """Format rows of strings as an aligned, ``|``-separated text table."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+
+    def line(cells):
+        return " | ".join(cell.rjust(width) for cell, width in zip(cells, widths))
+
+    separator = "-+-".join("-" * width for width in widths)
+    return "\n".join([line(headers), separator] + [line(row) for row in rows])
