@@ -408,6 +408,25 @@ def test_save_load_round_trip(blobs, indexes, tmp_path):
         assert len(loaded) == len(index) + 3
 
 
+def test_memory_mapped_load_gives_same_results(blobs, indexes, tmp_path):
+    _, queries = blobs
+    path = tmp_path / "index.ivfsq"
+    ivf_sq.save(path, indexes["sqeuclidean"])
+    loaded = ivf_sq.load(path)
+    mapped = ivf_sq.load(path, mmap=True)
+    codes = mapped._engine.lists.codes
+    assert not codes.flags.owndata and not codes.flags.writeable  # a read-only file map
+    params = ivf_sq.SearchParams(n_probes=9)
+    np.testing.assert_array_equal(
+        ivf_sq.search(params, mapped, queries, 10)[1], ivf_sq.search(params, loaded, queries, 10)[1]
+    )
+    # Extending a mapped index copies its lists; the file is never written.
+    before = path.read_bytes()
+    ivf_sq.extend(mapped, queries[:5], None)
+    assert len(mapped) == len(loaded) + 5
+    assert path.read_bytes() == before
+
+
 def test_load_rejects_corrupt_and_foreign_files(blobs, indexes, tmp_path):
     path = tmp_path / "index.ivfsq"
     ivf_sq.save(path, indexes["sqeuclidean"])

@@ -529,8 +529,17 @@ def save(filename, index, resources=None):
     _format.write_index_file(filename, header, arrays)
 
 
-def load(filename, resources=None):
+def load(filename, resources=None, *, mmap=False):
     """Load an index saved by :func:`save`.
+
+    Parameters
+    ----------
+    filename : str or path
+    resources : ivfsq.common.Resources, optional
+    mmap : bool, default False
+        Map the codes, ids and norms from the file instead of reading them
+        into memory, for indexes larger than RAM. Searches give the same
+        results; an ``extend`` copies the lists into memory.
 
     Raises
     ------
@@ -539,7 +548,8 @@ def load(filename, resources=None):
         ivfsq index file (``ivfsq._format.IndexFileError``). No code from
         the file is ever run.
     """
-    header, arrays = _format.read_index_file(filename)
+    check_bool("mmap", mmap)
+    header, arrays = _format.read_index_file(filename, mmap=mmap)
     return _index_from_file(filename, header, arrays)
 
 
