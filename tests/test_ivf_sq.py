@@ -595,6 +595,24 @@ def test_balanced_lists_and_memory_report(blobs, indexes):
     assert index.memory_bytes == sum(parts.values())
 
 
+@pytest.mark.parametrize("metric", ["inner_product", "cosine"])
+def test_inner_product_lists_hold_vectors_of_largest_center_dot(blobs, indexes, metric):
+    # Lists are probed by the largest q.c, so each vector must sit in the list
+    # whose center has the largest dot with it (not the L2-nearest one).
+    index = indexes[metric]
+    engine = index._engine
+    lists = engine.lists
+    labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
+    ids = lists.ids[lists.valid_rows()]
+    base = blobs[0][ids].astype(np.float64)
+    if metric == "cosine":
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+    dots = base @ engine.centers.T.astype(np.float64)
+    best = dots.max(1)
+    chosen = dots[np.arange(len(ids)), labels]
+    np.testing.assert_allclose(chosen, best, rtol=1e-5, atol=1e-5)
+
+
 def test_kmeans_splits_empty_clusters():
     # Half the rows are one repeated point: naive k-means leaves lists empty.
     rng = np.random.default_rng(2)

@@ -66,10 +66,11 @@ class IvfSqEngine:
         sample = to_float32("dataset", sample).copy()
         if params.metric == "cosine":
             normalize_rows(sample)
+        inner_product = params.metric in ("inner_product", "cosine")
         centers = train_kmeans(
-            sample, params.n_lists, params.kmeans_n_iters, params.seed, n_threads
+            sample, params.n_lists, params.kmeans_n_iters, params.seed, n_threads, inner_product
         )
-        labels, _ = assign_nearest(sample, centers, n_threads)
+        labels, _ = assign_nearest(sample, centers, n_threads, inner_product=inner_product)
         residuals = sample
         residuals -= centers[labels]
         quantizer = ScalarQuantizer.train(params.quantizer, residuals)
@@ -82,7 +83,13 @@ class IvfSqEngine:
     def encode(self, vectors, n_threads):
         """Lists, codes and per-vector norm terms of float32 rows (prepared)."""
         n_rows = vectors.shape[0]
-        labels, _ = assign_nearest(vectors, self.centers, n_threads, self.center_sq_norms)
+        labels, _ = assign_nearest(
+            vectors,
+            self.centers,
+            n_threads,
+            self.center_sq_norms,
+            inner_product=self.metric in ("inner_product", "cosine"),
+        )
         codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
         aux = np.empty(n_rows, dtype=np.float32)
 

@@ -30,13 +30,17 @@ def imbalance_factor(sizes):
     return float(sizes.shape[0] * np.square(sizes).sum() / (total * total))
 
 
-def assign_nearest(vectors, centers, n_threads, center_sq_norms=None):
+def assign_nearest(vectors, centers, n_threads, center_sq_norms=None, inner_product=False):
     """Index (int64) and squared L2 distance of each row's nearest center.
 
     Computed blockwise as ``|c|^2 - 2 x.c`` with one GEMM per block, so memory
-    stays bounded; ties go to the lower center index.
+    stays bounded; ties go to the lower center index. With ``inner_product``
+    the center with the largest ``x.c`` is chosen instead (the rule lists are
+    probed by for inner-product and cosine search).
     """
-    if center_sq_norms is None:
+    if inner_product:
+        center_sq_norms = np.zeros(centers.shape[0], dtype=np.float32)
+    elif center_sq_norms is None:
         center_sq_norms = np.einsum("ij,ij->i", centers, centers)
     n_rows = vectors.shape[0]
     labels = np.empty(n_rows, dtype=np.int64)
@@ -51,10 +55,12 @@ def assign_nearest(vectors, centers, n_threads, center_sq_norms=None):
             scores += center_sq_norms
             best = np.argmin(scores, axis=1)
             labels[block:end] = best
-            row_sq = np.einsum("ij,ij->i", rows, rows)
-            distances[block:end] = np.maximum(
-                scores[np.arange(end - block), best] + row_sq, 0.0
-            )
+            best_scores = scores[np.arange(end - block), best]
+            if inner_product:
+                distances[block:end] = best_scores
+            else:
+                row_sq = np.einsum("ij,ij->i", rows, rows)
+                distances[block:end] = np.maximum(best_scores + row_sq, 0.0)
 
     # numpy's GEMM is itself multithreaded; a few chunks keep argmin parallel too.
     run_chunks(task, n_rows, n_threads, min_chunk=4096, chunks_per_thread=1)
@@ -93,8 +99,11 @@ def _split_small_clusters(centers, counts, rng):
     return moved
 
 
-def train_kmeans(sample, n_clusters, n_iters, seed, n_threads):
+def train_kmeans(sample, n_clusters, n_iters, seed, n_threads, inner_product=False):
     """Balanced k-means on ``sample`` (float32, C-contiguous).
+
+    With ``inner_product`` rows are assigned to the center of largest inner
+    product (centers stay means, unnormalized), matching how lists are probed.
 
     Returns ``centers`` (float32, (n_clusters, dim)). Deterministic for a given
     seed, sample and thread count on one machine.
@@ -108,7 +117,7 @@ def train_kmeans(sample, n_clusters, n_iters, seed, n_threads):
             centers = sample.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
         return np.ascontiguousarray(centers)
     for iteration in range(n_iters):
-        labels, _ = assign_nearest(sample, centers, n_threads)
+        labels, _ = assign_nearest(sample, centers, n_threads, inner_product=inner_product)
         sums = np.zeros((n_clusters, dim), dtype=np.float64)
         counts = np.zeros(n_clusters, dtype=np.int64)
         kernels.accumulate_clusters(sample, labels, sums, counts)
