@@ -59,15 +59,37 @@ def test_sq8_with_centers_and_clamping():
     assert codes[0].tolist() == [129, 130]
 
 
-def test_scan_kernel_matches_numpy_oracle():
+def _oracle_levels(codes, bits, dim):
+    """Integer levels of packed codes, per the documented nibble order."""
+    if bits == 8:
+        return codes.astype(np.int64)
+    levels = np.zeros((codes.shape[0], 2 * codes.shape[1]), np.int64)
+    levels[:, 0::2] = codes & 15  # dimension 2j: low nibble of byte j
+    levels[:, 1::2] = codes >> 4  # dimension 2j + 1: high nibble
+    return levels[:, :dim]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("emit_rows", [False, True])
+def test_scan_kernel_matches_numpy_oracle(bits, emit_rows):
     rng = np.random.default_rng(1)
     n, dim, k = 300, 11, 7
-    codes = rng.integers(0, 256, size=(n, dim), dtype=np.uint8)
+    code_size = dim if bits == 8 else (dim + 1) // 2
+    codes = rng.integers(0, 256, size=(n, code_size), dtype=np.uint8)
+    if bits == 4:
+        codes[:, -1] &= 15  # odd dim: the last high nibble is padding (0)
+    levels = _oracle_levels(codes, bits, dim)
     ids = rng.permutation(n).astype(np.int64) + 1000
     aux = rng.random(n).astype(np.float32)
     list_offsets = np.array([0, 100, 180], np.int64)
     list_sizes = np.array([100, 80, 120], np.int64)
-    weights = rng.standard_normal((3, dim)).astype(np.float32)
+    dim_weights = rng.standard_normal((3, dim)).astype(np.float32)
+    if bits == 8:
+        weights = dim_weights
+    else:  # low-nibble weights (even dims), then high-nibble weights (odd dims)
+        weights = np.zeros((3, 2 * code_size), np.float32)
+        weights[:, :code_size] = dim_weights[:, 0::2]
+        weights[:, code_size : code_size + dim // 2] = dim_weights[:, 1::2]
     probes = np.array([[0, 2], [1, 1], [2, -1]], np.int64)
     consts = rng.standard_normal((3, 2)).astype(np.float32)
     q_sq = rng.random(3).astype(np.float32)
@@ -75,7 +97,8 @@ def test_scan_kernel_matches_numpy_oracle():
         out_d = np.empty((3, k), np.float32)
         out_i = np.empty((3, k), np.int64)
         kernels.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, list_offsets,
-                           list_sizes, metric, np.zeros(0, np.uint32), False, out_d, out_i)
+                           list_sizes, metric, bits, np.zeros(0, np.uint32), False,
+                           emit_rows, out_d, out_i)
         for i in range(3):
             cand_d, cand_i = [], []
             for p in range(2):
@@ -83,7 +106,7 @@ def test_scan_kernel_matches_numpy_oracle():
                 if lst < 0:
                     continue
                 rows = np.arange(list_offsets[lst], list_offsets[lst] + list_sizes[lst])
-                s = consts[i, p] + codes[rows].astype(np.float64) @ weights[i]
+                s = consts[i, p] + levels[rows].astype(np.float64) @ dim_weights[i]
                 if metric == kernels.METRIC_L2:
                     d = q_sq[i] + aux[rows] - 2 * s
                 elif metric == kernels.METRIC_IP:
@@ -91,7 +114,7 @@ def test_scan_kernel_matches_numpy_oracle():
                 else:
                     d = 1 - aux[rows] * s
                 cand_d.append(d)
-                cand_i.append(ids[rows])
+                cand_i.append(rows if emit_rows else ids[rows])
             cand_d, cand_i = np.concatenate(cand_d), np.concatenate(cand_i)
             order = np.lexsort((cand_i, cand_d))[:k]
             np.testing.assert_allclose(out_d[i], cand_d[order], rtol=1e-5, atol=1e-4)

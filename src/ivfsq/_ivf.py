@@ -4,6 +4,7 @@ The public facade (:mod:`ivfsq.neighbors.ivf_sq`) checks user input and calls
 into this module, which works on float32 C-contiguous arrays only.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -13,6 +14,7 @@ from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq._lists import ListStorage
 from ivfsq._quantizer import ScalarQuantizer
 from ivfsq._threads import run_chunks
+from ivfsq._transforms import random_orthogonal, rotate, unrotate
 from ivfsq._validation import to_float32
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
@@ -37,18 +39,55 @@ def normalize_rows(vectors):
     return vectors, nonzero
 
 
+def _half_table():
+    """float32 value of every float16 bit pattern (for the re-rank kernel)."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
+        np.float32
+    )
+
+
 class IvfSqEngine:
     """Trained state of an IVF-SQ index and the operations on it."""
 
-    def __init__(self, metric, centers, quantizer, lists, conservative_memory_allocation):
+    def __init__(
+        self,
+        metric,
+        centers,
+        quantizer,
+        lists,
+        conservative_memory_allocation,
+        *,
+        by_residual=True,
+        rotation=None,
+    ):
         self.metric = metric
+        # Centers (like codes, queries and the precise store) live in the
+        # rotated space when there is a rotation.
         self.centers = centers
         self.center_sq_norms = np.einsum("ij,ij->i", centers, centers).astype(np.float32)
         self.quantizer = quantizer
         self.lists = lists
         self.conservative_memory_allocation = conservative_memory_allocation
+        self.by_residual = by_residual
+        self.rotation = rotation
         self.next_id = 0
         self._extend_lock = threading.Lock()
+        self._half_table = None
+
+    @property
+    def has_precise(self):
+        return self.lists.precise is not None
+
+    def original_space(self, vectors):
+        """Vectors of the internal (rotated) space in the original space."""
+        return vectors if self.rotation is None else unrotate(vectors, self.rotation)
+
+    def _code_reference(self, labels):
+        """Centers and labels the codes are residuals of (zero without residuals)."""
+        if self.by_residual:
+            return self.centers, labels
+        zero = np.zeros((1, self.centers.shape[1]), dtype=np.float32)
+        return zero, np.zeros_like(labels)
 
     # ------------------------------------------------------------- training
     @classmethod
@@ -66,17 +105,34 @@ class IvfSqEngine:
         sample = to_float32("dataset", sample).copy()
         if params.metric == "cosine":
             normalize_rows(sample)
+        # The sample goes through the same steps as prepare() and internal().
+        rotation = None
+        if params.transform == "rom":
+            rotation = random_orthogonal(sample.shape[1], params.seed)
+            sample = rotate(sample, rotation)
         inner_product = params.metric in ("inner_product", "cosine")
         centers = train_kmeans(
             sample, params.n_lists, params.kmeans_n_iters, params.seed, n_threads, inner_product
         )
-        labels, _ = assign_nearest(sample, centers, n_threads, inner_product=inner_product)
-        residuals = sample
-        residuals -= centers[labels]
-        quantizer = ScalarQuantizer.train(params.quantizer, residuals)
-        lists = ListStorage.empty(params.n_lists, quantizer.code_size)
+        values = sample
+        if params.by_residual:
+            labels, _ = assign_nearest(sample, centers, n_threads, inner_product=inner_product)
+            values -= centers[labels]
+        quantizer = ScalarQuantizer.train(
+            params.quantizer, values, params.range_stat, params.range_quantile
+        )
+        precise_dtype = params.precise_dtype if params.reorder else None
+        lists = ListStorage.empty(
+            params.n_lists, quantizer.code_size, sample.shape[1], precise_dtype
+        )
         return cls(
-            params.metric, centers, quantizer, lists, params.conservative_memory_allocation
+            params.metric,
+            centers,
+            quantizer,
+            lists,
+            params.conservative_memory_allocation,
+            by_residual=params.by_residual,
+            rotation=rotation,
         )
 
     # --------------------------------------------------------------- adding
@@ -94,9 +150,8 @@ class IvfSqEngine:
         aux = np.empty(n_rows, dtype=np.float32)
 
         def task(start, stop):
-            chunk_codes, decoded = self.quantizer.encode(
-                vectors[start:stop], self.centers, labels[start:stop]
-            )
+            centers, references = self._code_reference(labels[start:stop])
+            chunk_codes, decoded = self.quantizer.encode(vectors[start:stop], centers, references)
             codes[start:stop] = chunk_codes
             aux[start:stop] = self._norm_terms(decoded)
 
@@ -113,14 +168,23 @@ class IvfSqEngine:
         return sq_norms
 
     def prepare(self, name, rows, start=0):
-        """float32, finite, normalized for cosine."""
+        """float32, finite, normalized for cosine; and the nonzero rows.
+
+        The second value is a boolean mask of nonzero rows for cosine, else
+        None. The caller's array is never modified. The vectors are still in
+        the original space (the precise store's); :meth:`internal` rotates.
+        """
         vectors = to_float32(name, rows, start)
+        nonzero = None
         if self.metric == "cosine":
             if np.may_share_memory(vectors, rows):
                 vectors = vectors.copy()  # never normalize the caller's array
             vectors, nonzero = normalize_rows(vectors)
-            return vectors, nonzero
-        return vectors, None
+        return vectors, nonzero
+
+    def internal(self, vectors):
+        """Prepared vectors in the space of the centers and codes (rotated)."""
+        return vectors if self.rotation is None else rotate(vectors, self.rotation)
 
     def add(self, dataset, ids, n_threads):
         """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing).
@@ -137,19 +201,30 @@ class IvfSqEngine:
             all_labels = np.empty(n_rows, dtype=np.int64)
             all_codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
             all_aux = np.empty(n_rows, dtype=np.float32)
+            all_precise = None
+            if self.has_precise:
+                all_precise = np.empty((n_rows, self.lists.precise.shape[1]),
+                                       dtype=self.lists.precise.dtype)
             for start in range(0, n_rows, ENCODE_BATCH_ROWS):
                 stop = min(n_rows, start + ENCODE_BATCH_ROWS)
                 vectors, nonzero = self.prepare("new_vectors", dataset[start:stop], start)
-                labels, codes, aux = self.encode(vectors, n_threads)
+                labels, codes, aux = self.encode(self.internal(vectors), n_threads)
                 if nonzero is not None:
                     # A zero vector keeps cosine distance 1 to every query.
                     aux[~nonzero] = 0.0
                 all_labels[start:stop] = labels
                 all_codes[start:stop] = codes
                 all_aux[start:stop] = aux
+                if all_precise is not None:
+                    all_precise[start:stop] = vectors
             # Everything is encoded: only now is the index changed.
             self.lists = self.lists.add(
-                all_labels, all_codes, ids, all_aux, self.conservative_memory_allocation
+                all_labels,
+                all_codes,
+                ids,
+                all_aux,
+                self.conservative_memory_allocation,
+                all_precise,
             )
             if n_rows:
                 self.next_id = max(self.next_id, int(ids.max()) + 1)
@@ -169,7 +244,7 @@ class IvfSqEngine:
 
     # ------------------------------------------------------------ searching
     def coarse_probes(self, queries, n_probes, n_threads):
-        """Probed lists (best first) and ``q . c`` for each, per query."""
+        """Probed lists (best first) per query, int64 (n_queries, n_probes)."""
         n_queries = queries.shape[0]
         probes = np.empty((n_queries, n_probes), dtype=np.int64)
         scores = np.empty((n_queries, n_probes), dtype=np.float32)
@@ -184,19 +259,39 @@ class IvfSqEngine:
                 )
 
         run_chunks(task, n_queries, n_threads, min_chunk=64, chunks_per_thread=1)
-        center_dots = np.empty((n_queries, n_probes), dtype=np.float64)
-        kernels.probe_dots(queries, self.centers, probes, center_dots)
-        return probes, center_dots
+        return probes
 
-    def search(self, queries, k, n_probes, keep_words, n_threads):
-        """Internal (smaller is better) distances and ids, (nq, k)."""
+    def list_constants(self, queries, probes):
+        """``q . x_hat - weights . u`` for each probed list: ``q.c + q.vmin``.
+
+        ``q . c`` is recomputed in float64 for the probed lists only, so a
+        query's constants do not depend on which other queries share its
+        batch (BLAS blocking would); it is absent without residuals.
+        """
+        offsets = self.quantizer.offsets(queries)[:, None]
+        if not self.by_residual:
+            return np.ascontiguousarray(
+                np.broadcast_to(offsets, probes.shape), dtype=np.float32
+            )
+        center_dots = np.empty(probes.shape, dtype=np.float64)
+        kernels.probe_dots(queries, self.centers, probes, center_dots)
+        return (center_dots + offsets).astype(np.float32)
+
+    def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0):
+        """Internal (smaller is better) distances and ids, (nq, k).
+
+        ``prepared`` queries come from :meth:`prepare`. With a precise store,
+        ``ceil(refine_ratio * k)`` candidates per query are scored on the
+        codes and re-ranked with exact distances.
+        """
+        queries = self.internal(prepared)
         lists = self.lists  # one snapshot for the whole search
+        refine = lists.precise is not None
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
-        if self.metric == "cosine":
-            queries, _ = normalize_rows(queries.copy())
-        probes, center_dots = self.coarse_probes(queries, n_probes, n_threads)
-        list_consts = (center_dots + self.quantizer.offsets(queries)[:, None]).astype(np.float32)
+        n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
+        probes = self.coarse_probes(queries, n_probes, n_threads)
+        list_consts = self.list_constants(queries, probes)
         weights = self.quantizer.weights(queries)
         if self.metric in ("sqeuclidean", "euclidean"):
             query_sq_norms = np.einsum(
@@ -205,11 +300,12 @@ class IvfSqEngine:
         else:
             query_sq_norms = np.zeros(n_queries, dtype=np.float32)
         metric = KERNEL_METRIC[self.metric]
+        bits = self.quantizer.bits
         use_filter = keep_words is not None
         if keep_words is None:
             keep_words = np.zeros(0, dtype=np.uint32)
-        distances = np.empty((n_queries, k), dtype=np.float32)
-        neighbors = np.empty((n_queries, k), dtype=np.int64)
+        distances = np.empty((n_queries, n_candidates), dtype=np.float32)
+        neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
 
         def scan(query_rows, probe_cols, out_d, out_i):
             kernels.scan_lists(
@@ -223,8 +319,10 @@ class IvfSqEngine:
                 lists.list_offsets,
                 lists.list_sizes,
                 metric,
+                bits,
                 keep_words,
                 use_filter,
+                refine,
                 out_d,
                 out_i,
             )
@@ -240,28 +338,59 @@ class IvfSqEngine:
             # Few queries: parallel over probed lists, then merge the partial top-k.
             n_parts = min(n_threads, n_probes)
             bounds = [round(n_probes * part / n_parts) for part in range(n_parts + 1)]
-            part_d = np.empty((n_queries, n_parts * k), dtype=np.float32)
-            part_i = np.empty((n_queries, n_parts * k), dtype=np.int64)
+            part_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
+            part_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
 
             def task(part_start, part_stop):
                 for part in range(part_start, part_stop):
-                    out_d = np.empty((n_queries, k), dtype=np.float32)
-                    out_i = np.empty((n_queries, k), dtype=np.int64)
+                    columns = slice(part * n_candidates, (part + 1) * n_candidates)
+                    out_d = np.empty((n_queries, n_candidates), dtype=np.float32)
+                    out_i = np.empty((n_queries, n_candidates), dtype=np.int64)
                     scan(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
-                    part_d[:, part * k : (part + 1) * k] = out_d
-                    part_i[:, part * k : (part + 1) * k] = out_i
+                    part_d[:, columns] = out_d
+                    part_i[:, columns] = out_i
 
             run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
             kernels.merge_topk(part_d, part_i, distances, neighbors)
+        if refine:
+            return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
+        return distances, neighbors
+
+    def _rerank(self, queries, candidate_rows, k, lists, metric, n_threads):
+        """Exact top-k over candidate storage rows, from the precise store."""
+        n_queries = queries.shape[0]
+        distances = np.empty((n_queries, k), dtype=np.float32)
+        neighbors = np.empty((n_queries, k), dtype=np.int64)
+        precise = lists.precise
+        half = precise.dtype == np.float16
+        if half and self._half_table is None:
+            self._half_table = _half_table()
+
+        def task(start, stop):
+            rows = slice(start, stop)
+            if half:
+                kernels.rerank_rows_half(
+                    queries[rows], precise.view(np.uint16), self._half_table,
+                    candidate_rows[rows], lists.ids, metric, distances[rows], neighbors[rows],
+                )
+            else:
+                kernels.rerank_rows(
+                    queries[rows], precise, candidate_rows[rows], lists.ids, metric,
+                    distances[rows], neighbors[rows],
+                )
+
+        run_chunks(task, n_queries, n_threads, min_chunk=16)
         return distances, neighbors
 
     # ------------------------------------------------------------- decoding
     def decoded_vectors(self):
-        """ids and decoded vectors of every stored entry (for tests and refine)."""
+        """ids and decoded vectors (original space) of every stored entry."""
         lists = self.lists
         rows = lists.valid_rows()
         labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
-        return lists.ids[rows], self.quantizer.decode(lists.codes[rows], self.centers, labels)
+        centers, labels = self._code_reference(labels)
+        decoded = self.quantizer.decode(lists.codes[rows], centers, labels)
+        return lists.ids[rows], self.original_space(decoded)
 
     @property
     def list_imbalance(self):

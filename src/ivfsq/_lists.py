@@ -1,7 +1,10 @@
 """Inverted-list storage that the numba kernels read directly.
 
 All lists share one code buffer (``codes``, (capacity, code_size) uint8), one
-id buffer (int64) and one auxiliary buffer (float32, the per-vector norm term).
+id buffer (int64), one auxiliary buffer (float32, the per-vector norm term)
+and, for indexes with ``reorder=True``, one precise store (``precise``,
+(capacity, dim) float32 or float16: the vectors in the original space,
+normalized for cosine).
 List ``l`` occupies rows ``[list_offsets[l], list_offsets[l] + list_sizes[l])``
 and may grow in place up to ``list_capacities[l]`` rows.
 
@@ -34,17 +37,24 @@ def _rows_of_lists(offsets, sizes):
 class ListStorage:
     """Inverted lists in one contiguous buffer with per-list offsets."""
 
-    def __init__(self, codes, ids, aux, list_offsets, list_sizes, list_capacities):
+    def __init__(
+        self, codes, ids, aux, list_offsets, list_sizes, list_capacities, precise=None
+    ):
         self.codes = codes
         self.ids = ids
         self.aux = aux
+        self.precise = precise
         self.list_offsets = list_offsets
         self.list_sizes = list_sizes
         self.list_capacities = list_capacities
 
     @classmethod
-    def empty(cls, n_lists, code_size):
+    def empty(cls, n_lists, code_size, precise_dim=None, precise_dtype=None):
+        """Empty lists; a precise store of ``precise_dim`` columns if given."""
         zeros = np.zeros(n_lists, dtype=np.int64)
+        precise = None
+        if precise_dtype is not None:
+            precise = np.zeros((0, precise_dim), dtype=precise_dtype)
         return cls(
             np.zeros((0, code_size), dtype=np.uint8),
             np.zeros(0, dtype=np.int64),
@@ -52,7 +62,15 @@ class ListStorage:
             zeros.copy(),
             zeros.copy(),
             zeros.copy(),
+            precise,
         )
+
+    def row_arrays(self):
+        """The per-row buffers, by name (``precise`` only when present)."""
+        arrays = {"codes": self.codes, "ids": self.ids, "aux": self.aux}
+        if self.precise is not None:
+            arrays["precise"] = self.precise
+        return arrays
 
     @property
     def n_lists(self):
@@ -64,24 +82,18 @@ class ListStorage:
 
     @property
     def nbytes(self):
-        """Bytes allocated for codes, ids, norms and list metadata."""
-        return sum(
-            array.nbytes
-            for array in (
-                self.codes,
-                self.ids,
-                self.aux,
-                self.list_offsets,
-                self.list_sizes,
-                self.list_capacities,
-            )
-        )
+        """Bytes allocated for the row buffers and the list metadata."""
+        return sum(array.nbytes for array in self.row_arrays().values()) + self.metadata_nbytes
+
+    @property
+    def metadata_nbytes(self):
+        return self.list_offsets.nbytes + self.list_sizes.nbytes + self.list_capacities.nbytes
 
     def valid_rows(self):
         """Row numbers of all stored vectors, in list order."""
         return _rows_of_lists(self.list_offsets, self.list_sizes)
 
-    def add(self, labels, codes, ids, aux, conservative):
+    def add(self, labels, codes, ids, aux, conservative, precise=None):
         """A new storage holding these entries too (``labels`` give the lists).
 
         Lists that fit in their spare capacity are appended to in place (rows
@@ -115,6 +127,8 @@ class ListStorage:
         storage.codes[destination] = codes[order]
         storage.ids[destination] = ids[order]
         storage.aux[destination] = aux[order]
+        if storage.precise is not None:
+            storage.precise[destination] = precise[order]
         storage.list_sizes = new_sizes
         return storage
 
@@ -122,16 +136,23 @@ class ListStorage:
         """A copy of this storage laid out with the given per-list capacities."""
         offsets = np.cumsum(capacities) - capacities
         total = int(capacities.sum())
-        code_size = self.codes.shape[1]
-        codes = np.zeros((total, code_size), dtype=np.uint8)
-        ids = np.full(total, -1, dtype=np.int64)
-        aux = np.zeros(total, dtype=np.float32)
         old_rows = self.valid_rows()
         new_rows = _rows_of_lists(offsets, self.list_sizes)
-        codes[new_rows] = self.codes[old_rows]
-        ids[new_rows] = self.ids[old_rows]
-        aux[new_rows] = self.aux[old_rows]
-        return ListStorage(codes, ids, aux, offsets, self.list_sizes.copy(), capacities)
+        moved = {}
+        for name, array in self.row_arrays().items():
+            fill = -1 if name == "ids" else 0
+            new_array = np.full((total,) + array.shape[1:], fill, dtype=array.dtype)
+            new_array[new_rows] = array[old_rows]
+            moved[name] = new_array
+        return ListStorage(
+            moved["codes"],
+            moved["ids"],
+            moved["aux"],
+            offsets,
+            self.list_sizes.copy(),
+            capacities,
+            moved.get("precise"),
+        )
 
     def compacted(self):
         """A copy with capacities equal to sizes (what gets saved)."""

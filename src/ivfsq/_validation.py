@@ -30,7 +30,9 @@ def check_int(name, value, *, minimum=None, maximum=None):
     return value
 
 
-def check_float(name, value, *, minimum=None, exclusive_minimum=None):
+def check_float(
+    name, value, *, minimum=None, exclusive_minimum=None, exclusive_maximum=None
+):
     """Return ``value`` as a finite Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {_describe(value)}")
@@ -41,6 +43,8 @@ def check_float(name, value, *, minimum=None, exclusive_minimum=None):
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if exclusive_minimum is not None and value <= exclusive_minimum:
         raise ValueError(f"{name} must be > {exclusive_minimum}, got {value}")
+    if exclusive_maximum is not None and value >= exclusive_maximum:
+        raise ValueError(f"{name} must be < {exclusive_maximum}, got {value}")
     return value
 
 
@@ -51,13 +55,28 @@ def check_bool(name, value):
     return bool(value)
 
 
-def check_choice(name, value, choices):
-    """Return ``value`` if it is one of the strings in ``choices``."""
+def check_choice(name, value, choices, *, allow_none=False):
+    """Return ``value`` if it is one of the strings in ``choices`` (or None if allowed)."""
+    if value is None and allow_none:
+        return None
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, one of {list(choices)}, got {_describe(value)}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_dtype_name(name, value, choices):
+    """A dtype given as a string or NumPy dtype-like, as one of the names in ``choices``."""
+    if isinstance(value, str):
+        return check_choice(name, value, choices)
+    try:
+        dtype_name = np.dtype(value).name
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a dtype name, one of {list(choices)}, got {_describe(value)}"
+        ) from None
+    return check_choice(name, dtype_name, choices)
 
 
 def _as_host_array(name, value):

@@ -79,14 +79,17 @@ def _heap_init(heap_d, heap_i):
 
 # -------------------------------------------------------------------- encode
 @njit(**_JIT)
-def encode_sq8(vectors, centers, labels, vmin, delta, codes, decoded):
-    """Encode rows as 8-bit residual codes; write the decoded rows too.
+def encode_sq(vectors, centers, labels, vmin, delta, bits, codes, decoded):
+    """Encode rows as 8- or 4-bit residual codes; write the decoded rows too.
 
-    ``code = clamp(round((x - c - vmin) / delta), 0, 255)`` and
+    ``code = clamp(round((x - c - vmin) / delta), 0, 2^bits - 1)`` and
     ``x_hat = c + vmin + code * delta``. ``centers`` has one row of zeros when
-    residuals are not used (``labels`` all 0).
+    residuals are not used (``labels`` all 0). 8 bits: one byte per dimension.
+    4 bits: dimension ``2j`` in the low nibble of byte ``j``, ``2j + 1`` in the
+    high nibble; ``codes`` must be zeroed by the caller.
     """
     n_rows, dim = vectors.shape
+    max_level = np.float32((1 << bits) - 1)
     for row in range(n_rows):
         center = labels[row]
         for j in range(dim):
@@ -94,10 +97,13 @@ def encode_sq8(vectors, centers, labels, vmin, delta, codes, decoded):
             level = np.floor(scaled + np.float32(0.5))
             if level < 0:
                 level = 0
-            elif level > 255:
-                level = 255
+            elif level > max_level:
+                level = max_level
             code = np.uint8(level)
-            codes[row, j] = code
+            if bits == 8:
+                codes[row, j] = code
+            else:
+                codes[row, j >> 1] |= code << np.uint8((j & 1) * 4)
             decoded[row, j] = centers[center, j] + (vmin[j] + np.float32(code) * delta[j])
 
 
@@ -108,12 +114,24 @@ _FAST = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @njit(inline="always")
-def _dot_codes(weights, codes, row, dim):
+def _dot_codes8(weights, codes, row, code_size):
     # float x uint8 dot product; fastmath lets LLVM vectorise the reduction.
     total = np.float32(0.0)
-    for j in range(dim):
+    for j in range(code_size):
         total += weights[j] * np.float32(codes[row, j])
     return total
+
+
+@njit(inline="always")
+def _dot_codes4(weights, codes, row, code_size):
+    # Low nibbles meet weights[:code_size], high nibbles weights[code_size:].
+    low = np.float32(0.0)
+    high = np.float32(0.0)
+    for j in range(code_size):
+        byte = codes[row, j]
+        low += weights[j] * np.float32(byte & 15)
+        high += weights[code_size + j] * np.float32(byte >> 4)
+    return low + high
 
 
 @njit(fastmath=_FAST, **_JIT)
@@ -128,8 +146,10 @@ def scan_lists(
     list_offsets,
     list_sizes,
     metric,
+    bits,
     keep_words,
     use_filter,
+    emit_rows,
     out_distances,
     out_ids,
 ):
@@ -139,13 +159,15 @@ def scan_lists(
     vector with codes ``u`` scores ``s = list_consts[i, p] + weights[i] . u``,
     which is ``q . x_hat`` (DESIGN 4.1: ``q.c + q.vmin + (q*delta).u``). The
     distance is then ``|q|^2 + |x_hat|^2 - 2 s`` (L2), ``-s`` (inner product)
-    or ``1 - s / |x_hat|`` (cosine). Filtered-out ids are skipped before
+    or ``1 - s / |x_hat|`` (cosine). ``bits`` (8 or 4) says how codes are
+    packed (see ``ivfsq._quantizer``). Filtered-out ids are skipped before
     scoring. Rows of ``out_*`` receive the ascending top-k, padded with
-    (+inf, -1).
+    (+inf, -1); ``out_ids`` holds ids, or storage row numbers when
+    ``emit_rows`` (for re-ranking against the precise store).
     """
     n_queries, n_probes = probes.shape
     k = out_distances.shape[1]
-    dim = codes.shape[1]
+    code_size = codes.shape[1]
     n_words = keep_words.shape[0]
     for i in range(n_queries):
         heap_d = out_distances[i]
@@ -166,15 +188,104 @@ def scan_lists(
                     word = vid >> 5
                     if word >= n_words or ((keep_words[word] >> (vid & 31)) & 1) == 0:
                         continue
-                s = base + _dot_codes(w, codes, row, dim)
+                if bits == 8:
+                    s = base + _dot_codes8(w, codes, row, code_size)
+                else:
+                    s = base + _dot_codes4(w, codes, row, code_size)
                 if metric == METRIC_L2:
                     dist = q_sq + aux[row] - np.float32(2.0) * s
                 elif metric == METRIC_IP:
                     dist = -s
                 else:
                     dist = np.float32(1.0) - aux[row] * s
-                if _greater(heap_d[0], heap_i[0], dist, vid):
-                    _heap_push_replace(heap_d, heap_i, k, dist, vid)
+                key = row if emit_rows else vid
+                if _greater(heap_d[0], heap_i[0], dist, key):
+                    _heap_push_replace(heap_d, heap_i, k, dist, key)
+        _heap_sort(heap_d, heap_i, k)
+
+
+# ------------------------------------------------------------------ re-rank
+@njit(inline="always")
+def _exact_distance(query, vector, metric):
+    """Exact distance (float64 accumulation) of two float32 vectors.
+
+    Squared L2, negated inner product, or ``1 - q.x / |x|`` for cosine (the
+    query is normalized; a zero vector gives 1).
+    """
+    acc = 0.0
+    if metric == METRIC_L2:
+        for j in range(query.shape[0]):
+            diff = np.float64(query[j]) - np.float64(vector[j])
+            acc += diff * diff
+        return acc
+    if metric == METRIC_IP:
+        for j in range(query.shape[0]):
+            acc += np.float64(query[j]) * np.float64(vector[j])
+        return -acc
+    sq_norm = 0.0
+    for j in range(query.shape[0]):
+        x = np.float64(vector[j])
+        acc += np.float64(query[j]) * x
+        sq_norm += x * x
+    if sq_norm == 0.0:
+        return 1.0
+    return 1.0 - acc / np.sqrt(sq_norm)
+
+
+@njit(inline="always")
+def _rerank_push(heap_d, heap_i, k, dist, vid):
+    dist32 = np.float32(dist)
+    if _greater(heap_d[0], heap_i[0], dist32, vid):
+        _heap_push_replace(heap_d, heap_i, k, dist32, vid)
+
+
+@njit(**_JIT)
+def rerank_rows(queries, precise, candidate_rows, ids, metric, out_distances, out_ids):
+    """Exact top-k of each query over its candidate storage rows.
+
+    ``precise`` (float32, one row per storage row) holds the vectors as
+    stored; rows < 0 are padding. Output ascending by (distance, id).
+    """
+    n_queries, n_candidates = candidate_rows.shape
+    k = out_distances.shape[1]
+    for i in range(n_queries):
+        heap_d = out_distances[i]
+        heap_i = out_ids[i]
+        _heap_init(heap_d, heap_i)
+        for c in range(n_candidates):
+            row = candidate_rows[i, c]
+            if row < 0:
+                continue
+            dist = _exact_distance(queries[i], precise[row], metric)
+            _rerank_push(heap_d, heap_i, k, dist, ids[row])
+        _heap_sort(heap_d, heap_i, k)
+
+
+@njit(**_JIT)
+def rerank_rows_half(
+    queries, precise_bits, half_table, candidate_rows, ids, metric, out_distances, out_ids
+):
+    """:func:`rerank_rows` for a float16 store, given as its uint16 bit patterns.
+
+    ``half_table[b]`` is the float32 value of the float16 with bits ``b``
+    (numba has no float16 arithmetic on the CPU).
+    """
+    n_queries, n_candidates = candidate_rows.shape
+    dim = precise_bits.shape[1]
+    k = out_distances.shape[1]
+    vector = np.empty(dim, dtype=np.float32)
+    for i in range(n_queries):
+        heap_d = out_distances[i]
+        heap_i = out_ids[i]
+        _heap_init(heap_d, heap_i)
+        for c in range(n_candidates):
+            row = candidate_rows[i, c]
+            if row < 0:
+                continue
+            for j in range(dim):
+                vector[j] = half_table[precise_bits[row, j]]
+            dist = _exact_distance(queries[i], vector, metric)
+            _rerank_push(heap_d, heap_i, k, dist, ids[row])
         _heap_sort(heap_d, heap_i, k)
 
 

@@ -25,11 +25,19 @@ import numpy as np
 from ivfsq import _format
 from ivfsq._ivf import IvfSqEngine
 from ivfsq._lists import ListStorage
-from ivfsq._quantizer import QUANTIZERS, ScalarQuantizer
+from ivfsq._quantizer import (
+    DEFAULT_RANGE_QUANTILE,
+    QUANTIZERS,
+    RANGE_STATS,
+    ScalarQuantizer,
+    default_range_stat,
+)
+from ivfsq._transforms import TRANSFORMS
 from ivfsq._validation import (
     METRICS,
     check_bool,
     check_choice,
+    check_dtype_name,
     check_float,
     check_ids,
     check_int,
@@ -51,6 +59,13 @@ __all__ = [
 ]
 
 FILE_KIND = "ivfsq.ivf_sq"
+# Version of the index layout inside the file container. 1: sq8 only (no
+# "index_version" field); 2: the quantizer family, rotation, precise store.
+INDEX_VERSION = 2
+PRECISE_DTYPES = ("float32", "float16")
+# Candidates re-ranked per result when an index has a precise store and
+# SearchParams(refine_ratio=None).
+DEFAULT_REFINE_RATIO = 2.0
 
 
 class IndexParams:
@@ -78,11 +93,37 @@ class IndexParams:
         By default list capacity grows geometrically on :func:`extend`, to
         amortize copies; ``True`` allocates exactly what is needed.
     quantizer : str, default = "sq8"
-        The residual code: "sq8", one byte per dimension with a per-dimension
-        range (the cuVS code).
+        The code of each vector: "sq8" (one byte per dimension, a range per
+        dimension: the cuVS code), "sq4" (4 bits per dimension, ``ceil(dim /
+        2)`` bytes), "sq8_uniform" and "sq4_uniform" (one range for all
+        dimensions).
+    by_residual : bool, default = True
+        Quantize each vector's residual to its list's center (as cuVS does);
+        ``False`` quantizes the vectors themselves.
+    range_stat : str or None, default = None
+        How each quantization range is chosen from the training sample:
+        "minmax" (the extremes; at 8 bits widened by a 5 % margin each side, as
+        cuVS does), "quantile" (clip at the ``range_quantile`` and ``1 -
+        range_quantile`` quantiles) or "mse" (per dimension, the quantile clip
+        with the least quantization error). ``None``: "minmax" for 8-bit
+        quantizers, "mse" for 4-bit ones.
+    range_quantile : float, default = 0.001
+        The clipped fraction on each side for ``range_stat="quantile"``.
+    transform : str or None, default = None
+        "rom": rotate vectors (and queries) by a random orthogonal matrix,
+        seeded by ``seed`` and saved with the index, before clustering and
+        quantization. It spreads variance evenly over the dimensions;
+        distances are unchanged and ``centers`` stay in the original space.
+    reorder : bool, default = False
+        Keep a precise copy of every vector; searches then score
+        ``refine_ratio * k`` candidates on the codes and re-rank them with
+        exact distances (see :class:`SearchParams`).
+    precise_dtype : str, default = "float32"
+        Type of the precise copy: "float32" or "float16" (half the memory;
+        distances are then exact for the float16-rounded vectors).
     seed : int, default = 0
-        Seed of the training sample and k-means initialisation. The same seed,
-        data and thread count give the same index on one machine.
+        Seed of the training sample, k-means initialisation and rotation. The
+        same seed, data and thread count give the same index on one machine.
 
     Examples
     --------
@@ -102,6 +143,12 @@ class IndexParams:
         add_data_on_build=True,
         conservative_memory_allocation=False,
         quantizer="sq8",
+        by_residual=True,
+        range_stat=None,
+        range_quantile=DEFAULT_RANGE_QUANTILE,
+        transform=None,
+        reorder=False,
+        precise_dtype="float32",
         seed=0,
     ):
         self._n_lists = check_int("n_lists", n_lists, minimum=1)
@@ -116,6 +163,16 @@ class IndexParams:
             "conservative_memory_allocation", conservative_memory_allocation
         )
         self._quantizer = check_choice("quantizer", quantizer, QUANTIZERS)
+        self._by_residual = check_bool("by_residual", by_residual)
+        self._range_stat = check_choice("range_stat", range_stat, RANGE_STATS, allow_none=True)
+        if self._range_stat is None:
+            self._range_stat = default_range_stat(self._quantizer)
+        self._range_quantile = check_float(
+            "range_quantile", range_quantile, exclusive_minimum=0.0, exclusive_maximum=0.5
+        )
+        self._transform = check_choice("transform", transform, TRANSFORMS, allow_none=True)
+        self._reorder = check_bool("reorder", reorder)
+        self._precise_dtype = check_dtype_name("precise_dtype", precise_dtype, PRECISE_DTYPES)
         self._seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
 
     def get_handle(self):
@@ -133,7 +190,15 @@ class IndexParams:
     conservative_memory_allocation = property(
         lambda self: self._conservative_memory_allocation, doc="Exact list allocation."
     )
-    quantizer = property(lambda self: self._quantizer, doc="Residual quantizer name.")
+    quantizer = property(lambda self: self._quantizer, doc="Quantizer name.")
+    by_residual = property(lambda self: self._by_residual, doc="Quantize residuals.")
+    range_stat = property(
+        lambda self: self._range_stat, doc="Range statistic (resolved when given as None)."
+    )
+    range_quantile = property(lambda self: self._range_quantile, doc="Quantile clip fraction.")
+    transform = property(lambda self: self._transform, doc="Transform before quantization.")
+    reorder = property(lambda self: self._reorder, doc="Keep a precise store for re-ranking.")
+    precise_dtype = property(lambda self: self._precise_dtype, doc="Precise store dtype.")
     seed = property(lambda self: self._seed, doc="Training seed.")
 
     def _as_dict(self):
@@ -146,6 +211,12 @@ class IndexParams:
             "add_data_on_build": self._add_data_on_build,
             "conservative_memory_allocation": self._conservative_memory_allocation,
             "quantizer": self._quantizer,
+            "by_residual": self._by_residual,
+            "range_stat": self._range_stat,
+            "range_quantile": self._range_quantile,
+            "transform": self._transform,
+            "reorder": self._reorder,
+            "precise_dtype": self._precise_dtype,
             "seed": self._seed,
         }
 
@@ -161,25 +232,35 @@ class SearchParams:
     ----------
     n_probes : int, default = 20
         The number of lists to scan per query (clamped to ``n_lists``).
+    refine_ratio : float or None, default = None
+        For an index built with ``reorder=True``: ``ceil(refine_ratio * k)``
+        candidates are scored on the codes, then re-ranked with exact
+        distances from the precise store (the returned distances are exact).
+        ``None`` means 2.0. Must be >= 1; giving it for an index without a
+        precise store is an error.
 
     Examples
     --------
     >>> from ivfsq.neighbors import ivf_sq
     >>> ivf_sq.SearchParams(n_probes=32)
-    SearchParams(n_probes=32)
+    SearchParams(n_probes=32, refine_ratio=None)
     """
 
-    def __init__(self, *, n_probes=20):
+    def __init__(self, *, n_probes=20, refine_ratio=None):
         self._n_probes = check_int("n_probes", n_probes, minimum=1)
+        self._refine_ratio = None
+        if refine_ratio is not None:
+            self._refine_ratio = check_float("refine_ratio", refine_ratio, minimum=1.0)
 
     def get_handle(self):
         """An opaque handle (cuVS compatibility): the parameters object itself."""
         return self
 
     n_probes = property(lambda self: self._n_probes, doc="Lists scanned per query.")
+    refine_ratio = property(lambda self: self._refine_ratio, doc="Re-ranked candidates per k.")
 
     def __repr__(self):
-        return f"SearchParams(n_probes={self._n_probes})"
+        return f"SearchParams(n_probes={self._n_probes}, refine_ratio={self._refine_ratio!r})"
 
 
 class Index:
@@ -218,9 +299,11 @@ class Index:
         """The cluster centers in the original space, float32 (n_lists, dim).
 
         For the cosine metric, vectors are normalized before clustering, so
-        the centers are in the space of unit vectors.
+        the centers are in the space of unit vectors. With ``transform="rom"``
+        the rotation is undone.
         """
-        centers = self._require_trained().centers.view()
+        engine = self._require_trained()
+        centers = engine.original_space(engine.centers).view()
         centers.flags.writeable = False
         return centers
 
@@ -231,7 +314,7 @@ class Index:
 
     @property
     def quantizer(self):
-        """The residual quantizer name ("sq8")."""
+        """The quantizer name ("sq8", "sq4", "sq8_uniform" or "sq4_uniform")."""
         return self._require_trained().quantizer.kind
 
     @property
@@ -265,18 +348,24 @@ class Index:
 
     @property
     def memory_breakdown(self):
-        """Bytes per part of the index, as a dict."""
+        """Bytes per part of the index, as a dict.
+
+        ``codes``, ``ids``, ``norms`` (one float32 per vector) and ``precise``
+        (the reorder store, 0 without one) count allocated rows, spare list
+        capacity included; then ``list_metadata``, ``centers`` (with their
+        squared norms), ``quantizer`` (the range table) and ``rotation``.
+        """
         engine = self._require_trained()
         lists = engine.lists
         return {
             "codes": lists.codes.nbytes,
             "ids": lists.ids.nbytes,
             "norms": lists.aux.nbytes,
-            "list_metadata": lists.list_offsets.nbytes
-            + lists.list_sizes.nbytes
-            + lists.list_capacities.nbytes,
+            "precise": 0 if lists.precise is None else lists.precise.nbytes,
+            "list_metadata": lists.metadata_nbytes,
             "centers": engine.centers.nbytes + engine.center_sq_norms.nbytes,
             "quantizer": engine.quantizer.nbytes,
+            "rotation": 0 if engine.rotation is None else engine.rotation.nbytes,
         }
 
     def __repr__(self):
@@ -417,7 +506,9 @@ def search(
     distances : float32 (n_queries, k)
         Best first: ascending for "sqeuclidean", "euclidean" and "cosine"
         (``1 - cos``), descending inner products for "inner_product". They are
-        the exact distances between the query and the decoded vectors.
+        the exact distances between the query and the decoded vectors, or,
+        for an index with a precise store (``reorder=True``), between the
+        query and the stored precise vectors.
     neighbors : int64 (n_queries, k)
         Ids of the neighbours. When fewer than ``k`` vectors are found (few
         probed vectors, or a filter), the rest is padded with id -1 and
@@ -458,6 +549,14 @@ def search(
                 f"got {filter.n_bits} bits"
             )
         keep_words = filter._words
+    refine_ratio = search_params.refine_ratio
+    if engine.has_precise:
+        refine_ratio = DEFAULT_REFINE_RATIO if refine_ratio is None else refine_ratio
+    elif refine_ratio is not None:
+        raise ValueError(
+            "search_params.refine_ratio needs an index built with reorder=True, got "
+            f"refine_ratio={refine_ratio} for an index without a precise store"
+        )
     n_queries = queries.shape[0]
     if neighbors is not None:
         check_output("neighbors", neighbors, (n_queries, k), np.int64)
@@ -467,7 +566,7 @@ def search(
     query_rows = engine.prepare("queries", queries)[0] if n_queries else queries
     if n_queries:
         out_d, out_i = engine.search(
-            query_rows, k, search_params.n_probes, keep_words, n_threads
+            query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio
         )
     else:
         out_d = np.empty((0, k), dtype=np.float32)
@@ -510,6 +609,7 @@ def save(filename, index, resources=None):
     rows = lists.valid_rows()
     header = {
         "kind": FILE_KIND,
+        "index_version": INDEX_VERSION,
         "params": index._params._as_dict(),
         "metric": engine.metric,
         "quantizer": engine.quantizer.kind,
@@ -526,6 +626,10 @@ def save(filename, index, resources=None):
         "ids": lists.ids[rows],
         "norms": lists.aux[rows],
     }
+    if lists.precise is not None:
+        arrays["precise"] = lists.precise[rows]
+    if engine.rotation is not None:
+        arrays["rotation"] = engine.rotation
     _format.write_index_file(filename, header, arrays)
 
 
@@ -559,6 +663,14 @@ def _index_from_file(filename, header, arrays):
 
     if not isinstance(header, dict) or header.get("kind") != FILE_KIND:
         raise bad(f"expected kind {FILE_KIND!r}")
+    # Files without the field hold the first layout (sq8 only), whose
+    # parameters all have today's defaults for the fields added since.
+    index_version = header.get("index_version", 1)
+    if type(index_version) is not int or not 1 <= index_version <= INDEX_VERSION:
+        raise bad(
+            f"index layout version {index_version!r} is not supported; this ivfsq reads "
+            f"versions 1 to {INDEX_VERSION} (written by a newer ivfsq? upgrade ivfsq to read it)"
+        )
     try:
         params = IndexParams(**header["params"])
         n_lists, dim, size, next_id = (
@@ -566,17 +678,27 @@ def _index_from_file(filename, header, arrays):
         )
         metric = check_choice("metric", header["metric"], METRICS)
         quantizer_kind = check_choice("quantizer", header["quantizer"], QUANTIZERS)
+        if quantizer_kind != params.quantizer or metric != params.metric:
+            raise ValueError("quantizer and metric differ from the parameters")
     except (KeyError, TypeError, ValueError) as error:
         raise bad(f"bad header field ({error})") from None
+    code_size = dim if params.quantizer.startswith("sq8") else (dim + 1) // 2
     expected = {
         "centers": ((n_lists, dim), np.float32),
         "sq_vmin": ((dim,), np.float32),
         "sq_delta": ((dim,), np.float32),
         "list_sizes": ((n_lists,), np.int64),
-        "codes": ((size, dim), np.uint8),
+        "codes": ((size, code_size), np.uint8),
         "ids": ((size,), np.int64),
         "norms": ((size,), np.float32),
     }
+    if params.reorder:
+        expected["precise"] = ((size, dim), np.dtype(params.precise_dtype))
+    if params.transform is not None:
+        expected["rotation"] = ((dim, dim), np.float32)
+    unexpected = set(arrays) - set(expected)
+    if unexpected:
+        raise bad(f"unexpected sections {sorted(unexpected)}")
     for name, (shape, dtype) in expected.items():
         array = arrays.get(name)
         if array is None:
@@ -592,8 +714,8 @@ def _index_from_file(filename, header, arrays):
     ids = arrays["ids"]
     if size and (int(ids.min()) < 0 or int(ids.max()) >= next_id):
         raise bad("ids out of range")
-    for name in ("centers", "sq_vmin", "sq_delta", "norms"):
-        if not np.isfinite(arrays[name]).all():
+    for name in ("centers", "sq_vmin", "sq_delta", "norms", "precise", "rotation"):
+        if name in arrays and not np.isfinite(arrays[name]).all():
             raise bad(f"non-finite values in {name!r}")
     if not (arrays["sq_delta"] > 0).all():
         raise bad("quantizer steps must be positive")
@@ -606,13 +728,22 @@ def _index_from_file(filename, header, arrays):
         offsets.astype(np.int64),
         list_sizes.astype(np.int64),
         list_sizes.astype(np.int64),
+        np.ascontiguousarray(arrays["precise"]) if "precise" in arrays else None,
     )
+    rotation = None
+    if "rotation" in arrays:
+        rotation = np.ascontiguousarray(arrays["rotation"])
+        gram = rotation.astype(np.float64).T @ rotation.astype(np.float64)
+        if not np.allclose(gram, np.eye(dim), atol=1e-3):
+            raise bad("the rotation matrix is not orthogonal")
     engine = IvfSqEngine(
         metric,
         np.ascontiguousarray(arrays["centers"]),
         quantizer,
         lists,
         params.conservative_memory_allocation,
+        by_residual=params.by_residual,
+        rotation=rotation,
     )
     engine.next_id = next_id
     index = Index()
