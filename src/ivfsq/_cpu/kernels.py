@@ -125,12 +125,14 @@ def _dot_codes8(weights, codes, row, code_size):
 @njit(inline="always")
 def _dot_codes4(weights, codes, row, code_size):
     # Low nibbles meet weights[:code_size], high nibbles weights[code_size:].
+    # int32 arithmetic: with numba's default int64 the int -> float
+    # conversions do not vectorise (measured 2x slower).
     low = np.float32(0.0)
     high = np.float32(0.0)
     for j in range(code_size):
-        byte = codes[row, j]
-        low += weights[j] * np.float32(byte & 15)
-        high += weights[code_size + j] * np.float32(byte >> 4)
+        byte = np.int32(codes[row, j])
+        low += weights[j] * np.float32(byte & np.int32(15))
+        high += weights[code_size + j] * np.float32(byte >> np.int32(4))
     return low + high
 
 

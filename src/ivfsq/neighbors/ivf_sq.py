@@ -130,6 +130,9 @@ class IndexParams:
     >>> from ivfsq.neighbors import ivf_sq
     >>> ivf_sq.IndexParams(n_lists=256, metric="cosine").n_lists
     256
+    >>> params = ivf_sq.IndexParams(quantizer="sq4", transform="rom", reorder=True)
+    >>> params.range_stat, params.precise_dtype
+    ('mse', 'float32')
     """
 
     def __init__(
