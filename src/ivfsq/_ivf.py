@@ -362,22 +362,22 @@ class IvfSqEngine:
         distances = np.empty((n_queries, k), dtype=np.float32)
         neighbors = np.empty((n_queries, k), dtype=np.int64)
         precise = lists.precise
-        half = precise.dtype == np.float16
-        if half and self._half_table is None:
-            self._half_table = _half_table()
+        dim = queries.shape[1]
+        if precise.dtype == np.float16:
+            if self._half_table is None:
+                self._half_table = _half_table()
+            half_table, half_bits = self._half_table, precise.view(np.uint16)
+            precise = np.zeros((0, dim), dtype=np.float32)
+        else:
+            half_table = np.zeros(0, dtype=np.float32)
+            half_bits = np.zeros((0, dim), dtype=np.uint16)
 
         def task(start, stop):
             rows = slice(start, stop)
-            if half:
-                kernels.rerank_rows_half(
-                    queries[rows], precise.view(np.uint16), self._half_table,
-                    candidate_rows[rows], lists.ids, metric, distances[rows], neighbors[rows],
-                )
-            else:
-                kernels.rerank_rows(
-                    queries[rows], precise, candidate_rows[rows], lists.ids, metric,
-                    distances[rows], neighbors[rows],
-                )
+            kernels.rerank_rows(
+                queries[rows], precise, half_bits, half_table, candidate_rows[rows],
+                lists.ids, metric, distances[rows], neighbors[rows],
+            )
 
         run_chunks(task, n_queries, n_threads, min_chunk=16)
         return distances, neighbors

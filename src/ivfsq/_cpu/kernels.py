@@ -234,46 +234,23 @@ def _exact_distance(query, vector, metric):
     return 1.0 - acc / np.sqrt(sq_norm)
 
 
-@njit(inline="always")
-def _rerank_push(heap_d, heap_i, k, dist, vid):
-    dist32 = np.float32(dist)
-    if _greater(heap_d[0], heap_i[0], dist32, vid):
-        _heap_push_replace(heap_d, heap_i, k, dist32, vid)
-
-
 @njit(**_JIT)
-def rerank_rows(queries, precise, candidate_rows, ids, metric, out_distances, out_ids):
+def rerank_rows(
+    queries, precise, precise_half_bits, half_table, candidate_rows, ids, metric,
+    out_distances, out_ids,
+):
     """Exact top-k of each query over its candidate storage rows.
 
-    ``precise`` (float32, one row per storage row) holds the vectors as
-    stored; rows < 0 are padding. Output ascending by (distance, id).
+    The precise store is either ``precise`` (float32, one row per storage
+    row) or, when that has no rows, ``precise_half_bits``: a float16 store
+    given as its uint16 bit patterns, read through ``half_table[b]`` (the
+    float32 value of the float16 with bits ``b``; numba has no float16
+    arithmetic on the CPU). Rows < 0 are padding. Output ascending by
+    (distance, id).
     """
     n_queries, n_candidates = candidate_rows.shape
-    k = out_distances.shape[1]
-    for i in range(n_queries):
-        heap_d = out_distances[i]
-        heap_i = out_ids[i]
-        _heap_init(heap_d, heap_i)
-        for c in range(n_candidates):
-            row = candidate_rows[i, c]
-            if row < 0:
-                continue
-            dist = _exact_distance(queries[i], precise[row], metric)
-            _rerank_push(heap_d, heap_i, k, dist, ids[row])
-        _heap_sort(heap_d, heap_i, k)
-
-
-@njit(**_JIT)
-def rerank_rows_half(
-    queries, precise_bits, half_table, candidate_rows, ids, metric, out_distances, out_ids
-):
-    """:func:`rerank_rows` for a float16 store, given as its uint16 bit patterns.
-
-    ``half_table[b]`` is the float32 value of the float16 with bits ``b``
-    (numba has no float16 arithmetic on the CPU).
-    """
-    n_queries, n_candidates = candidate_rows.shape
-    dim = precise_bits.shape[1]
+    use_half = precise.shape[0] == 0
+    dim = queries.shape[1]
     k = out_distances.shape[1]
     vector = np.empty(dim, dtype=np.float32)
     for i in range(n_queries):
@@ -284,10 +261,16 @@ def rerank_rows_half(
             row = candidate_rows[i, c]
             if row < 0:
                 continue
-            for j in range(dim):
-                vector[j] = half_table[precise_bits[row, j]]
-            dist = _exact_distance(queries[i], vector, metric)
-            _rerank_push(heap_d, heap_i, k, dist, ids[row])
+            if use_half:
+                for j in range(dim):
+                    vector[j] = half_table[precise_half_bits[row, j]]
+                dist = _exact_distance(queries[i], vector, metric)
+            else:
+                dist = _exact_distance(queries[i], precise[row], metric)
+            dist32 = np.float32(dist)
+            vid = ids[row]
+            if _greater(heap_d[0], heap_i[0], dist32, vid):
+                _heap_push_replace(heap_d, heap_i, k, dist32, vid)
         _heap_sort(heap_d, heap_i, k)
 
 
