@@ -420,7 +420,8 @@ def test_params_defaults_and_resolution():
     assert (params.quantizer, params.by_residual, params.range_stat, params.transform,
             params.reorder, params.precise_dtype) == ("sq8", True, "minmax", None, False,
                                                       "float32")
-    assert ivf_sq.IndexParams(quantizer="sq4").range_stat == "mse"
+    assert ivf_sq.IndexParams(quantizer="sq4").range_stat == "quantile"
+    assert ivf_sq.IndexParams(quantizer="sq4_uniform", range_stat="mse").range_stat == "mse"
     assert ivf_sq.IndexParams(precise_dtype=np.float16).precise_dtype == "float16"
     assert ivf_sq.SearchParams().refine_ratio is None
     json.dumps(ivf_sq.IndexParams(quantizer="sq4", transform="rom")._as_dict())

@@ -106,7 +106,7 @@ class IndexParams:
         cuVS does), "quantile" (clip at the ``range_quantile`` and ``1 -
         range_quantile`` quantiles) or "mse" (per dimension, the quantile clip
         with the least quantization error). ``None``: "minmax" for 8-bit
-        quantizers, "mse" for 4-bit ones.
+        quantizers, "quantile" for 4-bit ones (the best measured).
     range_quantile : float, default = 0.001
         The clipped fraction on each side for ``range_stat="quantile"``.
     transform : str or None, default = None
@@ -132,7 +132,7 @@ class IndexParams:
     256
     >>> params = ivf_sq.IndexParams(quantizer="sq4", transform="rom", reorder=True)
     >>> params.range_stat, params.precise_dtype
-    ('mse', 'float32')
+    ('quantile', 'float32')
     """
 
     def __init__(
