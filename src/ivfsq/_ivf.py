@@ -22,6 +22,11 @@ from ivfsq._validation import to_float32
 ENCODE_BATCH_ROWS = 65536
 # Queries per coarse-quantizer block: bounds the (queries x n_lists) matrix.
 COARSE_BLOCK_QUERIES = 4096
+# Queries searched at a time: bounds the per-thread heaps of list-major scans.
+SEARCH_BLOCK_QUERIES = 16384
+# A batch is scanned list-major when its (query, probe) pairs are at least
+# this many times the number of lists (each list then serves several queries).
+GROUPED_MIN_PAIRS_PER_LIST = 2
 
 KERNEL_METRIC = {
     "sqeuclidean": kernels.METRIC_L2,
@@ -261,7 +266,7 @@ class IvfSqEngine:
         run_chunks(task, n_queries, n_threads, min_chunk=64, chunks_per_thread=1)
         return probes
 
-    def list_constants(self, queries, probes):
+    def list_constants(self, queries, probes, n_threads):
         """``q . x_hat - weights . u`` for each probed list: ``q.c + q.vmin``.
 
         ``q . c`` is recomputed in float64 for the probed lists only, so a
@@ -274,7 +279,12 @@ class IvfSqEngine:
                 np.broadcast_to(offsets, probes.shape), dtype=np.float32
             )
         center_dots = np.empty(probes.shape, dtype=np.float64)
-        kernels.probe_dots(queries, self.centers, probes, center_dots)
+
+        def task(start, stop):
+            rows = slice(start, stop)
+            kernels.probe_dots(queries[rows], self.centers, probes[rows], center_dots[rows])
+
+        run_chunks(task, probes.shape[0], n_threads, min_chunk=64, chunks_per_thread=1)
         return (center_dots + offsets).astype(np.float32)
 
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0):
@@ -282,16 +292,32 @@ class IvfSqEngine:
 
         ``prepared`` queries come from :meth:`prepare`. With a precise store,
         ``ceil(refine_ratio * k)`` candidates per query are scored on the
-        codes and re-ranked with exact distances.
+        codes and re-ranked with exact distances. Large batches are searched
+        in blocks of queries, all against one snapshot of the lists.
         """
-        queries = self.internal(prepared)
         lists = self.lists  # one snapshot for the whole search
+        n_queries = prepared.shape[0]
+        if n_queries <= SEARCH_BLOCK_QUERIES:
+            return self._search_block(
+                prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio
+            )
+        distances = np.empty((n_queries, k), dtype=np.float32)
+        neighbors = np.empty((n_queries, k), dtype=np.int64)
+        for start in range(0, n_queries, SEARCH_BLOCK_QUERIES):
+            rows = slice(start, start + SEARCH_BLOCK_QUERIES)
+            distances[rows], neighbors[rows] = self._search_block(
+                prepared[rows], lists, k, n_probes, keep_words, n_threads, refine_ratio
+            )
+        return distances, neighbors
+
+    def _search_block(self, prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio):
+        queries = self.internal(prepared)
         refine = lists.precise is not None
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
         n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
         probes = self.coarse_probes(queries, n_probes, n_threads)
-        list_consts = self.list_constants(queries, probes)
+        list_consts = self.list_constants(queries, probes, n_threads)
         weights = self.quantizer.weights(queries)
         if self.metric in ("sqeuclidean", "euclidean"):
             query_sq_norms = np.einsum(
@@ -327,7 +353,13 @@ class IvfSqEngine:
                 out_i,
             )
 
-        if n_queries >= n_threads or n_probes == 1:
+        if n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]:
+            # Big batches: list-major, each list read once for all its queries.
+            self._scan_grouped(
+                probes, list_consts, weights, query_sq_norms, lists, metric, bits,
+                keep_words, use_filter, refine, distances, neighbors, n_threads,
+            )
+        elif n_queries >= n_threads or n_probes == 1:
             # Batches: parallel over queries, each query's top-k in one heap.
             def task(start, stop):
                 rows = slice(start, stop)
@@ -355,6 +387,53 @@ class IvfSqEngine:
         if refine:
             return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
+
+    def _scan_grouped(
+        self, probes, list_consts, weights, query_sq_norms, lists, metric, bits,
+        keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
+    ):
+        """List-major scan of a batch into ``out_*`` (sorted top-k per query).
+
+        The (query, probe) pairs are sorted by list; the probed lists are cut
+        into one contiguous part per thread of about equal work (pairs x list
+        size), each part keeps its own per-query heaps, and the parts' heaps
+        are merged at the end.
+        """
+        n_queries, n_probes = probes.shape
+        n_lists = self.centers.shape[0]
+        n_candidates = out_distances.shape[1]
+        pair_lists = probes.ravel()
+        order = np.argsort(pair_lists, kind="stable")
+        pair_queries = order // n_probes
+        pair_consts = np.ascontiguousarray(list_consts.ravel()[order])
+        counts = np.bincount(pair_lists, minlength=n_lists)
+        pair_offsets = np.zeros(n_lists + 1, dtype=np.int64)
+        np.cumsum(counts, out=pair_offsets[1:])
+        active = np.flatnonzero(counts)
+        work = np.cumsum(counts[active] * (lists.list_sizes[active] + 1))
+        n_parts = max(1, min(n_threads, active.shape[0]))
+        cuts = np.searchsorted(work, work[-1] * np.arange(1, n_parts) / n_parts)
+        bounds = [0, *cuts.tolist(), active.shape[0]]
+        heap_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
+        heap_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
+
+        def task(part_start, part_stop):
+            for part in range(part_start, part_stop):
+                columns = slice(part * n_candidates, (part + 1) * n_candidates)
+                part_d = np.empty((n_queries, n_candidates), dtype=np.float32)
+                part_i = np.empty((n_queries, n_candidates), dtype=np.int64)
+                kernels.init_heaps(part_d, part_i)
+                kernels.scan_lists_grouped(
+                    active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
+                    pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
+                    lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
+                    use_filter, emit_rows, part_d, part_i,
+                )
+                heap_d[:, columns] = part_d
+                heap_i[:, columns] = part_i
+
+        run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
+        kernels.merge_topk(heap_d, heap_i, out_distances, out_ids)
 
     def _rerank(self, queries, candidate_rows, k, lists, metric, n_threads):
         """Exact top-k over candidate storage rows, from the precise store."""

@@ -136,6 +136,15 @@ def _dot_codes4(weights, codes, row, code_size):
     return low + high
 
 
+@njit(inline="always")
+def _score_to_distance(metric, s, q_sq, aux_value):
+    if metric == METRIC_L2:
+        return q_sq + aux_value - np.float32(2.0) * s
+    if metric == METRIC_IP:
+        return -s
+    return np.float32(1.0) - aux_value * s
+
+
 @njit(fastmath=_FAST, **_JIT)
 def scan_lists(
     probes,
@@ -177,6 +186,7 @@ def scan_lists(
         _heap_init(heap_d, heap_i)
         w = weights[i]
         q_sq = query_sq_norms[i]
+        worst = heap_d[0]
         for p in range(n_probes):
             lst = probes[i, p]
             if lst < 0:
@@ -194,16 +204,151 @@ def scan_lists(
                     s = base + _dot_codes8(w, codes, row, code_size)
                 else:
                     s = base + _dot_codes4(w, codes, row, code_size)
-                if metric == METRIC_L2:
-                    dist = q_sq + aux[row] - np.float32(2.0) * s
-                elif metric == METRIC_IP:
-                    dist = -s
-                else:
-                    dist = np.float32(1.0) - aux[row] * s
-                key = row if emit_rows else vid
-                if _greater(heap_d[0], heap_i[0], dist, key):
-                    _heap_push_replace(heap_d, heap_i, k, dist, key)
+                dist = _score_to_distance(metric, s, q_sq, aux[row])
+                if dist <= worst:  # most candidates stop here, off the heap
+                    key = row if emit_rows else vid
+                    if _greater(heap_d[0], heap_i[0], dist, key):
+                        _heap_push_replace(heap_d, heap_i, k, dist, key)
+                        worst = heap_d[0]
         _heap_sort(heap_d, heap_i, k)
+
+
+# ------------------------------------------------------- list-major batches
+@njit(inline="always")
+def _dot4_codes8(w, q0, q1, q2, q3, codes, row, code_size):
+    # Four queries against one code row: each code byte is loaded and
+    # converted once for all four (the reuse a GEMM gets from blocking).
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    for j in range(code_size):
+        c = np.float32(codes[row, j])
+        a0 += w[q0, j] * c
+        a1 += w[q1, j] * c
+        a2 += w[q2, j] * c
+        a3 += w[q3, j] * c
+    return a0, a1, a2, a3
+
+
+@njit(inline="always")
+def _dot4_codes4(w, q0, q1, q2, q3, codes, row, code_size):
+    # As _dot4_codes8 for packed nibbles (weights: low nibbles, then high).
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    for j in range(code_size):
+        byte = np.int32(codes[row, j])
+        low = np.float32(byte & np.int32(15))
+        high = np.float32(byte >> np.int32(4))
+        h = code_size + j
+        a0 += w[q0, j] * low + w[q0, h] * high
+        a1 += w[q1, j] * low + w[q1, h] * high
+        a2 += w[q2, j] * low + w[q2, h] * high
+        a3 += w[q3, j] * low + w[q3, h] * high
+    return a0, a1, a2, a3
+
+
+@njit(inline="always")
+def _push(heap_d, heap_i, query, k, dist, key):
+    if _greater(heap_d[query, 0], heap_i[query, 0], dist, key):
+        _sift_down(heap_d[query], heap_i[query], k, dist, key)
+
+
+@njit(fastmath=_FAST, **_JIT)
+def scan_lists_grouped(
+    lists_to_scan,
+    pair_offsets,
+    pair_queries,
+    pair_consts,
+    weights,
+    query_sq_norms,
+    codes,
+    ids,
+    aux,
+    list_offsets,
+    list_sizes,
+    metric,
+    bits,
+    keep_words,
+    use_filter,
+    emit_rows,
+    heap_distances,
+    heap_ids,
+):
+    """List-major scan of a batch: each list is read once for all its queries.
+
+    The (query, probe) pairs are grouped by list: list ``l``'s pairs are
+    ``pair_offsets[l] .. pair_offsets[l + 1]`` of ``pair_queries`` (query
+    rows) and ``pair_consts`` (their list constants). For each list of
+    ``lists_to_scan``, blocks of four of its queries are scored together
+    against every vector. Scores, distances and filtering are those of
+    :func:`scan_lists`. Results go into the max-heaps ``heap_*`` (one row per
+    query, initialised by the caller, left unsorted).
+    """
+    k = heap_distances.shape[1]
+    code_size = codes.shape[1]
+    n_words = keep_words.shape[0]
+    for li in range(lists_to_scan.shape[0]):
+        lst = lists_to_scan[li]
+        first = pair_offsets[lst]
+        last = pair_offsets[lst + 1]
+        start = list_offsets[lst]
+        stop = start + list_sizes[lst]
+        for block in range(first, last, 4):
+            n_block = min(4, last - block)
+            # Missing block members repeat the first query; their scores are dropped.
+            q0 = pair_queries[block]
+            q1 = pair_queries[block + 1] if n_block > 1 else q0
+            q2 = pair_queries[block + 2] if n_block > 2 else q0
+            q3 = pair_queries[block + 3] if n_block > 3 else q0
+            # Each member's current k-th distance, kept in registers: most
+            # candidates lose to it, and only winners touch the heap.
+            # Missing members get -inf, which no distance beats.
+            worst0 = heap_distances[q0, 0]
+            worst1 = heap_distances[q1, 0] if n_block > 1 else -np.inf
+            worst2 = heap_distances[q2, 0] if n_block > 2 else -np.inf
+            worst3 = heap_distances[q3, 0] if n_block > 3 else -np.inf
+            c0 = pair_consts[block]
+            c1 = pair_consts[block + 1] if n_block > 1 else c0
+            c2 = pair_consts[block + 2] if n_block > 2 else c0
+            c3 = pair_consts[block + 3] if n_block > 3 else c0
+            for row in range(start, stop):
+                vid = ids[row]
+                if use_filter:
+                    word = vid >> 5
+                    if word >= n_words or ((keep_words[word] >> (vid & 31)) & 1) == 0:
+                        continue
+                if bits == 8:
+                    s0, s1, s2, s3 = _dot4_codes8(weights, q0, q1, q2, q3, codes, row, code_size)
+                else:
+                    s0, s1, s2, s3 = _dot4_codes4(weights, q0, q1, q2, q3, codes, row, code_size)
+                key = row if emit_rows else vid
+                aux_value = aux[row]
+                dist = _score_to_distance(metric, c0 + s0, query_sq_norms[q0], aux_value)
+                if dist <= worst0:
+                    _push(heap_distances, heap_ids, q0, k, dist, key)
+                    worst0 = heap_distances[q0, 0]
+                dist = _score_to_distance(metric, c1 + s1, query_sq_norms[q1], aux_value)
+                if dist <= worst1:
+                    _push(heap_distances, heap_ids, q1, k, dist, key)
+                    worst1 = heap_distances[q1, 0]
+                dist = _score_to_distance(metric, c2 + s2, query_sq_norms[q2], aux_value)
+                if dist <= worst2:
+                    _push(heap_distances, heap_ids, q2, k, dist, key)
+                    worst2 = heap_distances[q2, 0]
+                dist = _score_to_distance(metric, c3 + s3, query_sq_norms[q3], aux_value)
+                if dist <= worst3:
+                    _push(heap_distances, heap_ids, q3, k, dist, key)
+                    worst3 = heap_distances[q3, 0]
+
+
+@njit(**_JIT)
+def init_heaps(heap_distances, heap_ids):
+    """Every row an empty max-heap: (+inf, -1)."""
+    for i in range(heap_distances.shape[0]):
+        _heap_init(heap_distances[i], heap_ids[i])
 
 
 # ------------------------------------------------------------------ re-rank
@@ -319,12 +464,13 @@ def select_probes(dots, center_sq_norms, use_l2, out_scores, out_lists):
         _heap_sort(heap_d, heap_i, n_probes)
 
 
-@njit(**_JIT)
+@njit(fastmath=_FAST, **_JIT)
 def probe_dots(queries, centers, probes, out):
     """``out[i, p] = queries[i] . centers[probes[i, p]]``, accumulated in float64.
 
     Recomputed for the probed lists only, so a query's list constants do not
-    depend on which other queries share its batch (BLAS blocking would).
+    depend on which other queries share its batch (BLAS blocking would); the
+    reassociated (vectorised) sum is the same for a row whatever the batch.
     """
     n_queries, n_probes = probes.shape
     dim = queries.shape[1]
