@@ -179,3 +179,41 @@ def test_list_storage_growth_keeps_old_snapshot_intact():
         10: 0, 11: 2, 12: 2, 13: 2, 14: 1}
     assert np.all(second.list_capacities >= second.list_sizes)
     assert second.list_capacities[2] % 16 == 0
+
+
+@pytest.mark.parametrize("use_l2", [True, False])
+def test_small_batch_probe_selection_matches_blas_path(use_l2):
+    rng = np.random.default_rng(4)
+    queries = rng.standard_normal((5, 24)).astype(np.float32)
+    centers = rng.standard_normal((40, 24)).astype(np.float32)
+    sq_norms = (centers.astype(np.float64) ** 2).sum(1).astype(np.float32)
+    small_scores, small_lists = np.empty((5, 6), np.float32), np.empty((5, 6), np.int64)
+    kernels.select_probes_small(queries, centers, sq_norms, use_l2, small_scores, small_lists)
+    dots = queries.astype(np.float64) @ centers.T.astype(np.float64)
+    oracle = sq_norms[None, :] - 2 * dots if use_l2 else -dots
+    np.testing.assert_array_equal(small_lists, np.argsort(oracle, axis=1)[:, :6])
+    np.testing.assert_allclose(small_scores, np.sort(oracle, axis=1)[:, :6], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("by_residual", [True, False])
+def test_list_constants_match_numpy(by_residual):
+    rng = np.random.default_rng(5)
+    queries = rng.standard_normal((7, 24)).astype(np.float32)
+    centers = rng.standard_normal((10, 24)).astype(np.float32)
+    vmin = rng.standard_normal(24).astype(np.float32)
+    probes = rng.integers(0, 10, (7, 3))
+    out = np.empty((7, 3), np.float32)
+    kernels.list_constants(queries, centers, probes, vmin, by_residual, out)
+    q = queries.astype(np.float64)
+    expected = (q @ vmin.astype(np.float64))[:, None] + np.zeros((7, 3))
+    if by_residual:
+        expected += np.einsum("ij,ipj->ip", q, centers[probes].astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_rows_kernel():
+    vectors = np.array([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]], np.float32)
+    nonzero = np.empty(3, np.bool_)
+    kernels.normalize_rows(vectors, nonzero)
+    np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
+    assert nonzero.tolist() == [True, False, True]

@@ -22,6 +22,9 @@ from ivfsq._validation import to_float32
 ENCODE_BATCH_ROWS = 65536
 # Queries per coarse-quantizer block: bounds the (queries x n_lists) matrix.
 COARSE_BLOCK_QUERIES = 4096
+# Batches up to this size compute their coarse dot products in a numba kernel
+# (cheaper than a BLAS call for a few queries).
+SMALL_BATCH_QUERIES = 8
 # Queries searched at a time: bounds the per-thread heaps of list-major scans.
 SEARCH_BLOCK_QUERIES = 16384
 # A batch is scanned list-major when its (query, probe) pairs are at least
@@ -37,10 +40,10 @@ KERNEL_METRIC = {
 
 
 def normalize_rows(vectors):
-    """Rows scaled to unit L2 norm in place; zero rows stay zero."""
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
-    nonzero = norms > 0
-    vectors[nonzero] /= norms[nonzero, None].astype(np.float32)
+    """Rows (float32, C-contiguous) scaled to unit L2 norm in place; zero rows
+    stay zero. Returns the vectors and a boolean mask of the nonzero rows."""
+    nonzero = np.empty(vectors.shape[0], dtype=np.bool_)
+    kernels.normalize_rows(vectors, nonzero)
     return vectors, nonzero
 
 
@@ -255,6 +258,12 @@ class IvfSqEngine:
         scores = np.empty((n_queries, n_probes), dtype=np.float32)
         use_l2 = self.metric in ("sqeuclidean", "euclidean")
 
+        if n_queries <= SMALL_BATCH_QUERIES:
+            kernels.select_probes_small(
+                queries, self.centers, self.center_sq_norms, use_l2, scores, probes
+            )
+            return probes
+
         def task(start, stop):
             for block in range(start, stop, COARSE_BLOCK_QUERIES):
                 end = min(stop, block + COARSE_BLOCK_QUERIES)
@@ -273,19 +282,17 @@ class IvfSqEngine:
         query's constants do not depend on which other queries share its
         batch (BLAS blocking would); it is absent without residuals.
         """
-        offsets = self.quantizer.offsets(queries)[:, None]
-        if not self.by_residual:
-            return np.ascontiguousarray(
-                np.broadcast_to(offsets, probes.shape), dtype=np.float32
-            )
-        center_dots = np.empty(probes.shape, dtype=np.float64)
+        out = np.empty(probes.shape, dtype=np.float32)
 
         def task(start, stop):
             rows = slice(start, stop)
-            kernels.probe_dots(queries[rows], self.centers, probes[rows], center_dots[rows])
+            kernels.list_constants(
+                queries[rows], self.centers, probes[rows], self.quantizer.vmin,
+                self.by_residual, out[rows],
+            )
 
         run_chunks(task, probes.shape[0], n_threads, min_chunk=64, chunks_per_thread=1)
-        return (center_dots + offsets).astype(np.float32)
+        return out
 
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0):
         """Internal (smaller is better) distances and ids, (nq, k).

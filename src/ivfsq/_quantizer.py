@@ -209,10 +209,6 @@ class ScalarQuantizer:
         out[:, code_size : code_size + self.dim // 2] = scaled[:, 1::2]
         return out
 
-    def offsets(self, queries):
-        """Per-query constant ``q . vmin``."""
-        return queries.astype(np.float64) @ self.vmin.astype(np.float64)
-
     def to_arrays(self):
         return {"sq_vmin": self.vmin, "sq_delta": self.delta}
 

@@ -449,6 +449,20 @@ def merge_topk(candidate_distances, candidate_ids, out_distances, out_ids):
         _heap_sort(heap_d, heap_i, k)
 
 
+@njit(inline="always")
+def _select_row(dots, center_sq_norms, use_l2, heap_d, heap_i):
+    n_probes = heap_d.shape[0]
+    _heap_init(heap_d, heap_i)
+    for lst in range(dots.shape[0]):
+        if use_l2:
+            score = center_sq_norms[lst] - np.float32(2.0) * dots[lst]
+        else:
+            score = -dots[lst]
+        if _greater(heap_d[0], heap_i[0], score, lst):
+            _heap_push_replace(heap_d, heap_i, n_probes, score, lst)
+    _heap_sort(heap_d, heap_i, n_probes)
+
+
 @njit(**_JIT)
 def select_probes(dots, center_sq_norms, use_l2, out_scores, out_lists):
     """Per query, the lists with the best coarse scores, best first.
@@ -456,39 +470,68 @@ def select_probes(dots, center_sq_norms, use_l2, out_scores, out_lists):
     The score of list ``l`` is ``|c_l|^2 - 2 q.c_l`` (L2) or ``-q.c_l``;
     ties go to the lower list number.
     """
-    n_queries, n_lists = dots.shape
-    n_probes = out_scores.shape[1]
-    for i in range(n_queries):
-        heap_d = out_scores[i]
-        heap_i = out_lists[i]
-        _heap_init(heap_d, heap_i)
-        for lst in range(n_lists):
-            if use_l2:
-                score = center_sq_norms[lst] - np.float32(2.0) * dots[i, lst]
-            else:
-                score = -dots[i, lst]
-            if _greater(heap_d[0], heap_i[0], score, lst):
-                _heap_push_replace(heap_d, heap_i, n_probes, score, lst)
-        _heap_sort(heap_d, heap_i, n_probes)
+    for i in range(dots.shape[0]):
+        _select_row(dots[i], center_sq_norms, use_l2, out_scores[i], out_lists[i])
+
+
+@njit(**_JIT)
+def normalize_rows(vectors, nonzero):
+    """Scale rows to unit L2 norm in place (norms summed in float64).
+
+    Zero rows stay zero; ``nonzero[i]`` says whether row ``i`` was nonzero.
+    """
+    n_rows, dim = vectors.shape
+    for i in range(n_rows):
+        total = 0.0
+        for j in range(dim):
+            total += np.float64(vectors[i, j]) * np.float64(vectors[i, j])
+        nonzero[i] = total > 0.0
+        if total > 0.0:
+            norm = np.float32(np.sqrt(total))
+            for j in range(dim):
+                vectors[i, j] = vectors[i, j] / norm
 
 
 @njit(fastmath=_FAST, **_JIT)
-def probe_dots(queries, centers, probes, out):
-    """``out[i, p] = queries[i] . centers[probes[i, p]]``, accumulated in float64.
+def select_probes_small(queries, centers, center_sq_norms, use_l2, out_scores, out_lists):
+    """:func:`select_probes` computing the dots itself, for a few queries.
 
-    Recomputed for the probed lists only, so a query's list constants do not
-    depend on which other queries share its batch (BLAS blocking would); the
-    reassociated (vectorised) sum is the same for a row whatever the batch.
+    For one query a BLAS call and its dispatch cost more than the dot
+    products themselves.
+    """
+    n_queries, dim = queries.shape
+    n_lists = centers.shape[0]
+    dots = np.empty((1, n_lists), dtype=np.float32)
+    for i in range(n_queries):
+        for lst in range(n_lists):
+            total = np.float32(0.0)
+            for j in range(dim):
+                total += queries[i, j] * centers[lst, j]
+            dots[0, lst] = total
+        _select_row(dots[0], center_sq_norms, use_l2, out_scores[i], out_lists[i])
+
+
+@njit(fastmath=_FAST, **_JIT)
+def list_constants(queries, centers, probes, vmin, by_residual, out):
+    """``out[i, p] = q . c + q . vmin`` for each probed list (float64 sums).
+
+    ``q . c`` is recomputed for the probed lists only, so a query's
+    constants do not depend on which other queries share its batch (BLAS
+    blocking would); without residuals it is left out.
     """
     n_queries, n_probes = probes.shape
     dim = queries.shape[1]
     for i in range(n_queries):
+        offset = 0.0
+        for j in range(dim):
+            offset += np.float64(queries[i, j]) * np.float64(vmin[j])
         for p in range(n_probes):
-            center = probes[i, p]
-            total = 0.0
-            for j in range(dim):
-                total += np.float64(queries[i, j]) * np.float64(centers[center, j])
-            out[i, p] = total
+            total = offset
+            if by_residual:
+                center = probes[i, p]
+                for j in range(dim):
+                    total += np.float64(queries[i, j]) * np.float64(centers[center, j])
+            out[i, p] = np.float32(total)
 
 
 # -------------------------------------------------------------------- refine
