@@ -99,7 +99,7 @@ class IvfSqEngine:
 
     # ------------------------------------------------------------- training
     @classmethod
-    def train(cls, params, dataset, n_threads):
+    def train(cls, params, dataset):
         """Train the coarse quantizer and the scalar quantizer on a sample."""
         n_rows = dataset.shape[0]
         n_train = min(n_rows, params.n_lists * params.max_train_points_per_cluster)
@@ -120,11 +120,11 @@ class IvfSqEngine:
             sample = rotate(sample, rotation)
         inner_product = params.metric in ("inner_product", "cosine")
         centers = train_kmeans(
-            sample, params.n_lists, params.kmeans_n_iters, params.seed, n_threads, inner_product
+            sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product
         )
         values = sample
         if params.by_residual:
-            labels, _ = assign_nearest(sample, centers, n_threads, inner_product=inner_product)
+            labels, _ = assign_nearest(sample, centers, inner_product=inner_product)
             values -= centers[labels]
         quantizer = ScalarQuantizer.train(
             params.quantizer, values, params.range_stat, params.range_quantile
@@ -150,7 +150,6 @@ class IvfSqEngine:
         labels, _ = assign_nearest(
             vectors,
             self.centers,
-            n_threads,
             self.center_sq_norms,
             inner_product=self.metric in ("inner_product", "cosine"),
         )
