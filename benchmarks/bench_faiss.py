@@ -70,7 +70,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="siftsmall",
                         help="shared data set name (siftsmall, fashion-mnist, pypi-minilm), "
-                             "a data set folder, or 'synthetic' (default: siftsmall)")
+                             "a data set folder, 'synthetic' (100,000 x 96) or 'synthetic:ROWS:DIM' "
+                             "(default: siftsmall)")
     parser.add_argument("--n-lists", type=int, default=None,
                         help="inverted lists (default: about 4*sqrt(N), a power of two)")
     parser.add_argument("--n-probes", type=parse_int_list, default=[1, 2, 4, 8, 16, 32, 64],
@@ -98,11 +99,14 @@ def load_benchmark_data(dataset, max_queries):
     The base and queries are returned as float32 (both libraries get the
     same float32 arrays; the conversion is not timed).
     """
-    if dataset == "synthetic":
-        base, queries = make_blobs_lowrank(100_000, 96, n_queries=1000)
+    if dataset == "synthetic" or dataset.startswith("synthetic:"):
+        # "synthetic" is 100,000 x 96; "synthetic:ROWS:DIM" sets both.
+        parts = dataset.split(":")
+        n_rows, dim = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (100_000, 96)
+        base, queries = make_blobs_lowrank(n_rows, dim, n_queries=1000)
         metric = "sqeuclidean"
         _, gt = brute_force_knn(base, queries, 100, metric)
-        name = "synthetic"
+        name = f"synthetic-{n_rows}x{dim}"
     else:
         folder = pathlib.Path(dataset) if os.path.isdir(dataset) else find_shared_dataset(dataset)
         if folder is None:
