@@ -263,15 +263,20 @@ class IvfSqEngine:
             )
             return probes
 
-        def task(start, stop):
-            for block in range(start, stop, COARSE_BLOCK_QUERIES):
-                end = min(stop, block + COARSE_BLOCK_QUERIES)
-                dots = queries[block:end] @ self.centers.T
+        # One GEMM per block, threaded by BLAS itself (calling it from our
+        # threads as well oversubscribed the cores); then the selection is
+        # split over our threads.
+        for block in range(0, n_queries, COARSE_BLOCK_QUERIES):
+            end = min(n_queries, block + COARSE_BLOCK_QUERIES)
+            dots = queries[block:end] @ self.centers.T
+
+            def task(start, stop, dots=dots, block=block):
+                rows = slice(block + start, block + stop)
                 kernels.select_probes(
-                    dots, self.center_sq_norms, use_l2, scores[block:end], probes[block:end]
+                    dots[start:stop], self.center_sq_norms, use_l2, scores[rows], probes[rows]
                 )
 
-        run_chunks(task, n_queries, n_threads, min_chunk=64, chunks_per_thread=1)
+            run_chunks(task, end - block, n_threads, min_chunk=64, chunks_per_thread=1)
         return probes
 
     def list_constants(self, queries, probes, n_threads):
