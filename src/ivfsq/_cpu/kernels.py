@@ -141,6 +141,14 @@ def _dot_codes4(weights, codes, row, code_size):
 
 
 @njit(inline="always")
+def _is_kept(keep_words, vid):
+    # cuVS bitset: bit vid % 32 of word vid // 32 set means kept; ids past
+    # the bitset are not kept.
+    word = vid >> 5
+    return word < keep_words.shape[0] and ((keep_words[word] >> (vid & 31)) & 1) == 1
+
+
+@njit(inline="always")
 def _score_to_distance(metric, s, q_sq, aux_value):
     if metric == METRIC_L2:
         return q_sq + aux_value - np.float32(2.0) * s
@@ -183,7 +191,6 @@ def scan_lists(
     n_queries, n_probes = probes.shape
     k = out_distances.shape[1]
     code_size = codes.shape[1]
-    n_words = keep_words.shape[0]
     for i in range(n_queries):
         heap_d = out_distances[i]
         heap_i = out_ids[i]
@@ -200,10 +207,8 @@ def scan_lists(
             stop = start + list_sizes[lst]
             for row in range(start, stop):
                 vid = ids[row]
-                if use_filter:
-                    word = vid >> 5
-                    if word >= n_words or ((keep_words[word] >> (vid & 31)) & 1) == 0:
-                        continue
+                if use_filter and not _is_kept(keep_words, vid):
+                    continue
                 if bits == 8:
                     s = base + _dot_codes8(w, codes, row, code_size)
                 else:
@@ -297,7 +302,6 @@ def scan_lists_grouped(
     """
     k = heap_distances.shape[1]
     code_size = codes.shape[1]
-    n_words = keep_words.shape[0]
     for li in range(lists_to_scan.shape[0]):
         lst = lists_to_scan[li]
         first = pair_offsets[lst]
@@ -324,10 +328,8 @@ def scan_lists_grouped(
             c3 = pair_consts[block + 3] if n_block > 3 else c0
             for row in range(start, stop):
                 vid = ids[row]
-                if use_filter:
-                    word = vid >> 5
-                    if word >= n_words or ((keep_words[word] >> (vid & 31)) & 1) == 0:
-                        continue
+                if use_filter and not _is_kept(keep_words, vid):
+                    continue
                 if bits == 8:
                     s0, s1, s2, s3 = _dot4_codes8(weights, q0, q1, q2, q3, codes, row, code_size)
                 else:
