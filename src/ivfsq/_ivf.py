@@ -47,6 +47,27 @@ def normalize_rows(vectors):
     return vectors, nonzero
 
 
+def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads):
+    """Run ``scan_part(part, part_distances, part_ids)`` for each part on the
+    thread pool, each into its own per-query top-k arrays (the shape of
+    ``out_*``), then merge them into ``out_*`` (sorted)."""
+    n_queries, n_candidates = out_distances.shape
+    all_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
+    all_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
+
+    def task(part_start, part_stop):
+        for part in range(part_start, part_stop):
+            part_d = np.empty((n_queries, n_candidates), dtype=np.float32)
+            part_i = np.empty((n_queries, n_candidates), dtype=np.int64)
+            scan_part(part, part_d, part_i)
+            columns = slice(part * n_candidates, (part + 1) * n_candidates)
+            all_d[:, columns] = part_d
+            all_i[:, columns] = part_i
+
+    run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
+    kernels.merge_topk(all_d, all_i, out_distances, out_ids)
+
+
 def _half_table():
     """float32 value of every float16 bit pattern (for the re-rank kernel)."""
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
@@ -381,20 +402,11 @@ class IvfSqEngine:
             # Few queries: parallel over probed lists, then merge the partial top-k.
             n_parts = min(n_threads, n_probes)
             bounds = [round(n_probes * part / n_parts) for part in range(n_parts + 1)]
-            part_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
-            part_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
 
-            def task(part_start, part_stop):
-                for part in range(part_start, part_stop):
-                    columns = slice(part * n_candidates, (part + 1) * n_candidates)
-                    out_d = np.empty((n_queries, n_candidates), dtype=np.float32)
-                    out_i = np.empty((n_queries, n_candidates), dtype=np.int64)
-                    scan(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
-                    part_d[:, columns] = out_d
-                    part_i[:, columns] = out_i
+            def scan_part(part, out_d, out_i):
+                scan(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
 
-            run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
-            kernels.merge_topk(part_d, part_i, distances, neighbors)
+            _scan_in_parts(n_parts, scan_part, distances, neighbors, n_threads)
         if refine:
             return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
@@ -412,7 +424,6 @@ class IvfSqEngine:
         """
         n_queries, n_probes = probes.shape
         n_lists = self.centers.shape[0]
-        n_candidates = out_distances.shape[1]
         pair_lists = probes.ravel()
         order = np.argsort(pair_lists, kind="stable")
         pair_queries = order // n_probes
@@ -425,26 +436,17 @@ class IvfSqEngine:
         n_parts = max(1, min(n_threads, active.shape[0]))
         cuts = np.searchsorted(work, work[-1] * np.arange(1, n_parts) / n_parts)
         bounds = [0, *cuts.tolist(), active.shape[0]]
-        heap_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
-        heap_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
 
-        def task(part_start, part_stop):
-            for part in range(part_start, part_stop):
-                columns = slice(part * n_candidates, (part + 1) * n_candidates)
-                part_d = np.empty((n_queries, n_candidates), dtype=np.float32)
-                part_i = np.empty((n_queries, n_candidates), dtype=np.int64)
-                kernels.init_heaps(part_d, part_i)
-                kernels.scan_lists_grouped(
-                    active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
-                    pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
-                    lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                    use_filter, emit_rows, part_d, part_i,
-                )
-                heap_d[:, columns] = part_d
-                heap_i[:, columns] = part_i
+        def scan_part(part, part_d, part_i):
+            kernels.init_heaps(part_d, part_i)
+            kernels.scan_lists_grouped(
+                active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
+                pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
+                lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
+                use_filter, emit_rows, part_d, part_i,
+            )
 
-        run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
-        kernels.merge_topk(heap_d, heap_i, out_distances, out_ids)
+        _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads)
 
     def _rerank(self, queries, candidate_rows, k, lists, metric, n_threads):
         """Exact top-k over candidate storage rows, from the precise store."""
