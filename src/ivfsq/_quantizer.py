@@ -136,11 +136,6 @@ class ScalarQuantizer:
         return self.vmin.shape[0]
 
     @property
-    def levels(self):
-        """The largest code value: 255 or 15."""
-        return (1 << self.bits) - 1
-
-    @property
     def code_size(self):
         """Bytes of code per vector: ``dim`` (8 bits) or ``ceil(dim / 2)`` (4 bits)."""
         return self.dim if self.bits == 8 else (self.dim + 1) // 2
