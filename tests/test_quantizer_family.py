@@ -102,20 +102,17 @@ def test_range_statistics(values):
     np.testing.assert_allclose(lo, np.quantile(values.astype(np.float64), 0.01, axis=0))
     np.testing.assert_allclose(hi, np.quantile(values.astype(np.float64), 0.99, axis=0))
 
-    def mse(lo, hi):
+    def mse(data, lo, hi):
         delta = np.where(hi > lo, (hi - lo) / 15, 1.0)
-        codes = np.clip(np.floor((values - lo) / delta + 0.5), 0, 15)
-        return ((lo + codes * delta - values) ** 2).mean(0)
+        codes = np.clip(np.floor((data - lo) / delta + 0.5), 0, 15)
+        return ((lo + codes * delta - data) ** 2).mean(0)
 
     lo, hi = train_range(values, 4, "mse", 0.001, False)
     # The chosen clip is never worse than min/max, and better on heavy tails.
-    assert np.all(mse(lo, hi) <= mse(low, high) * (1 + 1e-9))
+    assert np.all(mse(values, lo, hi) <= mse(values, low, high) * (1 + 1e-9))
     heavy = np.random.default_rng(1).standard_t(1.5, size=(4000, 3))
     lo, hi = train_range(heavy, 4, "mse", 0.001, False)
-    h_low, h_high = heavy.min(0), heavy.max(0)
-    values = heavy
-
-    assert np.all(mse(lo, hi) < 0.5 * mse(h_low, h_high))
+    assert np.all(mse(heavy, lo, hi) < 0.5 * mse(heavy, heavy.min(0), heavy.max(0)))
 
 
 # ------------------------------------------------------------ end to end
