@@ -42,3 +42,33 @@ def exact_knn(base, queries, k, metric):
 def recall(found, truth):
     k = truth.shape[1]
     return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found, truth)]))
+
+
+def decoded_knn(index, queries, k):
+    """Brute force over the index's own decoded vectors (oracle for the scan)."""
+    ids, decoded = index._engine.decoded_vectors()
+    order = np.argsort(ids)
+    distances, rows = exact_knn(decoded[order], queries, k, index.metric)
+    return distances, ids[order][rows]
+
+
+def assert_all_probes_match_decoded(index, queries, k, tolerance, max_mismatch):
+    """Searching every list equals brute force over the decoded vectors.
+
+    Distances agree within ``tolerance`` (relative to the largest distance);
+    ids agree except between candidates that tie within it, on at most a
+    ``max_mismatch`` fraction of the results.
+    """
+    from ivfsq.neighbors import ivf_sq
+
+    distances, neighbors = ivf_sq.search(
+        ivf_sq.SearchParams(n_probes=index.n_lists), index, queries, k
+    )
+    true_distances, true_ids = decoded_knn(index, queries, k)
+    scale = np.abs(true_distances).max()
+    # The returned distances are the decoded vectors' true distances ...
+    np.testing.assert_allclose(distances, true_distances, rtol=1e-4, atol=tolerance * scale)
+    # ... and the ids agree except where two candidates tie within rounding.
+    mismatch = neighbors != true_ids
+    assert np.all(np.abs(distances - true_distances)[mismatch] <= tolerance * scale)
+    assert mismatch.mean() < max_mismatch

@@ -4,7 +4,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import METRICS, exact_knn, recall
+from conftest import METRICS, assert_all_probes_match_decoded, exact_knn, recall
 
 from ivfsq.common import Resources
 from ivfsq.datasets import find_shared_dataset, make_blobs_lowrank
@@ -20,14 +20,6 @@ def indexes(blobs):
         metric: ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS, metric=metric), base)
         for metric in METRICS
     }
-
-
-def decoded_knn(index, queries, k):
-    """Brute force over the index's own decoded vectors (oracle for the scan)."""
-    ids, decoded = index._engine.decoded_vectors()
-    order = np.argsort(ids)
-    distances, rows = exact_knn(decoded[order], queries, k, index.metric)
-    return distances, ids[order][rows]
 
 
 # ------------------------------------------------------------------- params
@@ -115,18 +107,7 @@ def test_recall_against_brute_force(blobs, metric, dtype):
 @pytest.mark.parametrize("metric", METRICS)
 def test_all_probes_equal_brute_force_over_decoded_vectors(blobs, indexes, metric):
     _, queries = blobs
-    index = indexes[metric]
-    distances, neighbors = ivf_sq.search(
-        ivf_sq.SearchParams(n_probes=N_LISTS), index, queries, 10
-    )
-    true_distances, true_ids = decoded_knn(index, queries, 10)
-    scale = np.abs(true_distances).max()
-    # The returned distances are those of the decoded vectors ...
-    np.testing.assert_allclose(distances, true_distances, rtol=1e-4, atol=2e-5 * scale)
-    # ... and the ids agree except where two candidates tie within rounding.
-    mismatch = neighbors != true_ids
-    assert np.all(np.abs(distances - true_distances)[mismatch] <= 2e-5 * scale)
-    assert mismatch.mean() < 0.01
+    assert_all_probes_match_decoded(indexes[metric], queries, 10, 2e-5, 0.01)
 
 
 @pytest.mark.parametrize("metric", METRICS)

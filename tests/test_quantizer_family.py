@@ -9,7 +9,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import METRICS, exact_knn, recall
+from conftest import (
+    METRICS,
+    assert_all_probes_match_decoded,
+    decoded_knn,
+    exact_knn,
+    recall,
+)
 
 from ivfsq import _format
 from ivfsq._quantizer import ScalarQuantizer, train_range
@@ -29,13 +35,6 @@ def data(blobs):
 def build(data, **params):
     params.setdefault("n_lists", N_LISTS)
     return ivf_sq.build(ivf_sq.IndexParams(**params), data[0])
-
-
-def decoded_knn(index, queries, k):
-    ids, decoded = index._engine.decoded_vectors()
-    order = np.argsort(ids)
-    distances, rows = exact_knn(decoded[order], queries, k, index.metric)
-    return distances, ids[order][rows]
 
 
 # ------------------------------------------------------------------- codec
@@ -144,17 +143,7 @@ CONFIGS = [
 def test_all_probes_equal_brute_force_over_decoded_vectors(data, config, metric):
     _, queries = data
     index = build(data, metric=metric, **config)
-    distances, neighbors = ivf_sq.search(
-        ivf_sq.SearchParams(n_probes=N_LISTS), index, queries, 10
-    )
-    true_distances, true_ids = decoded_knn(index, queries, 10)
-    scale = np.abs(true_distances).max()
-    # The returned distances are the decoded vectors' true distances ...
-    np.testing.assert_allclose(distances, true_distances, rtol=1e-4, atol=5e-5 * scale)
-    # ... and the ids agree except where two candidates tie within rounding.
-    mismatch = neighbors != true_ids
-    assert np.all(np.abs(distances - true_distances)[mismatch] <= 5e-5 * scale)
-    assert mismatch.mean() < 0.02
+    assert_all_probes_match_decoded(index, queries, 10, 5e-5, 0.02)
 
 
 def test_odd_dimension_sq4(blobs):
