@@ -13,15 +13,16 @@ from ivfsq._cpu import kernels
 from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq._lists import ListStorage
 from ivfsq._quantizer import ScalarQuantizer
-from ivfsq._threads import run_chunks
+from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._transforms import random_orthogonal, rotate, unrotate
 from ivfsq._validation import to_float32
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
 ENCODE_BATCH_ROWS = 65536
-# Queries per coarse-quantizer block: bounds the (queries x n_lists) matrix.
-COARSE_BLOCK_QUERIES = 4096
+# Queries per coarse-quantizer block and thread: bounds the (queries x
+# n_lists) matrix of dot products.
+COARSE_BLOCK_QUERIES = 2048
 # Batches up to this size compute their coarse dot products in a numba kernel
 # (cheaper than a BLAS call for a few queries).
 SMALL_BATCH_QUERIES = 8
@@ -123,7 +124,7 @@ class IvfSqEngine:
 
     # ------------------------------------------------------------- training
     @classmethod
-    def train(cls, params, dataset):
+    def train(cls, params, dataset, n_threads):
         """Train the coarse quantizer and the scalar quantizer on a sample."""
         n_rows = dataset.shape[0]
         n_train = min(n_rows, params.n_lists * params.max_train_points_per_cluster)
@@ -141,14 +142,16 @@ class IvfSqEngine:
         rotation = None
         if params.transform == "rom":
             rotation = random_orthogonal(sample.shape[1], params.seed)
-            sample = rotate(sample, rotation)
+            sample = rotate(sample, rotation, n_threads)
         inner_product = params.metric in ("inner_product", "cosine")
         centers = train_kmeans(
-            sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product
+            sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product, n_threads
         )
         values = sample
         if params.by_residual:
-            labels, _ = assign_nearest(sample, centers, inner_product=inner_product)
+            labels, _ = assign_nearest(
+                sample, centers, inner_product=inner_product, n_threads=n_threads
+            )
             values -= centers[labels]
         quantizer = ScalarQuantizer.train(
             params.quantizer, values, params.range_stat, params.range_quantile
@@ -176,6 +179,7 @@ class IvfSqEngine:
             self.centers,
             self.center_sq_norms,
             inner_product=self.metric in ("inner_product", "cosine"),
+            n_threads=n_threads,
         )
         codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
         aux = np.empty(n_rows, dtype=np.float32)
@@ -213,9 +217,9 @@ class IvfSqEngine:
             vectors, nonzero = normalize_rows(vectors)
         return vectors, nonzero
 
-    def internal(self, vectors):
+    def internal(self, vectors, n_threads=None):
         """Prepared vectors in the space of the centers and codes (rotated)."""
-        return vectors if self.rotation is None else rotate(vectors, self.rotation)
+        return vectors if self.rotation is None else rotate(vectors, self.rotation, n_threads)
 
     def add(self, dataset, ids, n_threads):
         """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing).
@@ -239,7 +243,7 @@ class IvfSqEngine:
             for start in range(0, n_rows, ENCODE_BATCH_ROWS):
                 stop = min(n_rows, start + ENCODE_BATCH_ROWS)
                 vectors, nonzero = self.prepare("new_vectors", dataset[start:stop], start)
-                labels, codes, aux = self.encode(self.internal(vectors), n_threads)
+                labels, codes, aux = self.encode(self.internal(vectors, n_threads), n_threads)
                 if nonzero is not None:
                     # A zero vector keeps cosine distance 1 to every query.
                     aux[~nonzero] = 0.0
@@ -287,20 +291,18 @@ class IvfSqEngine:
             )
             return probes
 
-        # One GEMM per block, threaded by BLAS itself (calling it from our
-        # threads as well oversubscribed the cores); then the selection is
-        # split over our threads.
-        for block in range(0, n_queries, COARSE_BLOCK_QUERIES):
-            end = min(n_queries, block + COARSE_BLOCK_QUERIES)
-            dots = queries[block:end] @ self.centers.T
-
-            def task(start, stop, dots=dots, block=block):
-                rows = slice(block + start, block + stop)
+        # Each thread takes its queries block by block: a single-threaded
+        # GEMM against the centers, then the selection over its dots.
+        def task(start, stop):
+            for block in range(start, stop, COARSE_BLOCK_QUERIES):
+                end = min(stop, block + COARSE_BLOCK_QUERIES)
+                dots = queries[block:end] @ self.centers.T
                 kernels.select_probes(
-                    dots[start:stop], self.center_sq_norms, use_l2, scores[rows], probes[rows]
+                    dots, self.center_sq_norms, use_l2, scores[block:end], probes[block:end]
                 )
 
-            run_chunks(task, end - block, n_threads, min_chunk=64, chunks_per_thread=1)
+        with single_threaded_blas():
+            run_chunks(task, n_queries, n_threads, min_chunk=64, chunks_per_thread=1)
         return probes
 
     def list_constants(self, queries, probes, n_threads):
@@ -346,7 +348,7 @@ class IvfSqEngine:
         return distances, neighbors
 
     def _search_block(self, prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio):
-        queries = self.internal(prepared)
+        queries = self.internal(prepared, n_threads)
         refine = lists.precise is not None
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])

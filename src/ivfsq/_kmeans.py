@@ -9,6 +9,7 @@ inverted lists stay balanced; the list-size imbalance factor
 import numpy as np
 
 from ivfsq._cpu import kernels
+from ivfsq._threads import default_n_threads, run_chunks, single_threaded_blas
 
 # A cluster smaller than this fraction of the mean size is re-seeded.
 SMALL_CLUSTER_FRACTION = 0.25
@@ -29,7 +30,7 @@ def imbalance_factor(sizes):
     return float(sizes.shape[0] * np.square(sizes).sum() / (total * total))
 
 
-def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False):
+def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, n_threads=None):
     """Index (int64) and squared L2 distance of each row's nearest center.
 
     Computed blockwise as ``|c|^2 - 2 x.c`` with one GEMM per block, so memory
@@ -46,18 +47,25 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False):
     distances = np.empty(n_rows, dtype=np.float32)
     center_sq_norms = np.ascontiguousarray(center_sq_norms, dtype=np.float32)
     centers_t = centers.T
-    # numpy's GEMM is itself multithreaded and is nearly all the time, so the
-    # blocks go one after the other (splitting them over our threads as well
-    # oversubscribed the cores). The argmin is one fused pass over each
-    # block's dots (several NumPy passes over them cost 20 % more).
-    for block in range(0, n_rows, ASSIGN_BLOCK_ROWS):
-        end = min(n_rows, block + ASSIGN_BLOCK_ROWS)
-        rows = vectors[block:end]
-        dots = rows @ centers_t
-        kernels.nearest_from_dots(dots, center_sq_norms, labels[block:end], distances[block:end])
-        if not inner_product:
-            row_sq = np.einsum("ij,ij->i", rows, rows)
-            np.maximum(distances[block:end] + row_sq, 0.0, out=distances[block:end])
+
+    # Each thread takes its rows block by block: a single-threaded GEMM, then
+    # one fused argmin pass over the block's dots (several NumPy passes over
+    # them cost 20 % more).
+    def task(start, stop):
+        for block in range(start, stop, ASSIGN_BLOCK_ROWS):
+            end = min(stop, block + ASSIGN_BLOCK_ROWS)
+            rows = vectors[block:end]
+            dots = rows @ centers_t
+            kernels.nearest_from_dots(
+                dots, center_sq_norms, labels[block:end], distances[block:end]
+            )
+            if not inner_product:
+                row_sq = np.einsum("ij,ij->i", rows, rows)
+                np.maximum(distances[block:end] + row_sq, 0.0, out=distances[block:end])
+
+    with single_threaded_blas():
+        run_chunks(task, n_rows, n_threads or default_n_threads(), min_chunk=256,
+                   chunks_per_thread=1)
     return labels, distances
 
 
@@ -93,14 +101,14 @@ def _split_small_clusters(centers, counts, rng):
     return moved
 
 
-def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False):
+def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threads=None):
     """Balanced k-means on ``sample`` (float32, C-contiguous).
 
     With ``inner_product`` rows are assigned to the center of largest inner
     product (centers stay means, unnormalized), matching how lists are probed.
 
     Returns ``centers`` (float32, (n_clusters, dim)). Deterministic for a given
-    seed and sample on one machine (BLAS picks its own threads).
+    seed and sample on one machine.
     """
     rng = np.random.default_rng(seed)
     n_rows, dim = sample.shape
@@ -111,7 +119,9 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False):
             centers = sample.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
         return np.ascontiguousarray(centers)
     for iteration in range(n_iters):
-        labels, _ = assign_nearest(sample, centers, inner_product=inner_product)
+        labels, _ = assign_nearest(
+            sample, centers, inner_product=inner_product, n_threads=n_threads
+        )
         sums = np.zeros((n_clusters, dim), dtype=np.float64)
         counts = np.zeros(n_clusters, dtype=np.int64)
         kernels.accumulate_clusters(sample, labels, sums, counts)

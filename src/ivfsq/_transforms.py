@@ -13,6 +13,8 @@ fixed stream tag), so it is reproducible; it is also saved with the index.
 
 import numpy as np
 
+from ivfsq._threads import default_n_threads, parallel_matmul
+
 TRANSFORMS = ("rom",)
 # Separates the rotation's random stream from the sampling / k-means stream.
 _ROM_STREAM = 0x524F4D
@@ -32,11 +34,13 @@ def random_orthogonal(dim, seed):
     return np.ascontiguousarray((q * signs).astype(np.float32))
 
 
-def rotate(vectors, rotation):
+def rotate(vectors, rotation, n_threads=None):
     """``vectors @ rotation`` as a new float32 C-contiguous array."""
-    return np.ascontiguousarray(vectors @ rotation, dtype=np.float32)
+    n_threads = n_threads or default_n_threads()
+    return parallel_matmul(np.asarray(vectors, dtype=np.float32), rotation, n_threads)
 
 
-def unrotate(vectors, rotation):
+def unrotate(vectors, rotation, n_threads=None):
     """Undo :func:`rotate`: ``vectors @ rotation.T``."""
-    return np.ascontiguousarray(vectors @ rotation.T, dtype=np.float32)
+    n_threads = n_threads or default_n_threads()
+    return parallel_matmul(np.asarray(vectors, dtype=np.float32), rotation.T, n_threads)

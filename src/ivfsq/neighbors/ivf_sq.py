@@ -426,7 +426,7 @@ def build(index_params, dataset, resources=None):
             f"dataset must have at least n_lists={index_params.n_lists} rows, got {n_rows}"
         )
     n_threads = resolve_n_threads(resources)
-    engine = IvfSqEngine.train(index_params, dataset)
+    engine = IvfSqEngine.train(index_params, dataset, n_threads)
     if index_params.add_data_on_build:
         engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads)
     index = Index()
