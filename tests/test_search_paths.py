@@ -1,5 +1,6 @@
-"""The search paths (list-major batches, per-query scans, split single queries)
-give the same results, tie-tolerant, for every code width and metric."""
+"""The search paths (list-major batches, per-query scans, split single queries,
+the one-call search of a few queries) give the same results, tie-tolerant, for
+every code width and metric."""
 
 import numpy as np
 import pytest
@@ -19,9 +20,13 @@ def data(blobs):
 
 
 def search_with(monkeypatch, path, index, queries, k, params, **kwargs):
-    """Search forcing the list-major path ("grouped") or the per-query scans."""
+    """Search forcing the list-major path ("grouped"), the per-query scans
+    ("per-query") or the one-call search of a few queries ("few")."""
     threshold = 0 if path == "grouped" else 10**12
     monkeypatch.setattr(_ivf, "GROUPED_MIN_PAIRS_PER_LIST", threshold)
+    few = path == "few"
+    monkeypatch.setattr(_ivf, "SMALL_BATCH_QUERIES", 10**12 if few else 0)
+    monkeypatch.setattr(_ivf, "FEW_MAX_SCAN_BYTES", float("inf") if few else 0)
     return ivf_sq.search(params, index, queries, k, **kwargs)
 
 
@@ -87,3 +92,53 @@ def test_large_batches_are_searched_in_blocks(data, monkeypatch):
     blocked = ivf_sq.search(params, index, queries, 5)
     # Small blocks may take the per-query path: equal up to rounding.
     assert_same_results(blocked, whole, queries)
+
+
+@pytest.mark.parametrize("by_residual", [True, False])
+@pytest.mark.parametrize("quantizer", ["sq8", "sq4"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_few_queries_in_one_call_equal_per_query_scans(data, monkeypatch, quantizer, metric,
+                                                      by_residual):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS, metric=metric, quantizer=quantizer,
+                                            by_residual=by_residual), base)
+    params = ivf_sq.SearchParams(n_probes=6)
+    few = search_with(monkeypatch, "few", index, queries, 10, params)
+    per_query = search_with(monkeypatch, "per-query", index, queries, 10, params)
+    assert_same_results(few, per_query, queries)
+
+
+@pytest.mark.parametrize("quantizer", ["sq8", "sq4_uniform"])
+def test_few_queries_with_filter_and_reorder(data, monkeypatch, quantizer):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS, quantizer=quantizer,
+                                            reorder=True, transform="rom"), base)
+    keep = np.random.default_rng(1).random(len(base)) < 0.3
+    params = ivf_sq.SearchParams(n_probes=N_LISTS + 5, refine_ratio=2)  # capped at n_lists
+    kwargs = dict(filter=filters.from_bitset(keep))
+    few = search_with(monkeypatch, "few", index, queries, 10, params, **kwargs)
+    per_query = search_with(monkeypatch, "per-query", index, queries, 10, params, **kwargs)
+    assert keep[few[1][few[1] >= 0]].all()
+    assert_same_results(few, per_query, queries)
+
+
+def test_single_query_paths_by_thread_count(data, monkeypatch):
+    # One query on one thread runs the one-call kernel; on two threads with
+    # much work the probes are split over the threads; both agree.
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS), base)
+    params = ivf_sq.SearchParams(n_probes=N_LISTS)
+    calls = []
+    monkeypatch.setattr(_ivf, "_scan_in_parts", lambda *args: calls.append(args) or
+                        _scan_in_parts(*args))
+    monkeypatch.setattr(_ivf, "FEW_MAX_SCAN_BYTES", 0)
+    for query in queries[:5]:
+        one = ivf_sq.search(params, index, query[None], 10, resources=Resources(n_threads=1))
+        assert not calls
+        two = ivf_sq.search(params, index, query[None], 10, resources=Resources(n_threads=2))
+        assert len(calls) == 1
+        calls.clear()
+        assert_same_results(one, two, query[None])
+
+
+_scan_in_parts = _ivf._scan_in_parts

@@ -34,6 +34,10 @@ SEARCH_BLOCK_QUERIES = 16384
 # at 2 pairs per list; at 1 the per-query scan was 1.4x faster, at 4 the
 # list-major one 1.4x.
 GROUPED_MIN_PAIRS_PER_LIST = 2
+# Up to SMALL_BATCH_QUERIES queries whose scan reads fewer code bytes than
+# this are searched on the calling thread in one kernel call: handing such a
+# scan to the pool costs more than it saves.
+FEW_MAX_SCAN_BYTES = 1 << 20
 
 KERNEL_METRIC = {
     "sqeuclidean": kernels.METRIC_L2,
@@ -353,6 +357,26 @@ class IvfSqEngine:
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
         n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
+        metric = KERNEL_METRIC[self.metric]
+        bits = self.quantizer.bits
+        use_filter = keep_words is not None
+        if keep_words is None:
+            keep_words = np.zeros(0, dtype=np.uint32)
+        distances = np.empty((n_queries, n_candidates), dtype=np.float32)
+        neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
+        if n_queries <= SMALL_BATCH_QUERIES and (
+            n_threads == 1 or self._scan_cost(lists, n_queries * n_probes) < FEW_MAX_SCAN_BYTES
+        ):
+            # A few queries and little work: the whole search in one kernel call.
+            kernels.search_few(
+                queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
+                self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
+                lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
+                refine, distances, neighbors,
+            )
+            if refine:
+                return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
+            return distances, neighbors
         probes = self.coarse_probes(queries, n_probes, n_threads)
         list_consts = self.list_constants(queries, probes, n_threads)
         weights = self.quantizer.weights(queries)
@@ -362,13 +386,6 @@ class IvfSqEngine:
             ).astype(np.float32)
         else:
             query_sq_norms = np.zeros(n_queries, dtype=np.float32)
-        metric = KERNEL_METRIC[self.metric]
-        bits = self.quantizer.bits
-        use_filter = keep_words is not None
-        if keep_words is None:
-            keep_words = np.zeros(0, dtype=np.uint32)
-        distances = np.empty((n_queries, n_candidates), dtype=np.float32)
-        neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
 
         def scan(query_rows, probe_cols, out_d, out_i):
             kernels.scan_lists(
@@ -415,6 +432,12 @@ class IvfSqEngine:
         if refine:
             return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
+
+    @staticmethod
+    def _scan_cost(lists, n_pairs):
+        """Code bytes a scan of ``n_pairs`` probed lists of average size reads."""
+        n_lists = max(1, lists.list_sizes.shape[0])
+        return n_pairs * lists.size / n_lists * lists.codes.shape[1]
 
     def _scan_grouped(
         self, probes, list_consts, weights, query_sq_norms, lists, metric, bits,

@@ -195,13 +195,9 @@ class ScalarQuantizer:
         dimensions) then those of the high nibbles (odd dimensions), each
         ``code_size`` long, zero for the padding dimension of an odd ``dim``.
         """
-        scaled = queries * self.delta
-        if self.bits == 8:
-            return np.ascontiguousarray(scaled, dtype=np.float32)
-        code_size = self.code_size
-        out = np.zeros((queries.shape[0], 2 * code_size), dtype=np.float32)
-        out[:, :code_size] = scaled[:, 0::2]
-        out[:, code_size : code_size + self.dim // 2] = scaled[:, 1::2]
+        n_weights = self.dim if self.bits == 8 else 2 * self.code_size
+        out = np.zeros((queries.shape[0], n_weights), dtype=np.float32)
+        kernels.query_weights(queries, self.delta, self.bits, self.code_size, out)
         return out
 
     def to_arrays(self):
