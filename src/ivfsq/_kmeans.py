@@ -1,9 +1,18 @@
 """Balanced k-means for the coarse quantizer, and nearest-center assignment.
 
-Lloyd iterations with BLAS assignment. After each iteration (but the last),
+Lloyd iterations with BLAS assignment. In the first half of the iterations,
 empty and tiny clusters are re-seeded by splitting the largest clusters, so
 inverted lists stay balanced; the list-size imbalance factor
 ``n_lists * sum(size^2) / n^2`` (1.0 is perfect balance) is reported.
+
+Many L2 clusters are trained hierarchically, as cuVS's balanced k-means does:
+about ``sqrt(k)`` mesoclusters first, then each mesocluster's share of the
+``k`` fine clusters on its own rows, then a few Lloyd iterations of all ``k``
+centers on the whole sample. An iteration over all ``k`` centers costs
+``n * k * dim`` multiply-adds, the stages before it about ``n * sqrt(k) *
+dim``: on fashion-mnist (60k x 784, 1,024 lists) training took 10 s instead
+of 18 s, with the same recall at equal n_probes (0.9411 against 0.9413 at 8
+probes, 0.9829 against 0.9831 at 16).
 """
 
 import numpy as np
@@ -19,6 +28,13 @@ ASSIGN_BLOCK_ROWS = 4096
 # Clusters are split only in this first fraction of the iterations; the rest
 # let the moved centers converge.
 SPLIT_ITERATIONS = 0.5
+# From this many clusters on, k-means is trained hierarchically.
+HIERARCHICAL_MIN_CLUSTERS = 256
+# Lloyd iterations of all centers on the whole sample after the hierarchical
+# stages (at most the requested iteration count).
+HIERARCHICAL_FINAL_ITERATIONS = 4
+# Rows per mesocluster used to train the mesoclusters.
+MESO_TRAIN_ROWS_PER_CLUSTER = 512
 
 
 def imbalance_factor(sizes):
@@ -106,18 +122,96 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
 
     With ``inner_product`` rows are assigned to the center of largest inner
     product (centers stay means, unnormalized), matching how lists are probed.
+    From ``HIERARCHICAL_MIN_CLUSTERS`` clusters on, L2 k-means is trained
+    hierarchically, each stage with ``n_iters`` iterations (the final one at
+    most ``HIERARCHICAL_FINAL_ITERATIONS``). Largest-dot k-means stays flat:
+    started from per-mesocluster centers, centers of large norm took all the
+    rows of their neighbours (5 of 64 lists empty in a test, none when flat).
 
     Returns ``centers`` (float32, (n_clusters, dim)). Deterministic for a given
     seed and sample on one machine.
     """
+    n_rows = sample.shape[0]
+    hierarchical = (
+        n_clusters >= HIERARCHICAL_MIN_CLUSTERS
+        and not inner_product
+        and n_clusters < n_rows
+        and n_iters > 0
+    )
+    if not hierarchical:
+        return _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads)
     rng = np.random.default_rng(seed)
-    n_rows, dim = sample.shape
+    n_meso = round(np.sqrt(n_clusters))
+    # Mesoclusters, trained on a subsample, then every row assigned to one.
+    n_meso_train = min(n_rows, n_meso * MESO_TRAIN_ROWS_PER_CLUSTER)
+    meso_rows = np.sort(rng.choice(n_rows, size=n_meso_train, replace=False))
+    meso_centers = _train_flat(
+        np.ascontiguousarray(sample[meso_rows]), n_meso, n_iters, seed, inner_product, n_threads
+    )
+    meso_labels, _ = assign_nearest(
+        sample, meso_centers, inner_product=inner_product, n_threads=n_threads
+    )
+    meso_sizes = np.bincount(meso_labels, minlength=n_meso)
+    fine_counts = _share_clusters(meso_sizes, n_clusters)
+    # Each mesocluster's fine clusters, on its own rows.
+    order = np.argsort(meso_labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(meso_sizes)])
+    # Mesoclusters are small: each thread trains whole ones, one at a time
+    # (their GEMMs are too small to split well).
+    centers = np.empty((n_clusters, sample.shape[1]), dtype=np.float32)
+    first_center = np.concatenate([[0], np.cumsum(fine_counts)])
+
+    def task(start, stop):
+        for meso in range(start, stop):
+            count = int(fine_counts[meso])
+            if count == 0:
+                continue
+            rows = np.ascontiguousarray(sample[order[bounds[meso] : bounds[meso + 1]]])
+            centers[first_center[meso] : first_center[meso] + count] = _train_flat(
+                rows, count, n_iters, seed + 1 + meso, inner_product, n_threads=1
+            )
+
+    with single_threaded_blas():
+        run_chunks(task, n_meso, n_threads or default_n_threads(), chunks_per_thread=4)
+    # A few iterations of all centers on the whole sample.
+    final_iters = min(n_iters, HIERARCHICAL_FINAL_ITERATIONS)
+    return _lloyd(sample, centers, final_iters, rng, inner_product, n_threads, final_iters - 1)
+
+
+def _share_clusters(sizes, n_clusters):
+    """Fine clusters per mesocluster: proportional to its rows (largest
+    remainders), at most its rows, at least one when it has rows."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    quota = sizes * (n_clusters / sizes.sum())
+    counts = np.minimum(np.floor(quota).astype(np.int64), sizes)
+    counts[(sizes > 0) & (counts == 0)] = 1
+    while counts.sum() > n_clusters:
+        surplus = np.where(counts > 1, counts - quota, -np.inf)
+        counts[np.argmax(surplus)] -= 1
+    while counts.sum() < n_clusters:
+        deficit = np.where(counts < sizes, quota - counts, -np.inf)
+        counts[np.argmax(deficit)] += 1
+    return counts
+
+
+def _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads):
+    """Lloyd's k-means from ``n_clusters`` distinct sample rows."""
+    rng = np.random.default_rng(seed)
+    n_rows = sample.shape[0]
     initial = rng.choice(n_rows, size=n_clusters, replace=False)
     centers = sample[np.sort(initial)].copy()
-    if n_clusters == 1 or n_rows == n_clusters:
-        if n_clusters == 1:
-            centers = sample.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
+    if n_clusters == 1:
+        return sample.mean(axis=0, dtype=np.float64).astype(np.float32)[None, :]
+    if n_rows == n_clusters:
         return np.ascontiguousarray(centers)
+    split_iters = SPLIT_ITERATIONS * n_iters
+    return _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters)
+
+
+def _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters):
+    """``n_iters`` Lloyd iterations from ``centers`` (updated in place); tiny
+    clusters are split after each of the first ``split_iters``."""
+    n_clusters, dim = centers.shape
     for iteration in range(n_iters):
         labels, _ = assign_nearest(
             sample, centers, inner_product=inner_product, n_threads=n_threads
@@ -127,8 +221,6 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
         kernels.accumulate_clusters(sample, labels, sums, counts)
         nonempty = counts > 0
         centers[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
-        if iteration < SPLIT_ITERATIONS * n_iters:
+        if iteration < split_iters:
             _split_small_clusters(centers, counts, rng)
-    if n_iters == 0:
-        return np.ascontiguousarray(centers)
     return np.ascontiguousarray(centers, dtype=np.float32)

@@ -82,7 +82,11 @@ class IndexParams:
     metric_arg : float, default = 2.0
         Kept for compatibility with cuVS; no metric here uses it.
     kmeans_n_iters : int, default = 20
-        Iterations of k-means when training the coarse quantizer.
+        Iterations of k-means when training the coarse quantizer. With 256
+        lists or more and an L2 metric, k-means is trained hierarchically
+        (about ``sqrt(n_lists)`` mesoclusters, then the lists within each,
+        then at most 4 iterations over all lists); each stage runs this many
+        iterations.
     max_train_points_per_cluster : int, default = 256
         At most ``n_lists * max_train_points_per_cluster`` rows are sampled to
         train k-means and the scalar quantizer.
