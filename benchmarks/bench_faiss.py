@@ -24,6 +24,7 @@ import numpy as np
 
 from common import (
     RESULTS_DIR,
+    at_recall,
     default_n_lists,
     format_table,
     hardware_info,
@@ -346,6 +347,49 @@ def print_main_table(ivfsq_results, faiss_results):
     print(format_table(headers, rows))
 
 
+# The issue's targets compare at every recall level of FAISS's curve from here on.
+EQUAL_RECALL_FROM = 0.90
+
+
+def equal_recall_rows(ivfsq_results, faiss_results):
+    """ivfsq at each FAISS operating point's recall (>= EQUAL_RECALL_FROM).
+
+    ivfsq's QPS and p50 latency are interpolated (log scale) between the two
+    n_probes values whose recalls bracket FAISS's; None past ivfsq's sweep.
+    """
+    rows = []
+    for theirs in faiss_results:
+        if theirs["recall"] < EQUAL_RECALL_FROM:
+            continue
+        qps = at_recall(ivfsq_results, theirs["recall"], "qps")
+        p50 = at_recall(ivfsq_results, theirs["recall"], "latency_p50_ms")
+        rows.append({
+            "faiss_n_probes": theirs["n_probes"],
+            "recall": theirs["recall"],
+            "faiss_qps": theirs["qps"],
+            "ivfsq_qps": qps,
+            "qps_ratio": None if qps is None else qps / theirs["qps"],
+            "faiss_p50_ms": theirs["latency_p50_ms"],
+            "ivfsq_p50_ms": p50,
+            "p50_ratio": None if p50 is None else p50 / theirs["latency_p50_ms"],
+        })
+    return rows
+
+
+def print_equal_recall_table(rows):
+    headers = ["faiss n_probes", "recall", "faiss QPS", "ivfsq QPS", "QPS ratio",
+               "faiss p50 ms", "ivfsq p50 ms", "p50 ratio"]
+
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    print(format_table(headers, [[
+        str(r["faiss_n_probes"]), f"{r['recall']:.4f}", f"{r['faiss_qps']:,.0f}",
+        fmt(r["ivfsq_qps"], ",.0f"), fmt(r["qps_ratio"], ".2f"),
+        f"{r['faiss_p50_ms']:.3f}", fmt(r["ivfsq_p50_ms"], ".3f"), fmt(r["p50_ratio"], ".2f"),
+    ] for r in rows]))
+
+
 def print_hnswlib_table(results):
     """One row per ef for hnswlib."""
     headers = ["ef", "hnswlib recall", "hnswlib QPS", "hnswlib p50 ms"]
@@ -449,6 +493,12 @@ def main(argv=None):
           f"{args.min_seconds:g} s with {args.threads} thread(s), p50 = single-query latency "
           f"with 1 thread")
     print_main_table(ivfsq_results, faiss_results)
+    equal_rows = equal_recall_rows(ivfsq_results, faiss_results)
+    print()
+    print(f"at equal recall (FAISS's points with recall >= {EQUAL_RECALL_FROM}; ivfsq "
+          f"interpolated in log scale between its n_probes; ratios: QPS ivfsq/faiss, higher is "
+          f"better; p50 ivfsq/faiss, lower is better):")
+    print_equal_recall_table(equal_rows)
     print()
     print(f"build time (train + add): ivfsq {ivfsq_build_s:.2f} s | faiss {faiss_build_s:.2f} s")
     print(f"bytes per vector: ivfsq {ivfsq_bytes:.1f} (index.memory_bytes / N) | faiss "
@@ -497,6 +547,8 @@ def main(argv=None):
         "build_seconds": hnswlib_build_s,
         "bytes_per_vector": None,
     })
+    records += [{**common_fields, "library": "ivfsq_vs_faiss_equal_recall", **row}
+                for row in equal_rows]
     out_path = args.out or RESULTS_DIR / f"bench_{data['name']}.jsonl"
     write_jsonl(out_path, records)
     print()

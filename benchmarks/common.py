@@ -159,3 +159,25 @@ def format_table(headers, rows):
 
     separator = "-+-".join("-" * width for width in widths)
     return "\n".join([line(headers), separator] + [line(row) for row in rows])
+
+
+def at_recall(results, recall, key):
+    """``key`` (e.g. "qps") of a sweep interpolated at ``recall``.
+
+    ``results`` are one sweep's points (dicts with "recall" and ``key``).
+    Between the two points that bracket ``recall`` the value is interpolated
+    linearly in log scale; None when the sweep never reaches ``recall``.
+    Points are taken in order of increasing recall; a point that reaches the
+    recall outright (at or above it) with no lower neighbour is used as is.
+    """
+    points = sorted((r["recall"], r[key]) for r in results)
+    below = [p for p in points if p[0] < recall]
+    above = [p for p in points if p[0] >= recall]
+    if not above:
+        return None
+    high = above[0]
+    if not below or high[0] == recall:
+        return high[1]
+    low = below[-1]
+    fraction = (recall - low[0]) / (high[0] - low[0])
+    return float(math.exp(math.log(low[1]) + fraction * (math.log(high[1]) - math.log(low[1]))))
