@@ -78,7 +78,12 @@ class ListStorage:
 
     @property
     def size(self):
-        return int(self.list_sizes.sum())
+        # list_sizes is replaced, never changed in place: cache its sum per array.
+        sizes = self.list_sizes
+        if getattr(self, "_size_of", None) is not sizes:
+            self._size = int(sizes.sum())
+            self._size_of = sizes
+        return self._size
 
     @property
     def nbytes(self):
