@@ -50,6 +50,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ivfsq._progress import report
+
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
@@ -330,11 +332,15 @@ def write_index_file(path, header, arrays):
             file.write(_pack_preamble(toc_bytes))
             file.write(toc_bytes)
             position = toc_end
+            total_bytes = sum(section["nbytes"] for section in sections)
+            written = 0
             for section, array in zip(sections, arrays.values()):
                 section_start = data_start + section["offset"]
                 file.write(bytes(section_start - position))
                 section["crc32"] = f"{_write_section(file, array, storage_dtypes[section['name']]):08x}"
                 position = section_start + section["nbytes"]
+                written += section["nbytes"]
+                report("writing", written, total_bytes)
             final_toc_bytes = _encode_toc(header, sections)
             if len(final_toc_bytes) != len(toc_bytes):  # pragma: no cover - guards the fixed-width crc
                 raise RuntimeError("internal error: the table of contents changed size")

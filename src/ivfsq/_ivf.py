@@ -12,6 +12,7 @@ import numpy as np
 from ivfsq._cpu import kernels
 from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq._lists import ListStorage
+from ivfsq._progress import report
 from ivfsq._quantizer import ScalarQuantizer
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._transforms import random_orthogonal, rotate, unrotate
@@ -256,6 +257,7 @@ class IvfSqEngine:
                 all_aux[start:stop] = aux
                 if all_precise is not None:
                     all_precise[start:stop] = vectors
+                report("encoding", stop, n_rows)
             # Everything is encoded: only now is the index changed.
             self.lists = self.lists.add(
                 all_labels,
