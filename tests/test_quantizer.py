@@ -17,7 +17,7 @@ def residuals():
 
 
 def test_sq8_range_has_five_percent_margin(residuals):
-    quantizer = ScalarQuantizer.train("sq8", residuals)
+    quantizer = ScalarQuantizer.train("sq8", residuals, "minmax")
     low, high = residuals.min(0), residuals.max(0)
     span = (high - low).astype(np.float64)
     np.testing.assert_allclose(quantizer.vmin, low - 0.05 * span, rtol=1e-6)
@@ -26,7 +26,7 @@ def test_sq8_range_has_five_percent_margin(residuals):
 
 
 def test_sq8_round_trip_error_at_most_half_a_step(residuals):
-    quantizer = ScalarQuantizer.train("sq8", residuals)
+    quantizer = ScalarQuantizer.train("sq8", residuals, "minmax")
     centers = np.zeros((1, 6), np.float32)
     labels = np.zeros(len(residuals), np.int64)
     codes, decoded = quantizer.encode(residuals, centers, labels)

@@ -338,6 +338,7 @@ def test_first_layout_files_still_load(data, tmp_path):
     old = _rewrite(path, tmp_path / "v1.ivfsq", as_version_1)
     loaded = ivf_sq.load(old)
     assert loaded.index_params.quantizer == "sq8" and loaded.index_params.by_residual
+    assert loaded.index_params.range_stat == "minmax"  # layout 1 knew no other statistic
     params = ivf_sq.SearchParams(n_probes=8)
     np.testing.assert_array_equal(ivf_sq.search(params, loaded, data[1], 5)[1],
                                   ivf_sq.search(params, index, data[1], 5)[1])
@@ -404,8 +405,9 @@ def test_index_params_errors(kwargs, error, match):
 def test_params_defaults_and_resolution():
     params = ivf_sq.IndexParams()
     assert (params.quantizer, params.by_residual, params.range_stat, params.transform,
-            params.reorder, params.precise_dtype) == ("sq8", True, "minmax", None, False,
+            params.reorder, params.precise_dtype) == ("sq8", True, "mse", None, False,
                                                       "float32")
+    assert ivf_sq.IndexParams(quantizer="sq8_uniform").range_stat == "minmax"
     assert ivf_sq.IndexParams(quantizer="sq4").range_stat == "quantile"
     assert ivf_sq.IndexParams(quantizer="sq4_uniform", range_stat="mse").range_stat == "mse"
     assert ivf_sq.IndexParams(precise_dtype=np.float16).precise_dtype == "float16"

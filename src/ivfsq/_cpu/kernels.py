@@ -107,6 +107,23 @@ def encode_sq(vectors, centers, labels, vmin, delta, bits, codes, decoded):
             decoded[row, j] = centers[center, j] + (vmin[j] + np.float32(code) * delta[j])
 
 
+@njit(**_JIT)
+def quantization_mse(values, lo, delta, levels, out):
+    """Per column, the mean squared error of rounding ``values`` to the
+    levels ``lo + code * delta``, ``code`` in ``[0, levels]`` (float64)."""
+    n_rows, dim = values.shape
+    for j in range(dim):
+        out[j] = 0.0
+    for i in range(n_rows):
+        for j in range(dim):
+            code = np.floor((values[i, j] - lo[j]) / delta[j] + 0.5)
+            code = min(max(code, 0.0), levels)
+            error = lo[j] + code * delta[j] - values[i, j]
+            out[j] += error * error
+    for j in range(dim):
+        out[j] /= max(n_rows, 1)
+
+
 # ---------------------------------------------------------------------- scan
 # Reassociation lets LLVM vectorise the dot-product reductions; the flags
 # that assume no inf/NaN are left out because the top-k heap holds +inf.

@@ -109,8 +109,9 @@ class IndexParams:
         "minmax" (the extremes; at 8 bits widened by a 5 % margin each side, as
         cuVS does), "quantile" (clip at the ``range_quantile`` and ``1 -
         range_quantile`` quantiles) or "mse" (per dimension, the quantile clip
-        with the least quantization error). ``None``: "minmax" for 8-bit
-        quantizers, "quantile" for 4-bit ones (the best measured).
+        with the least quantization error). ``None``: "mse" for "sq8",
+        "minmax" for "sq8_uniform", "quantile" for 4-bit quantizers (the best
+        measured; see the README).
     range_quantile : float, default = 0.001
         The clipped fraction on each side for ``range_stat="quantile"``.
     transform : str or None, default = None
@@ -679,7 +680,10 @@ def _index_from_file(filename, header, arrays):
             f"versions 1 to {INDEX_VERSION} (written by a newer ivfsq? upgrade ivfsq to read it)"
         )
     try:
-        params = IndexParams(**header["params"])
+        fields = dict(header["params"])
+        if index_version == 1:
+            fields.setdefault("range_stat", "minmax")  # the only statistic of layout 1
+        params = IndexParams(**fields)
         n_lists, dim, size, next_id = (
             int(header[key]) for key in ("n_lists", "dim", "size", "next_id")
         )
