@@ -126,11 +126,11 @@ def test_merge_topk_breaks_ties_by_smaller_id_and_skips_padding():
     cand_i = np.array([[5, 9, 4, -1, 8, 7]], np.int64)
     out_d = np.empty((1, 4), np.float32)
     out_i = np.empty((1, 4), np.int64)
-    kernels.merge_topk(cand_d, cand_i, out_d, out_i)
+    kernels.merge_topk(cand_d, cand_i, False, out_d, out_i)
     assert out_i.tolist() == [[4, 7, 9, 8]]
     out_d = np.empty((1, 7), np.float32)
     out_i = np.empty((1, 7), np.int64)
-    kernels.merge_topk(cand_d, cand_i, out_d, out_i)
+    kernels.merge_topk(cand_d, cand_i, False, out_d, out_i)
     assert out_i.tolist() == [[4, 7, 9, 8, 5, -1, -1]]
     assert np.isinf(out_d[0, 5:]).all()
 
@@ -217,3 +217,26 @@ def test_normalize_rows_kernel():
     kernels.normalize_rows(vectors, nonzero)
     np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
     assert nonzero.tolist() == [True, False, True]
+
+
+def test_merge_topk_from_a_first_heap_matches_oracle():
+    rng = np.random.default_rng(3)
+    k = 6
+    for trial in range(50):
+        first_d = rng.integers(0, 5, k).astype(np.float32)  # ties on purpose
+        first_i = rng.permutation(100)[:k].astype(np.int64)
+        if trial % 5 == 0:  # a part that found fewer than k: (inf, -1) padding
+            first_d[:2], first_i[:2] = np.inf, -1
+        # A sequence sorted by descending (distance, id) is a valid max-heap.
+        order = np.lexsort((first_i, first_d))[::-1]
+        first_d, first_i = first_d[order], first_i[order]
+        rest_i = np.setdiff1d(np.arange(200), first_i)[rng.permutation(150)[:9]]
+        rest_d = rng.integers(0, 5, 9).astype(np.float32)
+        cand_d = np.concatenate([first_d, rest_d])[None]
+        cand_i = np.concatenate([first_i, rest_i])[None]
+        out_d = np.empty((1, k), np.float32)
+        out_i = np.empty((1, k), np.int64)
+        kernels.merge_topk(cand_d, cand_i, True, out_d, out_i)
+        valid = cand_i[0] >= 0
+        expected = np.lexsort((cand_i[0][valid], cand_d[0][valid]))[:k]
+        np.testing.assert_array_equal(out_i[0], cand_i[0][valid][expected])

@@ -11,34 +11,46 @@ from ivfsq.neighbors import ivf_sq
 
 
 def blas_threads():
-    return [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+    """Thread counts, as the calling thread sees them, of the BLAS libraries
+    ivfsq limits (numpy's; libraries other packages load later are left alone)."""
+    with _threads.single_threaded_blas():  # creates the controller on first use
+        pass
+    limited = {lib.filepath for lib in _threads._blas_controller.lib_controllers}
+    return [entry["num_threads"] for entry in threadpool_info()
+            if entry["user_api"] == "blas" and entry["filepath"] in limited]
 
 
-def test_single_threaded_blas_is_reference_counted():
+def test_single_threaded_blas_nests():
     before = blas_threads()
     if not before:
         pytest.skip("no BLAS library that threadpoolctl can control")
+    with _threads.single_threaded_blas():
+        with _threads.single_threaded_blas():
+            assert all(count == 1 for count in blas_threads())
+        # Leaving the inner block must not lift the limit of the outer one.
+        assert all(count == 1 for count in blas_threads())
+    assert blas_threads() == before
+
+
+def test_single_threaded_blas_is_reference_counted_across_threads():
     entered = threading.Barrier(2)
     release = threading.Event()
-    seen = []
 
     def user():
         with _threads.single_threaded_blas():
             entered.wait()
-            seen.append(blas_threads())
             release.wait(timeout=10)
 
     other = threading.Thread(target=user)
     other.start()
     with _threads.single_threaded_blas():
         entered.wait()
-        seen.append(blas_threads())
-    # The first to leave must not restore the limit while the other is inside.
-    assert all(count == 1 for count in blas_threads())
+        assert _threads._blas_users == 2
+    # The first to leave keeps the limit while the other is inside.
+    assert _threads._blas_users == 1 and _threads._blas_limiter is not None
     release.set()
     other.join()
-    assert all(all(count == 1 for count in counts) for counts in seen)
-    assert blas_threads() == before
+    assert _threads._blas_users == 0 and _threads._blas_limiter is None
 
 
 def test_parallel_matmul_matches_numpy():

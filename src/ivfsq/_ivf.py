@@ -56,10 +56,11 @@ def normalize_rows(vectors):
     return vectors, nonzero
 
 
-def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads):
+def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_are_heaps=False):
     """Run ``scan_part(part, part_distances, part_ids)`` for each part on the
     thread pool, each into its own per-query top-k arrays (the shape of
-    ``out_*``), then merge them into ``out_*`` (sorted)."""
+    ``out_*``; max-heaps when ``parts_are_heaps``, else sorted), then merge
+    them into ``out_*`` (sorted), in parallel over queries."""
     n_queries, n_candidates = out_distances.shape
     all_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
     all_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
@@ -74,7 +75,13 @@ def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads):
             all_i[:, columns] = part_i
 
     run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
-    kernels.merge_topk(all_d, all_i, out_distances, out_ids)
+
+    def merge(start, stop):
+        rows = slice(start, stop)
+        kernels.merge_topk(all_d[rows], all_i[rows], parts_are_heaps, out_distances[rows],
+                           out_ids[rows])
+
+    run_chunks(merge, n_queries, n_threads, min_chunk=256, chunks_per_thread=1)
 
 
 def _half_table():
@@ -476,7 +483,8 @@ class IvfSqEngine:
                 use_filter, emit_rows, part_d, part_i,
             )
 
-        _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads)
+        _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,
+                       parts_are_heaps=True)
 
     def _rerank(self, queries, candidate_rows, k, lists, metric, n_threads):
         """Exact top-k over candidate storage rows, from the precise store."""

@@ -77,7 +77,11 @@ def single_threaded_blas():
 
     Reference-counted, so overlapping searches from several user threads
     restore the caller's setting only when the last one leaves. Other threads
-    of the process calling BLAS meanwhile also get one thread.
+    of the process calling BLAS meanwhile also get one thread. The limit
+    covers the BLAS libraries loaded when ivfsq first needs it (numpy's). It
+    is only a speed measure: with scipy-openblas 0.3.31 and a second
+    OpenBLAS loaded, a limit set from a worker thread was not seen by the
+    other threads, which then keep BLAS's own threads (slower, never wrong).
     """
     global _blas_controller, _blas_users, _blas_limiter
     with _blas_lock:

@@ -499,18 +499,28 @@ def rerank_rows(
 
 
 @njit(**_JIT)
-def merge_topk(candidate_distances, candidate_ids, out_distances, out_ids):
+def merge_topk(candidate_distances, candidate_ids, first_is_heap, out_distances, out_ids):
     """Per row, the ascending top-k (by (distance, id)) of the candidates.
 
-    Candidates with id -1 are padding and skipped.
+    Candidates with id -1 are padding and skipped. With ``first_is_heap``,
+    each row's first k candidates already form a max-heap (a list-major
+    part's unsorted heap), which becomes the starting heap: only the other
+    candidates are pushed (half the work when merging two parts).
     """
     n_rows, n_candidates = candidate_ids.shape
     k = out_distances.shape[1]
     for i in range(n_rows):
         heap_d = out_distances[i]
         heap_i = out_ids[i]
-        _heap_init(heap_d, heap_i)
-        for j in range(n_candidates):
+        first = 0
+        if first_is_heap:
+            for j in range(k):
+                heap_d[j] = candidate_distances[i, j]
+                heap_i[j] = candidate_ids[i, j]
+            first = k
+        else:
+            _heap_init(heap_d, heap_i)
+        for j in range(first, n_candidates):
             vid = candidate_ids[i, j]
             if vid < 0:
                 continue
