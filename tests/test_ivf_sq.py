@@ -668,3 +668,19 @@ def test_search_during_extend_sees_a_consistent_index(blobs):
     final = ivf_sq.search(params, index, queries[:5], 5)
     _, truth = exact_knn(base[:5000], queries[:5], 5, "sqeuclidean")
     assert recall(final[1], truth) >= 0.9
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("metric", ["cosine", "sqeuclidean"])
+def test_build_and_search_leave_the_callers_arrays_alone(blobs, dtype, metric):
+    base, queries = blobs
+    base = (base[:1500] * 3).astype(dtype)  # not unit norm: cosine must normalize a copy
+    queries = (queries[:20] * 3).astype(dtype)
+    base_before, queries_before = base.copy(), queries.copy()
+    for transform in (None, "rom"):
+        index = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, metric=metric, transform=transform),
+                             base)
+        ivf_sq.search(ivf_sq.SearchParams(n_probes=8), index, queries, 5)
+        ivf_sq.extend(index, base[:10], None)
+    np.testing.assert_array_equal(base, base_before)
+    np.testing.assert_array_equal(queries, queries_before)

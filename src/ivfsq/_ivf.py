@@ -147,7 +147,10 @@ class IvfSqEngine:
             sample = dataset[sample_rows]
         else:
             sample = dataset
-        sample = to_float32("dataset", sample).copy()
+        converted = to_float32("dataset", sample)
+        # The sample is modified below (normalized, residuals): copy it only
+        # when the conversion returned the caller's memory.
+        sample = converted.copy() if np.may_share_memory(converted, dataset) else converted
         if params.metric == "cosine":
             normalize_rows(sample)
         # The sample goes through the same steps as prepare() and internal().
