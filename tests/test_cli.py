@@ -62,6 +62,24 @@ def test_search_with_all_probes_finds_the_exact_neighbours_mostly(files):
                            "--n-probes", 16, "--gt", files["folder"])
     assert status == 0, err
     assert float(out.split("recall@10 ")[1].split()[0]) > 0.9
+    # A memory-mapped index gives the same results.
+    status, mapped, err = run("search", files["index"], files["folder"], "-k", 10,
+                              "--n-probes", 16, "--gt", files["folder"], "--mmap")
+    assert status == 0, err
+    assert mapped.split("recall@10 ")[1] == out.split("recall@10 ")[1]
+
+
+def test_search_refine_ratio_needs_a_precise_store(files, tmp_path):
+    assert_one_line_error(*run("search", files["index"], files["folder"], "--refine-ratio", 2),
+                          "refine_ratio", "reorder=True")
+    index = tmp_path / "reorder.ivfsq"
+    status, _, err = run("build", files["folder"] / "base.npy", "-o", index, "--n-lists", 16,
+                         "--reorder", "--precise-dtype", "float16", "--quiet")
+    assert status == 0, err
+    status, out, err = run("search", index, files["folder"], "-k", 10, "--n-probes", 16,
+                           "--refine-ratio", 4, "--gt", files["folder"])
+    assert status == 0, err
+    assert float(out.split("recall@10 ")[1].split()[0]) > 0.99  # exact re-ranking
 
 
 def test_info_text_and_json(files):
