@@ -292,34 +292,6 @@ def _dot4_codes4(w, q0, q1, q2, q3, codes, row, code_size):
 
 
 @njit(inline="always")
-def _dot2_codes8(w, q0, q1, codes, row, code_size):
-    # _dot4_codes8 for two queries.
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    for j in range(code_size):
-        c = np.float32(codes[row, j])
-        a0 += w[q0, j] * c
-        a1 += w[q1, j] * c
-    return a0, a1
-
-
-@njit(inline="always")
-def _dot2_codes4(w, q0, q1, codes, row, code_size):
-    # _dot4_codes4 for two queries.
-    low0, high0 = w[q0, :code_size], w[q0, code_size:]
-    low1, high1 = w[q1, :code_size], w[q1, code_size:]
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    for j in range(code_size):
-        byte = np.int32(codes[row, j])
-        low = np.float32(byte & np.int32(15))
-        high = np.float32(byte >> np.int32(4))
-        a0 += low0[j] * low + high0[j] * high
-        a1 += low1[j] * low + high1[j] * high
-    return a0, a1
-
-
-@njit(inline="always")
 def _push(heap_d, heap_i, query, k, dist, key):
     if _greater(heap_d[query, 0], heap_i[query, 0], dist, key):
         _sift_down(heap_d[query], heap_i[query], k, dist, key)
@@ -386,23 +358,10 @@ def scan_lists_grouped(
                 vid = ids[row]
                 if use_filter and not _is_kept(keep_words, vid):
                     continue
-                # Blocks of fewer than 3 queries (lists probed by 1 or 2
-                # queries, common at few probes) skip the unused products.
-                s1 = s2 = s3 = np.float32(0.0)
-                if n_block >= 3:
-                    if bits == 8:
-                        s0, s1, s2, s3 = _dot4_codes8(weights, q0, q1, q2, q3, codes, row, code_size)
-                    else:
-                        s0, s1, s2, s3 = _dot4_codes4(weights, q0, q1, q2, q3, codes, row, code_size)
-                elif n_block == 2:
-                    if bits == 8:
-                        s0, s1 = _dot2_codes8(weights, q0, q1, codes, row, code_size)
-                    else:
-                        s0, s1 = _dot2_codes4(weights, q0, q1, codes, row, code_size)
-                elif bits == 8:
-                    s0 = _dot_codes8(weights[q0], codes, row, code_size)
+                if bits == 8:
+                    s0, s1, s2, s3 = _dot4_codes8(weights, q0, q1, q2, q3, codes, row, code_size)
                 else:
-                    s0 = _dot_codes4(weights[q0], codes, row, code_size)
+                    s0, s1, s2, s3 = _dot4_codes4(weights, q0, q1, q2, q3, codes, row, code_size)
                 key = row if emit_rows else vid
                 aux_value = aux[row]
                 dist = _score_to_distance(metric, c0 + s0, query_sq_norms[q0], aux_value)
