@@ -56,19 +56,31 @@ def test_list_major_batches_equal_per_query_scans(data, monkeypatch, quantizer, 
         assert_same_results(again, per_query, queries)
 
 
-@pytest.mark.parametrize("quantizer", ["sq8_uniform", "sq4"])
-def test_list_major_with_filter_and_reorder(data, monkeypatch, quantizer):
+# (path, quantizer, transform, n_probes, refine_ratio, filter seed); the
+# one-call path probes more lists than there are (capped at n_lists).
+FILTER_REORDER_CASES = [
+    ("grouped", "sq8_uniform", None, 9, 3, 0),
+    ("grouped", "sq4", None, 9, 3, 0),
+    ("few", "sq8", "rom", N_LISTS + 5, 2, 1),
+    ("few", "sq4_uniform", "rom", N_LISTS + 5, 2, 1),
+]
+
+
+@pytest.mark.parametrize(("path", "quantizer", "transform", "n_probes", "refine_ratio", "seed"),
+                         FILTER_REORDER_CASES)
+def test_paths_with_filter_and_reorder(data, monkeypatch, path, quantizer, transform, n_probes,
+                                       refine_ratio, seed):
     base, queries = data
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS, quantizer=quantizer,
-                                            reorder=True), base)
-    keep = np.random.default_rng(0).random(len(base)) < 0.3
-    params = ivf_sq.SearchParams(n_probes=9, refine_ratio=3)
+                                            reorder=True, transform=transform), base)
+    keep = np.random.default_rng(seed).random(len(base)) < 0.3
+    params = ivf_sq.SearchParams(n_probes=n_probes, refine_ratio=refine_ratio)
     kwargs = dict(filter=filters.from_bitset(keep))
-    grouped = search_with(monkeypatch, "grouped", index, queries, 10, params, **kwargs)
+    found = search_with(monkeypatch, path, index, queries, 10, params, **kwargs)
     per_query = search_with(monkeypatch, "per-query", index, queries, 10, params, **kwargs)
-    assert keep[grouped[1][grouped[1] >= 0]].all()
+    assert keep[found[1][found[1] >= 0]].all()
     # Re-ranked distances are exact, so both paths agree to float32 rounding.
-    assert_same_results(grouped, per_query, queries)
+    assert_same_results(found, per_query, queries)
 
 
 def test_list_major_pads_when_few_candidates(data, monkeypatch):
@@ -105,20 +117,6 @@ def test_few_queries_in_one_call_equal_per_query_scans(data, monkeypatch, quanti
     params = ivf_sq.SearchParams(n_probes=6)
     few = search_with(monkeypatch, "few", index, queries, 10, params)
     per_query = search_with(monkeypatch, "per-query", index, queries, 10, params)
-    assert_same_results(few, per_query, queries)
-
-
-@pytest.mark.parametrize("quantizer", ["sq8", "sq4_uniform"])
-def test_few_queries_with_filter_and_reorder(data, monkeypatch, quantizer):
-    base, queries = data
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS, quantizer=quantizer,
-                                            reorder=True, transform="rom"), base)
-    keep = np.random.default_rng(1).random(len(base)) < 0.3
-    params = ivf_sq.SearchParams(n_probes=N_LISTS + 5, refine_ratio=2)  # capped at n_lists
-    kwargs = dict(filter=filters.from_bitset(keep))
-    few = search_with(monkeypatch, "few", index, queries, 10, params, **kwargs)
-    per_query = search_with(monkeypatch, "per-query", index, queries, 10, params, **kwargs)
-    assert keep[few[1][few[1] >= 0]].all()
     assert_same_results(few, per_query, queries)
 
 

@@ -119,6 +119,8 @@ def train_range(values, bits, range_stat, range_quantile, uniform):
         stat_values = _strided_rows(values, STAT_ROWS).astype(np.float64)
         fractions = [range_quantile]
     else:
+        # The MSE_ROWS rows of the STAT_ROWS ones, as before the float64
+        # conversion moved after the striding (same rows, same ranges).
         stat_values = _strided_rows(_strided_rows(values, STAT_ROWS), MSE_ROWS)
         stat_values = stat_values.astype(np.float64)
         fractions = MSE_CLIP_FRACTIONS

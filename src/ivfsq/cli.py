@@ -270,8 +270,7 @@ def _ground_truth_of(path):
 
 
 def _index_params(args, metric):
-    from ivfsq.neighbors import ivf_sq
-
+    """IndexParams keywords from the command-line options."""
     return dict(
         n_lists=args.n_lists,
         metric=metric,
@@ -284,7 +283,7 @@ def _index_params(args, metric):
         kmeans_n_iters=args.kmeans_n_iters,
         max_train_points_per_cluster=args.max_train_points_per_cluster,
         seed=args.seed,
-    ), ivf_sq
+    )
 
 
 class _ProgressBars:
@@ -328,7 +327,9 @@ class _ProgressBars:
 
 
 def _build_index(args, base, metric):
-    fields, ivf_sq = _index_params(args, metric)
+    from ivfsq.neighbors import ivf_sq
+
+    fields = _index_params(args, metric)
     if fields["n_lists"] is None:
         fields["n_lists"] = default_n_lists(base.shape[0])
     params = ivf_sq.IndexParams(**fields)
@@ -424,7 +425,7 @@ def _load_index(path, mmap=False):
 
     if not pathlib.Path(path).is_file():
         raise UserError(f"index: no such file: {path}")
-    return ivf_sq.load(path, mmap=mmap) if mmap else ivf_sq.load(path)
+    return ivf_sq.load(path, mmap=mmap)
 
 
 def _cmd_info(args):

@@ -544,10 +544,7 @@ def load_dataset_dir(path, metric=None, *, mmap=True):
         tags = [t for t in _TAG_PREFERENCE if (folder / f"gt_{t}.npy").is_file()]
         tag = tags[0] if tags else None
     else:
-        if not isinstance(metric, str) or metric not in _FILE_TAG:
-            raise ValueError(f"metric must be None or one of "
-                             f"{', '.join(map(repr, _FILE_TAG))}; got {metric!r}")
-        tag = _FILE_TAG[metric]
+        tag = _metric_tag(metric)
 
     base = _load_npy(folder / "base.npy", mmap_mode="r" if mmap else None)
     queries = _load_npy(folder / "query.npy")
