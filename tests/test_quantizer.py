@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ivfsq._cpu import kernels
+from ivfsq._cpu import kernels, simd
 from ivfsq._kmeans import assign_nearest, imbalance_factor
 from ivfsq._lists import ListStorage
 from ivfsq._quantizer import ScalarQuantizer
@@ -69,11 +69,25 @@ def _oracle_levels(codes, bits, dim):
     return levels[:, :dim]
 
 
+def _int_weights(weights, bits, code_size, use_int):
+    """The integer filter's weights (see ivfsq._cpu.simd), or none."""
+    if not use_int:
+        return np.zeros((weights.shape[0], 0), np.int8), np.zeros((weights.shape[0], 2), np.float32)
+    n_chunks = -(-code_size // simd.CHUNK_BYTES)
+    out = np.zeros((weights.shape[0], n_chunks * simd.WEIGHTS_PER_CHUNK[bits]), np.int8)
+    params = np.zeros((weights.shape[0], 2), np.float32)
+    kernels.query_int_weights(weights, bits, code_size, out, params)
+    return out, params
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("emit_rows", [False, True])
-def test_scan_kernel_matches_numpy_oracle(bits, emit_rows):
+@pytest.mark.parametrize("dim, use_int", [(11, False), (77, False), (77, True), (130, True)])
+def test_scan_kernel_matches_numpy_oracle(bits, emit_rows, dim, use_int):
+    # With use_int the integer dots (AVX2, or their portable stand-ins)
+    # filter the candidates first; the results must not change.
     rng = np.random.default_rng(1)
-    n, dim, k = 300, 11, 7
+    n, k = 300, 7
     code_size = dim if bits == 8 else (dim + 1) // 2
     codes = rng.integers(0, 256, size=(n, code_size), dtype=np.uint8)
     if bits == 4:
@@ -93,12 +107,13 @@ def test_scan_kernel_matches_numpy_oracle(bits, emit_rows):
     probes = np.array([[0, 2], [1, 1], [2, -1]], np.int64)
     consts = rng.standard_normal((3, 2)).astype(np.float32)
     q_sq = rng.random(3).astype(np.float32)
+    int_weights, int_params = _int_weights(weights, bits, code_size, use_int)
     for metric in (kernels.METRIC_L2, kernels.METRIC_IP, kernels.METRIC_COSINE):
         out_d = np.empty((3, k), np.float32)
         out_i = np.empty((3, k), np.int64)
         kernels.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, list_offsets,
                            list_sizes, metric, bits, np.zeros(0, np.uint32), False,
-                           emit_rows, out_d, out_i)
+                           emit_rows, int_weights, int_params, out_d, out_i)
         for i in range(3):
             cand_d, cand_i = [], []
             for p in range(2):

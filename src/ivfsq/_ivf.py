@@ -35,6 +35,12 @@ SEARCH_BLOCK_QUERIES = 16384
 # at 2 pairs per list; at 1 the per-query scan was 1.4x faster, at 4 the
 # list-major one 1.4x.
 GROUPED_MIN_PAIRS_PER_LIST = 2
+# List-major scans use the integer filter (see ivfsq._cpu.simd) only for
+# code rows of at least this many bytes: on shorter rows the per-vector work
+# around the dots outweighs what they save. Measured with 4-bit codes:
+# 784-d (392 bytes) 1.2-1.4x faster at 16-32 probes; 128-d (64 bytes)
+# 1.3x slower at 2-4 probes. Per-query scans use it at every length.
+GROUPED_INT_MIN_CODE_BYTES = 128
 # Up to SMALL_BATCH_QUERIES queries whose scan reads fewer code bytes than
 # this are searched on the calling thread in one kernel call: handing such a
 # scan to the pool costs more than it saves.
@@ -384,7 +390,7 @@ class IvfSqEngine:
                 queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
                 self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
-                refine, distances, neighbors,
+                refine, self.quantizer.n_int_weights, distances, neighbors,
             )
             if refine:
                 return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
@@ -392,6 +398,7 @@ class IvfSqEngine:
         probes = self.coarse_probes(queries, n_probes, n_threads)
         list_consts = self.list_constants(queries, probes, n_threads)
         weights = self.quantizer.weights(queries)
+        int_weights, int_params = self.quantizer.int_weights(weights)
         if self.metric in ("sqeuclidean", "euclidean"):
             query_sq_norms = np.einsum(
                 "ij,ij->i", queries, queries, dtype=np.float64
@@ -415,15 +422,19 @@ class IvfSqEngine:
                 keep_words,
                 use_filter,
                 refine,
+                int_weights[query_rows],
+                int_params[query_rows],
                 out_d,
                 out_i,
             )
 
         if n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]:
             # Big batches: list-major, each list read once for all its queries.
+            if lists.codes.shape[1] < GROUPED_INT_MIN_CODE_BYTES:
+                int_weights = int_weights[:, :0]
             self._scan_grouped(
-                probes, list_consts, weights, query_sq_norms, lists, metric, bits,
-                keep_words, use_filter, refine, distances, neighbors, n_threads,
+                probes, list_consts, (weights, int_weights, int_params), query_sq_norms, lists,
+                metric, bits, keep_words, use_filter, refine, distances, neighbors, n_threads,
             )
         elif n_queries >= n_threads or n_probes == 1:
             # Batches: parallel over queries, each query's top-k in one heap.
@@ -452,11 +463,12 @@ class IvfSqEngine:
         return n_pairs * lists.size / n_lists * lists.codes.shape[1]
 
     def _scan_grouped(
-        self, probes, list_consts, weights, query_sq_norms, lists, metric, bits,
+        self, probes, list_consts, all_weights, query_sq_norms, lists, metric, bits,
         keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
     ):
         """List-major scan of a batch into ``out_*`` (sorted top-k per query).
 
+        ``all_weights`` is the float weights, int8 weights and their params.
         The (query, probe) pairs are sorted by list; the probed lists are cut
         into one contiguous part per thread of about equal work (pairs x list
         size), each part keeps its own per-query heaps, and the parts' heaps
@@ -464,6 +476,7 @@ class IvfSqEngine:
         """
         n_queries, n_probes = probes.shape
         n_lists = self.centers.shape[0]
+        weights, int_weights, int_params = all_weights
         pair_lists = probes.ravel()
         order = np.argsort(pair_lists, kind="stable")
         pair_queries = order // n_probes
@@ -483,7 +496,7 @@ class IvfSqEngine:
                 active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
                 pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                use_filter, emit_rows, part_d, part_i,
+                use_filter, emit_rows, int_weights, int_params, part_d, part_i,
             )
 
         _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,

@@ -25,7 +25,7 @@ are clamped.
 
 import numpy as np
 
-from ivfsq._cpu import kernels
+from ivfsq._cpu import kernels, simd
 
 QUANTIZERS = ("sq8", "sq4", "sq8_uniform", "sq4_uniform")
 RANGE_STATS = ("minmax", "quantile", "mse")
@@ -222,6 +222,32 @@ class ScalarQuantizer:
         out = np.zeros((queries.shape[0], n_weights), dtype=np.float32)
         kernels.query_weights(queries, self.delta, self.bits, self.code_size, out)
         return out
+
+    @property
+    def n_int_weights(self):
+        """int8 weights per query of the integer scan filter, 0 when it is off.
+
+        It is on for 4-bit codes where :mod:`ivfsq._cpu.simd` has its AVX2
+        dots and a code row holds at least one 32-byte chunk (``dim >= 64``).
+        """
+        # 8-bit codes stay on the float path: their weights get only 7 bits
+        # (see simd), the error bound lets too many vectors through to the
+        # exact rescoring, and the scan measured slower (fashion-mnist 784-d
+        # and 1M x 128).
+        if not simd.HAS_INT_DOTS or self.bits != 4 or self.code_size < simd.CHUNK_BYTES:
+            return 0
+        n_chunks = -(-self.code_size // simd.CHUNK_BYTES)
+        return n_chunks * simd.WEIGHTS_PER_CHUNK[self.bits]
+
+    def int_weights(self, weights):
+        """The integer filter's weights and ``(scale, error bound)`` per query,
+        from :meth:`weights`' output; arrays with no columns when it is off."""
+        n_queries = weights.shape[0]
+        out = np.zeros((n_queries, self.n_int_weights), dtype=np.int8)
+        params = np.zeros((n_queries, 2), dtype=np.float32)
+        if self.n_int_weights:
+            kernels.query_int_weights(weights, self.bits, self.code_size, out, params)
+        return out, params
 
     def to_arrays(self):
         return {"sq_vmin": self.vmin, "sq_delta": self.delta}

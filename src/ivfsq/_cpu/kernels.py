@@ -14,6 +14,8 @@ negated by the caller on the way out.
 import numpy as np
 from numba import njit
 
+from ivfsq._cpu import simd
+
 # Metric codes understood by the scan kernel. The per-vector auxiliary value
 # ``aux`` differs per metric: ||x_hat||^2 for L2, unused for inner product,
 # 1/||x_hat|| for cosine (0 for a zero vector, giving cosine distance 1).
@@ -22,6 +24,13 @@ METRIC_IP = 1
 METRIC_COSINE = 2
 
 _JIT = dict(cache=True, nogil=True)
+# Reassociation lets LLVM vectorise the dot-product reductions; the flags
+# that assume no inf/NaN are left out because the top-k heap holds +inf.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+# An inlined helper's array arguments become new references: numba counts
+# them with atomic calls that its pruning pass cannot remove across branches.
+# The per-vector paths of the scans therefore index arrays in the kernel
+# body and call array-taking helpers only for the few vectors that win.
 
 
 # ---------------------------------------------------------------- top-k heap
@@ -125,11 +134,6 @@ def quantization_mse(values, lo, delta, levels, out):
 
 
 # ---------------------------------------------------------------------- scan
-# Reassociation lets LLVM vectorise the dot-product reductions; the flags
-# that assume no inf/NaN are left out because the top-k heap holds +inf.
-_FAST = {"reassoc", "contract", "nsz", "arcp"}
-
-
 @njit(inline="always")
 def _dot_codes8(weights, codes, row, code_size):
     # float x uint8 dot product; fastmath lets LLVM vectorise the reduction.
@@ -175,26 +179,77 @@ def _score_to_distance(metric, s, q_sq, aux_value):
 
 
 @njit(inline="always")
+def _distance_lower_bound(metric, approx, margin, q_sq, aux_value):
+    """A distance no larger than the exact one of a vector whose score is
+    within ``margin`` of ``approx`` (see :func:`_scan_list`); the last terms
+    absorb float32 rounding."""
+    best = approx + margin
+    if metric == METRIC_L2:
+        magnitude = q_sq + aux_value
+        return magnitude - np.float32(2.0) * best - np.float32(1e-6) * magnitude
+    if metric == METRIC_IP:
+        return -best
+    return np.float32(1.0) - aux_value * best - np.float32(1e-6)
+
+
+@njit(inline="always")
+def _int_margin(int_params, query, base):
+    # The integer dot's error bound for this query, and rounding of the base.
+    return int_params[query, 1] + np.float32(1e-6) * abs(base)
+
+
+@njit(inline="always")
+def _exact_score(w, base, codes, row, bits, code_size):
+    if bits == 8:
+        return base + _dot_codes8(w, codes, row, code_size)
+    return base + _dot_codes4(w, codes, row, code_size)
+
+
+@njit(inline="always")
+def _int_dot(codes, row, int_weights, query, n_chunks, bits):
+    if bits == 8:
+        return simd.dot_bytes(codes, row, int_weights, query, n_chunks)
+    return simd.dot_nibbles(codes, row, int_weights, query, n_chunks)
+
+
+@njit(inline="always")
+def _n_int_chunks(int_weights, bits):
+    # 0 when the integer path is off (no int weights were made).
+    return int_weights.shape[1] // (2 * simd.CHUNK_BYTES if bits == 4 else simd.CHUNK_BYTES)
+
+
+@njit(inline="always")
 def _scan_list(
     w, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric, bits,
-    keep_words, use_filter, emit_rows, heap_d, heap_i,
+    keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights, int_params, query,
 ):
     """Push the vectors of list ``lst`` that beat the max-heap's root into it.
 
-    A vector scores ``base + w . u``; see :func:`scan_lists`.
+    A vector scores ``base + w . u``; see :func:`scan_lists`. With integer
+    weights (row ``query`` of ``int_weights``, see :mod:`ivfsq._cpu.simd`),
+    the integer dot ``scale * (w8 . u)`` first gives a lower bound of the
+    distance (``int_params[query] = (scale, error bound)``); only vectors
+    whose bound beats the root are scored exactly.
     """
     k = heap_d.shape[0]
     code_size = codes.shape[1]
+    n_chunks = _n_int_chunks(int_weights, bits)
     worst = heap_d[0]  # the k-th distance, in a register: most candidates lose to it
     start = list_offsets[lst]
+    if n_chunks > 0:
+        int_scale = int_params[query, 0]
+        margin = _int_margin(int_params, query, base)
     for row in range(start, start + list_sizes[lst]):
         vid = ids[row]
         if use_filter and not _is_kept(keep_words, vid):
             continue
-        if bits == 8:
-            s = base + _dot_codes8(w, codes, row, code_size)
-        else:
-            s = base + _dot_codes4(w, codes, row, code_size)
+        if n_chunks > 0:
+            approx = base + int_scale * np.float32(
+                _int_dot(codes, row, int_weights, query, n_chunks, bits)
+            )
+            if _distance_lower_bound(metric, approx, margin, q_sq, aux[row]) > worst:
+                continue
+        s = _exact_score(w, base, codes, row, bits, code_size)
         dist = _score_to_distance(metric, s, q_sq, aux[row])
         if dist <= worst:
             key = row if emit_rows else vid
@@ -219,6 +274,8 @@ def scan_lists(
     keep_words,
     use_filter,
     emit_rows,
+    int_weights,
+    int_params,
     out_distances,
     out_ids,
 ):
@@ -232,7 +289,10 @@ def scan_lists(
     packed (see ``ivfsq._quantizer``). Filtered-out ids are skipped before
     scoring. Rows of ``out_*`` receive the ascending top-k, padded with
     (+inf, -1); ``out_ids`` holds ids, or storage row numbers when
-    ``emit_rows`` (for re-ranking against the precise store).
+    ``emit_rows`` (for re-ranking against the precise store). When
+    ``int_weights`` has columns, its row ``i`` and ``int_params[i]`` are
+    query ``i``'s integer weights (see :func:`_scan_list`); the results are
+    the same.
     """
     n_queries, n_probes = probes.shape
     for i in range(n_queries):
@@ -245,56 +305,29 @@ def scan_lists(
                 _scan_list(
                     weights[i], list_consts[i, p], query_sq_norms[i], lst, codes, ids, aux,
                     list_offsets, list_sizes, metric, bits, keep_words, use_filter,
-                    emit_rows, heap_d, heap_i,
+                    emit_rows, heap_d, heap_i, int_weights, int_params, i,
                 )
         _heap_sort(heap_d, heap_i, heap_d.shape[0])
 
 
 # ------------------------------------------------------- list-major batches
 @njit(inline="always")
-def _dot4_codes8(w, q0, q1, q2, q3, codes, row, code_size):
-    # Four queries against one code row: each code byte is loaded and
-    # converted once for all four (the reuse a GEMM gets from blocking).
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a3 = np.float32(0.0)
-    for j in range(code_size):
-        c = np.float32(codes[row, j])
-        a0 += w[q0, j] * c
-        a1 += w[q1, j] * c
-        a2 += w[q2, j] * c
-        a3 += w[q3, j] * c
-    return a0, a1, a2, a3
-
-
-@njit(inline="always")
-def _dot4_codes4(w, q0, q1, q2, q3, codes, row, code_size):
-    # As _dot4_codes8 for packed nibbles (weights: low nibbles, then high),
-    # with 1-D slices of the halves as in _dot_codes4.
-    low0, high0 = w[q0, :code_size], w[q0, code_size:]
-    low1, high1 = w[q1, :code_size], w[q1, code_size:]
-    low2, high2 = w[q2, :code_size], w[q2, code_size:]
-    low3, high3 = w[q3, :code_size], w[q3, code_size:]
-    a0 = np.float32(0.0)
-    a1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a3 = np.float32(0.0)
-    for j in range(code_size):
-        byte = np.int32(codes[row, j])
-        low = np.float32(byte & np.int32(15))
-        high = np.float32(byte >> np.int32(4))
-        a0 += low0[j] * low + high0[j] * high
-        a1 += low1[j] * low + high1[j] * high
-        a2 += low2[j] * low + high2[j] * high
-        a3 += low3[j] * low + high3[j] * high
-    return a0, a1, a2, a3
-
-
-@njit(inline="always")
 def _push(heap_d, heap_i, query, k, dist, key):
+    """Push (dist, key) into query's max-heap if it beats the root; the new root."""
     if _greater(heap_d[query, 0], heap_i[query, 0], dist, key):
         _sift_down(heap_d[query], heap_i[query], k, dist, key)
+    return heap_d[query, 0]
+
+
+@njit(inline="always")
+def _offer_exact(heap_d, heap_i, query, k, metric, base, weights, codes, row, bits, q_sq,
+                 aux_value, key, worst):
+    """Score a vector exactly (float weights) and push it if it wins; the new worst."""
+    score = _exact_score(weights[query], base, codes, row, bits, codes.shape[1])
+    dist = _score_to_distance(metric, score, q_sq, aux_value)
+    if dist <= worst:
+        return _push(heap_d, heap_i, query, k, dist, key)
+    return worst
 
 
 @njit(fastmath=_FAST, **_JIT)
@@ -315,6 +348,8 @@ def scan_lists_grouped(
     keep_words,
     use_filter,
     emit_rows,
+    int_weights,
+    int_params,
     heap_distances,
     heap_ids,
 ):
@@ -324,12 +359,14 @@ def scan_lists_grouped(
     ``pair_offsets[l] .. pair_offsets[l + 1]`` of ``pair_queries`` (query
     rows) and ``pair_consts`` (their list constants). For each list of
     ``lists_to_scan``, blocks of four of its queries are scored together
-    against every vector. Scores, distances and filtering are those of
+    against every vector. Scores, distances, filtering and the integer
+    weights (``int_*``, rows indexed like ``weights``) are those of
     :func:`scan_lists`. Results go into the max-heaps ``heap_*`` (one row per
     query, initialised by the caller, left unsorted).
     """
     k = heap_distances.shape[1]
     code_size = codes.shape[1]
+    n_chunks = _n_int_chunks(int_weights, bits)
     for li in range(lists_to_scan.shape[0]):
         lst = lists_to_scan[li]
         first = pair_offsets[lst]
@@ -354,32 +391,107 @@ def scan_lists_grouped(
             c1 = pair_consts[block + 1] if n_block > 1 else c0
             c2 = pair_consts[block + 2] if n_block > 2 else c0
             c3 = pair_consts[block + 3] if n_block > 3 else c0
+            sq0 = query_sq_norms[q0]
+            sq1 = query_sq_norms[q1]
+            sq2 = query_sq_norms[q2]
+            sq3 = query_sq_norms[q3]
+            low0, high0 = weights[q0, :code_size], weights[q0, code_size:]
+            low1, high1 = weights[q1, :code_size], weights[q1, code_size:]
+            low2, high2 = weights[q2, :code_size], weights[q2, code_size:]
+            low3, high3 = weights[q3, :code_size], weights[q3, code_size:]
+            scale0 = scale1 = scale2 = scale3 = np.float32(0.0)
+            margin0 = margin1 = margin2 = margin3 = np.float32(0.0)
+            if n_chunks > 0:
+                scale0, margin0 = int_params[q0, 0], _int_margin(int_params, q0, c0)
+                scale1, margin1 = int_params[q1, 0], _int_margin(int_params, q1, c1)
+                scale2, margin2 = int_params[q2, 0], _int_margin(int_params, q2, c2)
+                scale3, margin3 = int_params[q3, 0], _int_margin(int_params, q3, c3)
             for row in range(start, stop):
-                vid = ids[row]
-                if use_filter and not _is_kept(keep_words, vid):
-                    continue
-                if bits == 8:
-                    s0, s1, s2, s3 = _dot4_codes8(weights, q0, q1, q2, q3, codes, row, code_size)
-                else:
-                    s0, s1, s2, s3 = _dot4_codes4(weights, q0, q1, q2, q3, codes, row, code_size)
-                key = row if emit_rows else vid
+                if use_filter:
+                    vid = ids[row]
+                    if not ((vid >> 5) < keep_words.shape[0]
+                            and ((keep_words[vid >> 5] >> (vid & 31)) & 1) == 1):
+                        continue
                 aux_value = aux[row]
-                dist = _score_to_distance(metric, c0 + s0, query_sq_norms[q0], aux_value)
-                if dist <= worst0:
-                    _push(heap_distances, heap_ids, q0, k, dist, key)
-                    worst0 = heap_distances[q0, 0]
-                dist = _score_to_distance(metric, c1 + s1, query_sq_norms[q1], aux_value)
-                if dist <= worst1:
-                    _push(heap_distances, heap_ids, q1, k, dist, key)
-                    worst1 = heap_distances[q1, 0]
-                dist = _score_to_distance(metric, c2 + s2, query_sq_norms[q2], aux_value)
-                if dist <= worst2:
-                    _push(heap_distances, heap_ids, q2, k, dist, key)
-                    worst2 = heap_distances[q2, 0]
-                dist = _score_to_distance(metric, c3 + s3, query_sq_norms[q3], aux_value)
-                if dist <= worst3:
-                    _push(heap_distances, heap_ids, q3, k, dist, key)
-                    worst3 = heap_distances[q3, 0]
+                if n_chunks > 0:
+                    # Integer dots bound the distances; the few vectors the
+                    # bound cannot rule out are scored exactly.
+                    if bits == 8:
+                        d0, d1, d2, d3 = simd.dots4_bytes(
+                            codes, row, int_weights, (q0, q1, q2, q3), n_chunks
+                        )
+                    else:
+                        d0, d1, d2, d3 = simd.dots4_nibbles(
+                            codes, row, int_weights, (q0, q1, q2, q3), n_chunks
+                        )
+                    pass0 = _distance_lower_bound(
+                        metric, c0 + scale0 * np.float32(d0), margin0, sq0, aux_value
+                    ) <= worst0
+                    pass1 = _distance_lower_bound(
+                        metric, c1 + scale1 * np.float32(d1), margin1, sq1, aux_value
+                    ) <= worst1
+                    pass2 = _distance_lower_bound(
+                        metric, c2 + scale2 * np.float32(d2), margin2, sq2, aux_value
+                    ) <= worst2
+                    pass3 = _distance_lower_bound(
+                        metric, c3 + scale3 * np.float32(d3), margin3, sq3, aux_value
+                    ) <= worst3
+                    if not (pass0 or pass1 or pass2 or pass3):
+                        continue
+                    key = row if emit_rows else ids[row]
+                    if pass0:
+                        worst0 = _offer_exact(heap_distances, heap_ids, q0, k, metric, c0,
+                                              weights, codes, row, bits, sq0, aux_value, key,
+                                              worst0)
+                    if pass1:
+                        worst1 = _offer_exact(heap_distances, heap_ids, q1, k, metric, c1,
+                                              weights, codes, row, bits, sq1, aux_value, key,
+                                              worst1)
+                    if pass2:
+                        worst2 = _offer_exact(heap_distances, heap_ids, q2, k, metric, c2,
+                                              weights, codes, row, bits, sq2, aux_value, key,
+                                              worst2)
+                    if pass3:
+                        worst3 = _offer_exact(heap_distances, heap_ids, q3, k, metric, c3,
+                                              weights, codes, row, bits, sq3, aux_value, key,
+                                              worst3)
+                    continue
+                # Float path: each code byte is loaded and converted once for
+                # the four queries (the reuse a GEMM gets from blocking).
+                s0 = s1 = s2 = s3 = np.float32(0.0)
+                if bits == 8:
+                    for j in range(code_size):
+                        code = np.float32(codes[row, j])
+                        s0 += low0[j] * code
+                        s1 += low1[j] * code
+                        s2 += low2[j] * code
+                        s3 += low3[j] * code
+                else:
+                    # Low nibbles meet the first half of the weights, high
+                    # nibbles the second; int32 keeps the conversions vectorised.
+                    for j in range(code_size):
+                        byte = np.int32(codes[row, j])
+                        low = np.float32(byte & np.int32(15))
+                        high = np.float32(byte >> np.int32(4))
+                        s0 += low0[j] * low + high0[j] * high
+                        s1 += low1[j] * low + high1[j] * high
+                        s2 += low2[j] * low + high2[j] * high
+                        s3 += low3[j] * low + high3[j] * high
+                dist0 = _score_to_distance(metric, c0 + s0, sq0, aux_value)
+                dist1 = _score_to_distance(metric, c1 + s1, sq1, aux_value)
+                dist2 = _score_to_distance(metric, c2 + s2, sq2, aux_value)
+                dist3 = _score_to_distance(metric, c3 + s3, sq3, aux_value)
+                if dist0 > worst0 and dist1 > worst1 and dist2 > worst2 and dist3 > worst3:
+                    continue
+                key = row if emit_rows else ids[row]
+                if dist0 <= worst0:
+                    worst0 = _push(heap_distances, heap_ids, q0, k, dist0, key)
+                if dist1 <= worst1:
+                    worst1 = _push(heap_distances, heap_ids, q1, k, dist1, key)
+                if dist2 <= worst2:
+                    worst2 = _push(heap_distances, heap_ids, q2, k, dist2, key)
+                if dist3 <= worst3:
+                    worst3 = _push(heap_distances, heap_ids, q3, k, dist3, key)
 
 
 @njit(**_JIT)
@@ -596,6 +708,7 @@ def search_few(
     keep_words,
     use_filter,
     emit_rows,
+    n_int_weights,
     out_distances,
     out_ids,
 ):
@@ -605,7 +718,8 @@ def search_few(
     list constants (:func:`list_constants`), weights (:func:`query_weights`)
     and the scan of the probed lists (:func:`scan_lists`), with the same
     arithmetic as those kernels. A single query pays one dispatch instead of
-    one per step.
+    one per step. ``n_int_weights > 0`` turns on the integer filter (that
+    many int8 weights per query, see :func:`query_int_weights`).
     """
     n_queries, dim = queries.shape
     code_size = codes.shape[1]
@@ -614,11 +728,17 @@ def search_few(
     probe_scores = np.empty(n_probes, dtype=np.float32)
     probe_lists = np.empty(n_probes, dtype=np.int64)
     weights = np.zeros(dim if bits == 8 else 2 * code_size, dtype=np.float32)
+    int_weights = np.zeros((1, n_int_weights), dtype=np.int8)
+    int_params = np.zeros((1, 2), dtype=np.float32)
     for i in range(n_queries):
         query = queries[i]
         _center_dots(query, centers, dots)
         _select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists)
         _weights_row(query, delta, bits, code_size, weights)
+        if n_int_weights > 0:
+            scale, bound = _int_weights_row(weights, bits, code_size, int_weights[0])
+            int_params[0, 0] = scale
+            int_params[0, 1] = bound
         q_sq = np.float32(_dot64(query, query)) if use_l2 else np.float32(0.0)
         offset = _dot64(query, vmin)
         heap_d = out_distances[i]
@@ -629,7 +749,8 @@ def search_few(
             base = _list_constant(query, centers, lst, offset, by_residual)
             _scan_list(
                 weights, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric,
-                bits, keep_words, use_filter, emit_rows, heap_d, heap_i,
+                bits, keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights,
+                int_params, 0,
             )
         _heap_sort(heap_d, heap_i, heap_d.shape[0])
 
@@ -675,6 +796,58 @@ def _weights_row(query, delta, bits, code_size, out):
             out[j] = value
         else:
             out[(j >> 1) + (j & 1) * code_size] = value
+
+
+@njit(inline="always")
+def _int_weights_row(weights, bits, code_size, out):
+    """One query's int8 weights for :mod:`ivfsq._cpu.simd` (its layout) from
+    its float weights (the :func:`query_weights` layout, ``code_size >= 32``).
+
+    ``weights ~ scale * out`` with ``|out| <= simd.WEIGHT_LIMIT[bits]``.
+    Returns ``scale`` and a bound on ``weights . u - scale * (out . u)`` (how
+    much the exact score can exceed the integer one) for any codes ``u``:
+    the largest code times the summed positive rounding errors, plus a
+    little for float32 rounding in the two dot products.
+    """
+    # simd.WEIGHT_LIMIT and simd.WEIGHTS_PER_CHUNK, spelled out for numba.
+    limit = np.float32(127.0 if bits == 4 else 63.0)
+    max_code = np.float32(15.0 if bits == 4 else 255.0)
+    chunk_bytes = simd.CHUNK_BYTES
+    per_chunk = 2 * chunk_bytes if bits == 4 else chunk_bytes
+    n_halves = 2 if bits == 4 else 1
+    largest = np.float32(0.0)
+    for j in range(weights.shape[0]):
+        largest = max(largest, abs(weights[j]))
+    scale = largest / limit if largest > 0 else np.float32(1.0)
+    for j in range(out.shape[0]):
+        out[j] = 0
+    rounding = 0.0
+    magnitude = 0.0
+    n_chunks = out.shape[0] // per_chunk
+    for chunk in range(n_chunks):
+        start = min(chunk * chunk_bytes, code_size - chunk_bytes)
+        for t in range(chunk * chunk_bytes - start, chunk_bytes):
+            for half in range(n_halves):
+                weight = weights[start + t + half * code_size]
+                level = min(max(np.floor(weight / scale + np.float32(0.5)), -limit), limit)
+                out[chunk * per_chunk + half * chunk_bytes + t] = np.int8(level)
+                # Codes lie in [0, max_code]: the exact dot exceeds the
+                # integer one by at most max_code times the positive errors.
+                rounding += max(np.float64(weight) - np.float64(level) * np.float64(scale), 0.0)
+                magnitude += abs(np.float64(weight))
+    # float32 sums of up to a few thousand terms: 1e-5 of the absolute sum
+    # is many times their worst rounding error.
+    bound = np.float64(max_code) * (rounding + 1e-5 * magnitude)
+    return scale, np.float32(bound * 1.001)
+
+
+@njit(**_JIT)
+def query_int_weights(weights, bits, code_size, out, out_params):
+    """:func:`_int_weights_row` for each row: ``out_params[i] = (scale, bound)``."""
+    for i in range(weights.shape[0]):
+        scale, bound = _int_weights_row(weights[i], bits, code_size, out[i])
+        out_params[i, 0] = scale
+        out_params[i, 1] = bound
 
 
 @njit(**_JIT)

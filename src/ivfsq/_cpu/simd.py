@@ -1,0 +1,241 @@
+"""Integer dot products of code rows with int8 query weights (AVX2).
+
+The scan's float kernels convert every code to float32 and run one fused
+multiply-add per dimension and query. On AVX2 ``vpmaddubsw`` multiplies 32
+unsigned bytes by 32 signed bytes and adds adjacent pairs into 16-bit lanes,
+four times the work of one 8-lane FMA. That needs the query weights as int8,
+and sums that cannot saturate 16 bits: 4-bit codes (at most 15) times weights
+in [-127, 127] add up to at most 3,810 per pair; 8-bit codes (at most 255)
+need weights in [-63, 63] (at most 32,130). ``vpmaddwd`` against ones then
+widens the pairs into 32-bit accumulators.
+
+The integer dot is only a filter: the kernels in :mod:`ivfsq._cpu.kernels`
+bound its error and score exactly, with the float weights, every vector that
+the bound cannot rule out. Search results do not depend on which path ran.
+
+numba has no vector types, so the loops are written in LLVM IR through
+``numba.extending.intrinsic``. They are compiled only on x86-64 CPUs with
+AVX2 (when numba targets the host CPU, or a CPU name with ``+avx2``
+features); elsewhere :data:`HAS_INT_DOTS` is false and the same names are
+plain numba loops, so that kernels referring to them still compile, though
+the scan then never calls them. ``IVFSQ_INT_DOTS=0`` turns the integer path
+off.
+
+Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
+int8): a code row of ``code_size >= 32`` bytes is read in ``n_chunks =
+ceil(code_size / 32)`` chunks of 32 bytes; chunk ``c`` starts at byte
+``min(32 c, code_size - 32)``, so the last one may overlap the one before
+it, and the weights of the bytes it re-reads are zero. For 4-bit codes a
+chunk has 64 weights, those of the 32 low nibbles then those of the 32 high
+nibbles; for 8-bit codes 32.
+"""
+
+import os
+import platform
+
+import numpy as np
+from llvmlite import ir
+from numba import config, njit, types
+from numba.extending import intrinsic
+
+CHUNK_BYTES = 32
+# Largest |weight| that cannot saturate vpmaddubsw's 16-bit pair sums.
+WEIGHT_LIMIT = {4: 127, 8: 63}
+WEIGHTS_PER_CHUNK = {4: 2 * CHUNK_BYTES, 8: CHUNK_BYTES}
+
+
+def _target_has_avx2():
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if config.CPU_NAME is not None and config.CPU_NAME != "host":
+        return "+avx2" in (config.CPU_FEATURES or "")
+    try:
+        from llvmlite import binding
+
+        return bool(binding.get_host_cpu_features().get("avx2", False))
+    except Exception:  # feature query unavailable: stay on the float path
+        return False
+
+
+HAS_INT_DOTS = os.environ.get("IVFSQ_INT_DOTS", "1") != "0" and _target_has_avx2()
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V32I8 = ir.VectorType(_I8, 32)
+_V16I16 = ir.VectorType(_I16, 16)
+_V8I32 = ir.VectorType(_I32, 8)
+
+
+def _declare(module, name, return_type, arg_types):
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(return_type, arg_types), name=name)
+
+
+def _const(value):
+    return ir.Constant(_I64, value)
+
+
+def _row_dots_ir(n_queries, bits):
+    """An intrinsic ``f(codes, row, weights, queries, n_chunks)``: the int32
+    dots of code row ``row`` with weight rows ``queries`` (an int, or a tuple
+    of ``n_queries`` ints)."""
+    nibbles = bits == 4
+    weights_per_chunk = WEIGHTS_PER_CHUNK[bits]
+
+    def codegen(context, builder, signature, args):
+        codes_value, row, weights_value, queries, n_chunks = args
+        module = builder.module
+        pmaddubsw = _declare(module, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
+        pmaddwd = _declare(module, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
+        codes = context.make_array(signature.args[0])(context, builder, codes_value)
+        weights = context.make_array(signature.args[2])(context, builder, weights_value)
+        code_size = builder.extract_value(codes.shape, 1)
+        row_base = builder.gep(
+            builder.bitcast(codes.data, _I8.as_pointer()),
+            [builder.mul(row, builder.extract_value(codes.strides, 0))],
+        )
+        weights_data = builder.bitcast(weights.data, _I8.as_pointer())
+        weights_stride = builder.extract_value(weights.strides, 0)
+        weight_bases = []
+        for member in range(n_queries):
+            query = builder.extract_value(queries, member) if n_queries > 1 else queries
+            weight_bases.append(builder.gep(weights_data, [builder.mul(query, weights_stride)]))
+        last_offset = builder.sub(code_size, _const(CHUNK_BYTES))
+        last_chunk = builder.sub(n_chunks, _const(1))
+        ones = ir.Constant(_V16I16, [1] * 16)
+        low_mask = ir.Constant(_V32I8, [15] * 32)
+        four = ir.Constant(_V32I8, [4] * 32)
+
+        entry = builder.block
+        loop = builder.append_basic_block("dots.loop")
+        body = builder.append_basic_block("dots.body")
+        done = builder.append_basic_block("dots.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        chunk = builder.phi(_I64)
+        chunk.add_incoming(_const(0), entry)
+        sums = []
+        for _ in range(n_queries):
+            total = builder.phi(_V8I32)
+            total.add_incoming(ir.Constant(_V8I32, [0] * 8), entry)
+            sums.append(total)
+        builder.cbranch(builder.icmp_signed("<", chunk, n_chunks), body, done)
+
+        builder.position_at_end(body)
+        offset = builder.select(
+            builder.icmp_signed("==", chunk, last_chunk),
+            last_offset,
+            builder.mul(chunk, _const(CHUNK_BYTES)),
+        )
+        code_pointer = builder.bitcast(builder.gep(row_base, [offset]), _V32I8.as_pointer())
+        packed = builder.load(code_pointer, align=1)
+        if nibbles:
+            low = builder.and_(packed, low_mask)
+            high = builder.lshr(packed, four)
+        weight_offset = builder.mul(chunk, _const(weights_per_chunk))
+        new_sums = []
+        for member in range(n_queries):
+            pointer = builder.gep(weight_bases[member], [weight_offset])
+            first = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
+            if nibbles:
+                pointer = builder.gep(pointer, [_const(CHUNK_BYTES)])
+                second = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
+                pairs = builder.add(
+                    builder.call(pmaddubsw, [low, first]), builder.call(pmaddubsw, [high, second])
+                )
+            else:
+                pairs = builder.call(pmaddubsw, [packed, first])
+            new_sums.append(builder.add(sums[member], builder.call(pmaddwd, [pairs, ones])))
+        chunk.add_incoming(builder.add(chunk, _const(1)), body)
+        for total, new in zip(sums, new_sums):
+            total.add_incoming(new, body)
+        builder.branch(loop)
+
+        builder.position_at_end(done)
+        results = []
+        for total in sums:
+            value = builder.extract_element(total, ir.Constant(_I32, 0))
+            for lane in range(1, 8):
+                value = builder.add(value, builder.extract_element(total, ir.Constant(_I32, lane)))
+            results.append(value)
+        if n_queries == 1:
+            return results[0]
+        return context.make_tuple(builder, signature.return_type, results)
+
+    def typer(typingctx, codes, row, weights, queries, n_chunks):
+        return_type = types.int32 if n_queries == 1 else types.UniTuple(types.int32, n_queries)
+        return return_type(codes, row, weights, queries, n_chunks), codegen
+
+    return intrinsic(typer)
+
+
+# ----------------------------------------------- portable stand-ins (no AVX2)
+@njit(inline="always")
+def _chunk_dot(codes, row, weights, query, chunk, n_chunks, bits):
+    code_size = codes.shape[1]
+    start = min(chunk * CHUNK_BYTES, code_size - CHUNK_BYTES)
+    total = 0
+    if bits == 4:
+        base = chunk * 2 * CHUNK_BYTES
+        for t in range(CHUNK_BYTES):
+            byte = np.int32(codes[row, start + t])
+            total += (byte & 15) * np.int32(weights[query, base + t])
+            total += (byte >> 4) * np.int32(weights[query, base + CHUNK_BYTES + t])
+    else:
+        base = chunk * CHUNK_BYTES
+        for t in range(CHUNK_BYTES):
+            total += np.int32(codes[row, start + t]) * np.int32(weights[query, base + t])
+    return total
+
+
+@njit(inline="always")
+def _portable_dot(codes, row, weights, query, n_chunks, bits):
+    total = np.int32(0)
+    for chunk in range(n_chunks):
+        total += _chunk_dot(codes, row, weights, query, chunk, n_chunks, bits)
+    return np.int32(total)
+
+
+@njit(inline="always")
+def _portable_dot_nibbles(codes, row, weights, query, n_chunks):
+    return _portable_dot(codes, row, weights, query, n_chunks, 4)
+
+
+@njit(inline="always")
+def _portable_dot_bytes(codes, row, weights, query, n_chunks):
+    return _portable_dot(codes, row, weights, query, n_chunks, 8)
+
+
+@njit(inline="always")
+def _portable_dots4_nibbles(codes, row, weights, queries, n_chunks):
+    q0, q1, q2, q3 = queries
+    return (
+        _portable_dot(codes, row, weights, q0, n_chunks, 4),
+        _portable_dot(codes, row, weights, q1, n_chunks, 4),
+        _portable_dot(codes, row, weights, q2, n_chunks, 4),
+        _portable_dot(codes, row, weights, q3, n_chunks, 4),
+    )
+
+
+@njit(inline="always")
+def _portable_dots4_bytes(codes, row, weights, queries, n_chunks):
+    q0, q1, q2, q3 = queries
+    return (
+        _portable_dot(codes, row, weights, q0, n_chunks, 8),
+        _portable_dot(codes, row, weights, q1, n_chunks, 8),
+        _portable_dot(codes, row, weights, q2, n_chunks, 8),
+        _portable_dot(codes, row, weights, q3, n_chunks, 8),
+    )
+
+
+if HAS_INT_DOTS:
+    dot_nibbles = _row_dots_ir(1, 4)
+    dot_bytes = _row_dots_ir(1, 8)
+    dots4_nibbles = _row_dots_ir(4, 4)
+    dots4_bytes = _row_dots_ir(4, 8)
+else:
+    dot_nibbles = _portable_dot_nibbles
+    dot_bytes = _portable_dot_bytes
+    dots4_nibbles = _portable_dots4_nibbles
+    dots4_bytes = _portable_dots4_bytes

@@ -1,0 +1,147 @@
+"""The integer scan filter: AVX2 dots, their portable stand-ins, the error
+bound, and searches that must not change when the filter is on."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from ivfsq._cpu import kernels, simd
+from ivfsq.neighbors import filters, ivf_sq
+
+
+def _row_dots(dot_one, dots_four):
+    @njit
+    def run(codes, weights, n_chunks, out_one, out_four):
+        for row in range(codes.shape[0]):
+            out_one[row] = dot_one(codes, row, weights, 2, n_chunks)
+            a, b, c, d = dots_four(codes, row, weights, (0, 3, 1, 3), n_chunks)
+            out_four[row, 0] = a
+            out_four[row, 1] = b
+            out_four[row, 2] = c
+            out_four[row, 3] = d
+
+    return run
+
+
+def _oracle(codes, weights, bits):
+    """int64 dots per the documented chunk layout (numpy)."""
+    n_rows, code_size = codes.shape
+    n_chunks = -(-code_size // simd.CHUNK_BYTES)
+    per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
+    out = np.zeros((n_rows, weights.shape[0]), np.int64)
+    for chunk in range(n_chunks):
+        start = min(chunk * simd.CHUNK_BYTES, code_size - simd.CHUNK_BYTES)
+        block = codes[:, start:start + simd.CHUNK_BYTES].astype(np.int64)
+        w = weights[:, chunk * per_chunk:(chunk + 1) * per_chunk].astype(np.int64)
+        if bits == 8:
+            out += block @ w.T
+        else:
+            out += (block & 15) @ w[:, :simd.CHUNK_BYTES].T + (block >> 4) @ w[:, simd.CHUNK_BYTES:].T
+    return out
+
+
+IMPLEMENTATIONS = {
+    "portable": {
+        8: (simd._portable_dot_bytes, simd._portable_dots4_bytes),
+        4: (simd._portable_dot_nibbles, simd._portable_dots4_nibbles),
+    },
+    "native": {8: (simd.dot_bytes, simd.dots4_bytes), 4: (simd.dot_nibbles, simd.dots4_nibbles)},
+}
+
+
+@pytest.mark.parametrize("implementation", ["portable", "native"])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("code_size", [32, 50, 64, 100, 392])
+def test_row_dots_match_oracle(implementation, bits, code_size):
+    if implementation == "native" and not simd.HAS_INT_DOTS:
+        pytest.skip("no AVX2 integer dots on this CPU")
+    rng = np.random.default_rng(code_size)
+    limit = simd.WEIGHT_LIMIT[bits]
+    n_chunks = -(-code_size // simd.CHUNK_BYTES)
+    codes = rng.integers(0, 256, size=(40, code_size), dtype=np.uint8)
+    codes[0] = 255  # the extremes: no 16-bit pair sum may saturate
+    weights = rng.integers(-limit, limit + 1, size=(4, n_chunks * simd.WEIGHTS_PER_CHUNK[bits]))
+    weights[3] = limit
+    weights[1] = -limit
+    weights = weights.astype(np.int8)
+    out_one = np.zeros(40, np.int32)
+    out_four = np.zeros((40, 4), np.int32)
+    _row_dots(*IMPLEMENTATIONS[implementation][bits])(codes, weights, n_chunks, out_one, out_four)
+    expected = _oracle(codes, weights, bits)
+    np.testing.assert_array_equal(out_one, expected[:, 2])
+    np.testing.assert_array_equal(out_four, expected[:, [0, 3, 1, 3]])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("code_size", [32, 77, 392])
+def test_int_weights_bound_the_exact_dot(bits, code_size):
+    """scale * (w8 . u) + bound >= w . u for all codes u, the worst included."""
+    rng = np.random.default_rng(7)
+    n_weights = code_size if bits == 8 else 2 * code_size
+    weights = (rng.standard_normal((5, n_weights)) * rng.random((5, 1)) * 100).astype(np.float32)
+    weights[4] = 0.0  # an all-zero query
+    n_chunks = -(-code_size // simd.CHUNK_BYTES)
+    int_weights = np.zeros((5, n_chunks * simd.WEIGHTS_PER_CHUNK[bits]), np.int8)
+    params = np.zeros((5, 2), np.float32)
+    kernels.query_int_weights(weights, bits, code_size, int_weights, params)
+    assert np.abs(int_weights.astype(int)).max() <= simd.WEIGHT_LIMIT[bits]
+    assert params[4, 1] == 0.0
+    max_code = 255 if bits == 8 else 15
+    # Back in the float layout: every float weight has exactly one int8 weight.
+    levels = _float_layout(int_weights, bits, code_size)
+    approx_weights = levels * params[:, :1].astype(np.float64)
+    assert np.all(np.abs(approx_weights - weights) <= params[:, :1] / 2 + 1e-6)
+    codes = rng.integers(0, max_code + 1, size=(200, n_weights)).astype(np.float64)
+    exact_weights = weights.astype(np.float64)
+    excess = codes @ exact_weights.T - codes @ approx_weights.T
+    assert np.all(excess <= params[:, 1] + 1e-9)
+    adversarial = np.where(exact_weights > approx_weights, max_code, 0)
+    excess = np.einsum("qj,qj->q", adversarial, exact_weights - approx_weights)
+    assert np.all(excess <= params[:, 1] + 1e-9)
+    # Not vacuous: the adversarial codes reach most of the bound (the rest
+    # is the allowance for float32 rounding).
+    assert np.all(excess[:4] >= 0.9 * params[:4, 1])
+
+
+def _float_layout(int_weights, bits, code_size):
+    """The int8 weights in the layout of kernels.query_weights (int64)."""
+    n_weights = code_size if bits == 8 else 2 * code_size
+    out = np.zeros((int_weights.shape[0], n_weights), np.int64)
+    per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
+    for chunk in range(-(-code_size // simd.CHUNK_BYTES)):
+        start = min(chunk * simd.CHUNK_BYTES, code_size - simd.CHUNK_BYTES)
+        for t in range(chunk * simd.CHUNK_BYTES - start, simd.CHUNK_BYTES):
+            for half in range(per_chunk // simd.CHUNK_BYTES):
+                column = chunk * per_chunk + half * simd.CHUNK_BYTES + t
+                out[:, start + t + half * code_size] = int_weights[:, column]
+    return out
+
+
+@pytest.mark.skipif(not simd.HAS_INT_DOTS, reason="no AVX2 integer dots on this CPU")
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
+@pytest.mark.parametrize("dim", [70, 300])
+def test_sq4_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, dim):
+    # 300-d: 150-byte rows, so big batches take the list-major filter too.
+    rng = np.random.default_rng(dim)
+    centers = rng.standard_normal((20, dim)) * 3
+    data = (centers[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, dim))).astype(np.float32)
+    queries = (centers[rng.integers(0, 20, 300)] + rng.standard_normal((300, dim))).astype(np.float32)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, metric=metric, quantizer="sq4"), data)
+    assert index._engine.quantizer.n_int_weights > 0
+    kept_ids = np.flatnonzero(rng.random(3000) < 0.7)
+    bitset = np.zeros(-(-3000 // 32), np.uint32)
+    np.bitwise_or.at(bitset, kept_ids // 32, (1 << (kept_ids % 32)).astype(np.uint32))
+    keep = filters.from_bitset(bitset)
+    cases = []
+    for n_probes, n_queries, resources_filter in [(8, 300, None), (2, 300, None), (4, 1, None),
+                                                  (3, 5, None), (8, 300, keep), (4, 1, keep)]:
+        params = ivf_sq.SearchParams(n_probes=n_probes)
+        cases.append((params, queries[:n_queries], resources_filter))
+    with_filter = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]
+    monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
+    assert index._engine.quantizer.n_int_weights == 0
+    without = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]
+    for (d_int, i_int), (d_float, i_float) in zip(with_filter, without):
+        np.testing.assert_array_equal(i_int, i_float)
+        # Same float arithmetic, summed in another order: float32 rounding only.
+        np.testing.assert_allclose(d_int, d_float, rtol=1e-5, atol=1e-5)
