@@ -1,0 +1,111 @@
+"""SQ4 against SQ8 in ivfsq at equal n_probes: batch QPS, p50 and recall.
+
+Builds one index per quantizer on a shared data set (same lists, same
+training rows) and sweeps n_probes. The ratio column is SQ4 QPS / SQ8 QPS
+(the performance issue's target: >= 1, since SQ4 reads half the bytes).
+Set ``IVFSQ_INT_DOTS=0`` to measure SQ4 without its integer filter.
+
+Run from the repository root::
+
+    PYTHONPATH=src python benchmarks/bench_sq4_sq8.py --dataset pypi-minilm --n-lists 512
+"""
+
+import argparse
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+from common import (
+    RESULTS_DIR,
+    format_table,
+    hardware_info,
+    measure_batch_qps,
+    measure_latency,
+    parse_int_list,
+    time_call,
+    utc_timestamp,
+    write_jsonl,
+)
+
+try:
+    import ivfsq  # noqa: F401
+except ImportError:  # not installed: use the source tree next to this folder
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
+
+from ivfsq.common import Resources
+from ivfsq.datasets import find_shared_dataset, load_dataset_dir, recall_at_k
+from ivfsq.neighbors import ivf_sq
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="fashion-mnist", help="shared data set name or folder")
+    parser.add_argument("--n-lists", type=int, default=1024, help="inverted lists (default 1024)")
+    parser.add_argument("--n-probes", type=parse_int_list, default=[4, 8, 16, 32],
+                        help="comma-separated n_probes (default 4,8,16,32)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-queries", type=int, default=2000)
+    parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--out", default=None, help="JSON lines (default results/sq4_sq8_<data>.jsonl)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    folder = pathlib.Path(args.dataset)
+    if not folder.is_dir():
+        folder = find_shared_dataset(args.dataset)
+    if folder is None:
+        raise SystemExit(f"data set {args.dataset!r} not found")
+    data = load_dataset_dir(folder)
+    base = np.ascontiguousarray(data["base"], dtype=np.float32)
+    queries = np.ascontiguousarray(data["queries"][:args.max_queries], dtype=np.float32)
+    gt = np.asarray(data["gt"][:args.max_queries])
+    batch, single = Resources(n_threads=args.threads), Resources(n_threads=1)
+    results = {}
+    for quantizer in ("sq8", "sq4"):
+        params = ivf_sq.IndexParams(n_lists=args.n_lists, metric=data["metric"], quantizer=quantizer)
+        index, build_seconds = time_call(lambda: ivf_sq.build(params, base, resources=batch))
+        for n_probes in args.n_probes:
+            search_params = ivf_sq.SearchParams(n_probes=n_probes)
+
+            def search_batch():
+                return ivf_sq.search(search_params, index, queries, args.k, resources=batch)[1]
+
+            def search_one(i):
+                return ivf_sq.search(search_params, index, queries[i:i + 1], args.k,
+                                     resources=single)
+
+            neighbors = search_batch()  # warm-up on the timed path
+            result = {"recall": recall_at_k(neighbors, gt[:, :args.k]),
+                      "build_seconds": build_seconds}
+            result.update(measure_batch_qps(search_batch, queries.shape[0]))
+            result.update(measure_latency(search_one, min(args.latency_queries, len(queries))))
+            results[quantizer, n_probes] = result
+    rows = []
+    for n_probes in args.n_probes:
+        sq8, sq4 = results["sq8", n_probes], results["sq4", n_probes]
+        rows.append([str(n_probes), f"{sq8['recall']:.4f}", f"{sq4['recall']:.4f}", f"{sq8['qps']:,.0f}",
+                     f"{sq4['qps']:,.0f}", f"{sq4['qps'] / sq8['qps']:.2f}",
+                     f"{sq8['latency_p50_ms']:.3f}", f"{sq4['latency_p50_ms']:.3f}"])
+    print(f"{data['name']}: {base.shape[0]} x {base.shape[1]}, {queries.shape[0]} queries, "
+          f"{args.n_lists} lists, {args.threads} threads (p50: 1 thread), "
+          f"IVFSQ_INT_DOTS={os.environ.get('IVFSQ_INT_DOTS', '1')}")
+    print(format_table(["n_probes", "sq8 recall", "sq4 recall", "sq8 QPS", "sq4 QPS",
+                        "QPS sq4/sq8", "sq8 p50 ms", "sq4 p50 ms"], rows))
+    common_fields = {"dataset": data["name"], "n_lists": args.n_lists, "k": args.k,
+                     "threads": args.threads, "timestamp": utc_timestamp(),
+                     "int_dots": os.environ.get("IVFSQ_INT_DOTS", "1") != "0",
+                     "hardware": hardware_info(("numpy", "numba", "ivfsq"))}
+    records = [dict(common_fields, quantizer=quantizer, n_probes=n_probes, **result)
+               for (quantizer, n_probes), result in results.items()]
+    out = args.out or RESULTS_DIR / f"sq4_sq8_{data['name']}.jsonl"
+    write_jsonl(out, records)
+    print(f"{len(records)} records written to {out}")
+
+
+if __name__ == "__main__":
+    main()
