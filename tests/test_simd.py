@@ -41,10 +41,8 @@ def _oracle(codes, weights, bits):
 
 
 IMPLEMENTATIONS = {
-    "portable": {
-        8: (simd._portable_dot_bytes, simd._portable_dots4_bytes),
-        4: (simd._portable_dot_nibbles, simd._portable_dots4_nibbles),
-    },
+    "portable": {bits: (simd._portable_row_dots(1, bits), simd._portable_row_dots(4, bits))
+                 for bits in (8, 4)},
     "native": {8: (simd.dot_bytes, simd.dots4_bytes), 4: (simd.dot_nibbles, simd.dots4_nibbles)},
 }
 
@@ -133,10 +131,10 @@ def test_sq4_search_is_the_same_with_and_without_the_filter(monkeypatch, metric,
     np.bitwise_or.at(bitset, kept_ids // 32, (1 << (kept_ids % 32)).astype(np.uint32))
     keep = filters.from_bitset(bitset)
     cases = []
-    for n_probes, n_queries, resources_filter in [(8, 300, None), (2, 300, None), (4, 1, None),
+    for n_probes, n_queries, keep_filter in [(8, 300, None), (2, 300, None), (4, 1, None),
                                                   (3, 5, None), (8, 300, keep), (4, 1, keep)]:
         params = ivf_sq.SearchParams(n_probes=n_probes)
-        cases.append((params, queries[:n_queries], resources_filter))
+        cases.append((params, queries[:n_queries], keep_filter))
     with_filter = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]
     monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
     assert index._engine.quantizer.n_int_weights == 0

@@ -398,7 +398,10 @@ class IvfSqEngine:
         probes = self.coarse_probes(queries, n_probes, n_threads)
         list_consts = self.list_constants(queries, probes, n_threads)
         weights = self.quantizer.weights(queries)
-        int_weights, int_params = self.quantizer.int_weights(weights)
+        grouped = n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]
+        int_weights, int_params = self.quantizer.int_weights(
+            weights, enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES
+        )
         if self.metric in ("sqeuclidean", "euclidean"):
             query_sq_norms = np.einsum(
                 "ij,ij->i", queries, queries, dtype=np.float64
@@ -428,12 +431,10 @@ class IvfSqEngine:
                 out_i,
             )
 
-        if n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]:
+        if grouped:
             # Big batches: list-major, each list read once for all its queries.
-            if lists.codes.shape[1] < GROUPED_INT_MIN_CODE_BYTES:
-                int_weights = int_weights[:, :0]
             self._scan_grouped(
-                probes, list_consts, (weights, int_weights, int_params), query_sq_norms, lists,
+                probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
                 metric, bits, keep_words, use_filter, refine, distances, neighbors, n_threads,
             )
         elif n_queries >= n_threads or n_probes == 1:
@@ -463,12 +464,11 @@ class IvfSqEngine:
         return n_pairs * lists.size / n_lists * lists.codes.shape[1]
 
     def _scan_grouped(
-        self, probes, list_consts, all_weights, query_sq_norms, lists, metric, bits,
-        keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
+        self, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
+        metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
     ):
         """List-major scan of a batch into ``out_*`` (sorted top-k per query).
 
-        ``all_weights`` is the float weights, int8 weights and their params.
         The (query, probe) pairs are sorted by list; the probed lists are cut
         into one contiguous part per thread of about equal work (pairs x list
         size), each part keeps its own per-query heaps, and the parts' heaps
@@ -476,7 +476,6 @@ class IvfSqEngine:
         """
         n_queries, n_probes = probes.shape
         n_lists = self.centers.shape[0]
-        weights, int_weights, int_params = all_weights
         pair_lists = probes.ravel()
         order = np.argsort(pair_lists, kind="stable")
         pair_queries = order // n_probes

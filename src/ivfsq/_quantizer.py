@@ -239,13 +239,15 @@ class ScalarQuantizer:
         n_chunks = -(-self.code_size // simd.CHUNK_BYTES)
         return n_chunks * simd.WEIGHTS_PER_CHUNK[self.bits]
 
-    def int_weights(self, weights):
+    def int_weights(self, weights, enabled=True):
         """The integer filter's weights and ``(scale, error bound)`` per query,
-        from :meth:`weights`' output; arrays with no columns when it is off."""
+        from :meth:`weights`' output; arrays with no columns when it is off
+        (or not ``enabled`` by the caller)."""
         n_queries = weights.shape[0]
-        out = np.zeros((n_queries, self.n_int_weights), dtype=np.int8)
+        n_int_weights = self.n_int_weights if enabled else 0
+        out = np.zeros((n_queries, n_int_weights), dtype=np.int8)
         params = np.zeros((n_queries, 2), dtype=np.float32)
-        if self.n_int_weights:
+        if n_int_weights:
             kernels.query_int_weights(weights, self.bits, self.code_size, out, params)
         return out, params
 

@@ -29,8 +29,9 @@ _JIT = dict(cache=True, nogil=True)
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 # An inlined helper's array arguments become new references: numba counts
 # them with atomic calls that its pruning pass cannot remove across branches.
-# The per-vector paths of the scans therefore index arrays in the kernel
-# body and call array-taking helpers only for the few vectors that win.
+# In the list-major scan they cost more than its dot products, so its
+# per-vector path indexes arrays in the kernel body and calls array-taking
+# helpers only for vectors that win or pass the filter.
 
 
 # ---------------------------------------------------------------- top-k heap
@@ -407,11 +408,8 @@ def scan_lists_grouped(
                 scale2, margin2 = int_params[q2, 0], _int_margin(int_params, q2, c2)
                 scale3, margin3 = int_params[q3, 0], _int_margin(int_params, q3, c3)
             for row in range(start, stop):
-                if use_filter:
-                    vid = ids[row]
-                    if not ((vid >> 5) < keep_words.shape[0]
-                            and ((keep_words[vid >> 5] >> (vid & 31)) & 1) == 1):
-                        continue
+                if use_filter and not _is_kept(keep_words, ids[row]):
+                    continue
                 aux_value = aux[row]
                 if n_chunks > 0:
                     # Integer dots bound the distances; the few vectors the
@@ -809,8 +807,7 @@ def _int_weights_row(weights, bits, code_size, out):
     the largest code times the summed positive rounding errors, plus a
     little for float32 rounding in the two dot products.
     """
-    # simd.WEIGHT_LIMIT and simd.WEIGHTS_PER_CHUNK, spelled out for numba.
-    limit = np.float32(127.0 if bits == 4 else 63.0)
+    limit = np.float32(simd.SQ4_WEIGHT_LIMIT if bits == 4 else simd.SQ8_WEIGHT_LIMIT)
     max_code = np.float32(15.0 if bits == 4 else 255.0)
     chunk_bytes = simd.CHUNK_BYTES
     per_chunk = 2 * chunk_bytes if bits == 4 else chunk_bytes

@@ -41,8 +41,11 @@ from numba import config, njit, types
 from numba.extending import intrinsic
 
 CHUNK_BYTES = 32
-# Largest |weight| that cannot saturate vpmaddubsw's 16-bit pair sums.
-WEIGHT_LIMIT = {4: 127, 8: 63}
+# Largest |weight| that cannot saturate vpmaddubsw's 16-bit pair sums (plain
+# ints as well as the tables: numba kernels read module-level ints).
+SQ4_WEIGHT_LIMIT = 127
+SQ8_WEIGHT_LIMIT = 63
+WEIGHT_LIMIT = {4: SQ4_WEIGHT_LIMIT, 8: SQ8_WEIGHT_LIMIT}
 WEIGHTS_PER_CHUNK = {4: 2 * CHUNK_BYTES, 8: CHUNK_BYTES}
 
 
@@ -174,70 +177,48 @@ def _row_dots_ir(n_queries, bits):
 
 # ----------------------------------------------- portable stand-ins (no AVX2)
 @njit(inline="always")
-def _chunk_dot(codes, row, weights, query, chunk, n_chunks, bits):
+def _portable_dot(codes, row, weights, query, n_chunks, bits):
+    # The chunk layout of the module docstring, one code at a time.
     code_size = codes.shape[1]
-    start = min(chunk * CHUNK_BYTES, code_size - CHUNK_BYTES)
-    total = 0
-    if bits == 4:
-        base = chunk * 2 * CHUNK_BYTES
+    total = np.int32(0)
+    for chunk in range(n_chunks):
+        start = min(chunk * CHUNK_BYTES, code_size - CHUNK_BYTES)
+        base = chunk * (2 * CHUNK_BYTES if bits == 4 else CHUNK_BYTES)
         for t in range(CHUNK_BYTES):
             byte = np.int32(codes[row, start + t])
-            total += (byte & 15) * np.int32(weights[query, base + t])
-            total += (byte >> 4) * np.int32(weights[query, base + CHUNK_BYTES + t])
-    else:
-        base = chunk * CHUNK_BYTES
-        for t in range(CHUNK_BYTES):
-            total += np.int32(codes[row, start + t]) * np.int32(weights[query, base + t])
+            if bits == 4:
+                total += (byte & 15) * np.int32(weights[query, base + t])
+                total += (byte >> 4) * np.int32(weights[query, base + CHUNK_BYTES + t])
+            else:
+                total += byte * np.int32(weights[query, base + t])
     return total
 
 
-@njit(inline="always")
-def _portable_dot(codes, row, weights, query, n_chunks, bits):
-    total = np.int32(0)
-    for chunk in range(n_chunks):
-        total += _chunk_dot(codes, row, weights, query, chunk, n_chunks, bits)
-    return np.int32(total)
+def _portable_row_dots(n_queries, bits):
+    """The stand-in for ``_row_dots_ir(n_queries, bits)``: same arguments and
+    results, plain numba loops."""
+    if n_queries == 1:
+        @njit(inline="always")
+        def dot(codes, row, weights, query, n_chunks):
+            return _portable_dot(codes, row, weights, query, n_chunks, bits)
+
+        return dot
+
+    @njit(inline="always")
+    def dots4(codes, row, weights, queries, n_chunks):
+        q0, q1, q2, q3 = queries
+        return (
+            _portable_dot(codes, row, weights, q0, n_chunks, bits),
+            _portable_dot(codes, row, weights, q1, n_chunks, bits),
+            _portable_dot(codes, row, weights, q2, n_chunks, bits),
+            _portable_dot(codes, row, weights, q3, n_chunks, bits),
+        )
+
+    return dots4
 
 
-@njit(inline="always")
-def _portable_dot_nibbles(codes, row, weights, query, n_chunks):
-    return _portable_dot(codes, row, weights, query, n_chunks, 4)
-
-
-@njit(inline="always")
-def _portable_dot_bytes(codes, row, weights, query, n_chunks):
-    return _portable_dot(codes, row, weights, query, n_chunks, 8)
-
-
-@njit(inline="always")
-def _portable_dots4_nibbles(codes, row, weights, queries, n_chunks):
-    q0, q1, q2, q3 = queries
-    return (
-        _portable_dot(codes, row, weights, q0, n_chunks, 4),
-        _portable_dot(codes, row, weights, q1, n_chunks, 4),
-        _portable_dot(codes, row, weights, q2, n_chunks, 4),
-        _portable_dot(codes, row, weights, q3, n_chunks, 4),
-    )
-
-
-@njit(inline="always")
-def _portable_dots4_bytes(codes, row, weights, queries, n_chunks):
-    q0, q1, q2, q3 = queries
-    return (
-        _portable_dot(codes, row, weights, q0, n_chunks, 8),
-        _portable_dot(codes, row, weights, q1, n_chunks, 8),
-        _portable_dot(codes, row, weights, q2, n_chunks, 8),
-        _portable_dot(codes, row, weights, q3, n_chunks, 8),
-    )
-
-
-if HAS_INT_DOTS:
-    dot_nibbles = _row_dots_ir(1, 4)
-    dot_bytes = _row_dots_ir(1, 8)
-    dots4_nibbles = _row_dots_ir(4, 4)
-    dots4_bytes = _row_dots_ir(4, 8)
-else:
-    dot_nibbles = _portable_dot_nibbles
-    dot_bytes = _portable_dot_bytes
-    dots4_nibbles = _portable_dots4_nibbles
-    dots4_bytes = _portable_dots4_bytes
+_row_dots = _row_dots_ir if HAS_INT_DOTS else _portable_row_dots
+dot_nibbles = _row_dots(1, 4)
+dot_bytes = _row_dots(1, 8)
+dots4_nibbles = _row_dots(4, 4)
+dots4_bytes = _row_dots(4, 8)
