@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 
+from ivfsq._coarse import CoarseBound
 from ivfsq._cpu import kernels
 from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq._lists import ListStorage
@@ -124,6 +125,7 @@ class IvfSqEngine:
         self.next_id = 0
         self._extend_lock = threading.Lock()
         self._half_table = None
+        self._coarse_bound = None  # CoarseBound, False when it does not pay
 
     @property
     def has_precise(self):
@@ -313,19 +315,43 @@ class IvfSqEngine:
             )
             return probes
 
+        bound = self.coarse_bound(n_probes)
+
         # Each thread takes its queries block by block: a single-threaded
-        # GEMM against the centers, then the selection over its dots.
+        # GEMM against the centers (or their bound's subspace), then the
+        # selection over its dots.
         def task(start, stop):
             for block in range(start, stop, COARSE_BLOCK_QUERIES):
-                end = min(stop, block + COARSE_BLOCK_QUERIES)
-                dots = queries[block:end] @ self.centers.T
-                kernels.select_probes(
-                    dots, self.center_sq_norms, use_l2, scores[block:end], probes[block:end]
+                rows = slice(block, min(stop, block + COARSE_BLOCK_QUERIES))
+                if bound is None:
+                    dots = queries[rows] @ self.centers.T
+                    kernels.select_probes(
+                        dots, self.center_sq_norms, use_l2, scores[rows], probes[rows]
+                    )
+                    continue
+                query_aug, query_terms = bound.query_parts(queries[rows])
+                kernels.select_probes_bounded(
+                    queries[rows], self.centers, self.center_sq_norms, use_l2,
+                    query_aug @ bound.center_aug.T, query_terms, bound.center_terms,
+                    bound.scale, scores[rows], probes[rows],
                 )
 
         with single_threaded_blas():
             run_chunks(task, n_queries, n_threads, min_chunk=64, chunks_per_thread=1)
         return probes
+
+    def coarse_bound(self, n_probes):
+        """The coarse lower bound (:mod:`ivfsq._coarse`) when it saves work
+        at ``n_probes``, else None. Built from the centers on first use."""
+        if self._coarse_bound is None:
+            built = CoarseBound.build(
+                self.centers, inner_product=self.metric in ("inner_product", "cosine")
+            )
+            self._coarse_bound = False if built is None else built
+        bound = self._coarse_bound
+        if bound is False or not bound.pays_off(n_probes):
+            return None
+        return bound
 
     def list_constants(self, queries, probes, n_threads):
         """``q . x_hat - weights . u`` for each probed list: ``q.c + q.vmin``.

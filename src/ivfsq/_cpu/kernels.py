@@ -656,6 +656,107 @@ def select_probes_small(queries, centers, center_sq_norms, use_l2, out_scores, o
 
 
 @njit(inline="always")
+def _center_score(query, centers, center_sq_norms, lst, use_l2):
+    dot = np.float32(0.0)
+    for j in range(query.shape[0]):
+        dot += query[j] * centers[lst, j]
+    if use_l2:
+        return center_sq_norms[lst] - np.float32(2.0) * dot
+    return -dot
+
+
+@njit(inline="always")
+def _select_row_bounded(
+    query, lower, centers, center_sq_norms, use_l2, seen, stamp, first_d, first_i, heap_d, heap_i
+):
+    # The n_probes lists with the best bounds are scored exactly first (which
+    # puts the n_probes-th exact score near its final value), then every list
+    # whose bound could still beat it. ``seen[lst] == stamp`` marks lists
+    # already scored for this query. Measured on fashion-mnist: scoring
+    # 2 x n_probes first was 1.1-1.4x slower.
+    n_lists = lower.shape[0]
+    n_first = first_d.shape[0]
+    n_probes = heap_d.shape[0]
+    _heap_init(first_d, first_i)
+    for lst in range(n_lists):
+        if _greater(first_d[0], first_i[0], lower[lst], lst):
+            _heap_push_replace(first_d, first_i, n_first, lower[lst], lst)
+    _heap_init(heap_d, heap_i)
+    for t in range(n_first):
+        lst = first_i[t]
+        seen[lst] = stamp
+        score = _center_score(query, centers, center_sq_norms, lst, use_l2)
+        if _greater(heap_d[0], heap_i[0], score, lst):
+            _heap_push_replace(heap_d, heap_i, n_probes, score, lst)
+    for lst in range(n_lists):
+        if seen[lst] != stamp and lower[lst] <= heap_d[0]:
+            score = _center_score(query, centers, center_sq_norms, lst, use_l2)
+            if _greater(heap_d[0], heap_i[0], score, lst):
+                _heap_push_replace(heap_d, heap_i, n_probes, score, lst)
+    _heap_sort(heap_d, heap_i, n_probes)
+
+
+@njit(**_JIT)
+def bound_query_parts(queries, mean, projected_mean, inner_product, slack, slack_center,
+                      slack_term, query_aug, out_terms):
+    """Finish ``q_aug`` and the per-query bound terms (:mod:`ivfsq._coarse`).
+
+    On entry ``query_aug[:, :r]`` holds ``q @ basis.T``; ``projected_mean``
+    is ``mean @ basis.T``. Sums are in float64; the term has its slack
+    ``slack * ((|q'| + slack_center)^2 + |term| + slack_term)`` taken off.
+    """
+    n_queries, dim = queries.shape
+    rank = projected_mean.shape[0]
+    for i in range(n_queries):
+        centered_sq = 0.0
+        query_sq = 0.0
+        query_mean = 0.0
+        for j in range(dim):
+            x = np.float64(queries[i, j])
+            m = np.float64(mean[j])
+            centered_sq += (x - m) * (x - m)
+            query_sq += x * x
+            query_mean += x * m
+        projected_sq = 0.0
+        for j in range(rank):
+            value = query_aug[i, j] - projected_mean[j]
+            query_aug[i, j] = value
+            projected_sq += np.float64(value) * np.float64(value)
+        query_aug[i, rank] = np.sqrt(max(centered_sq - projected_sq, 0.0))
+        term = -query_mean if inner_product else centered_sq - query_sq
+        margin = np.sqrt(centered_sq) + slack_center
+        out_terms[i] = term - slack * (margin * margin + abs(term) + slack_term)
+
+
+@njit(fastmath=_FAST, **_JIT)
+def select_probes_bounded(
+    queries, centers, center_sq_norms, use_l2, bound_dots, query_terms, center_terms, scale,
+    out_scores, out_lists,
+):
+    """:func:`select_probes` from lower bounds on the coarse scores.
+
+    The bound of list ``l`` for query ``i`` is ``query_terms[i] +
+    center_terms[l] + scale * bound_dots[i, l]`` (see :mod:`ivfsq._coarse`);
+    lists are scored exactly (as :func:`select_probes_small` does) only
+    while their bound could beat the ``n_probes``-th exact score, so the
+    selection equals the exact one.
+    """
+    n_lists = centers.shape[0]
+    n_first = out_scores.shape[1]
+    lower = np.empty(n_lists, dtype=np.float32)
+    seen = np.full(n_lists, -1, dtype=np.int64)
+    first_d = np.empty(n_first, dtype=np.float32)
+    first_i = np.empty(n_first, dtype=np.int64)
+    for i in range(queries.shape[0]):
+        for lst in range(n_lists):
+            lower[lst] = query_terms[i] + center_terms[lst] + scale * bound_dots[i, lst]
+        _select_row_bounded(
+            queries[i], lower, centers, center_sq_norms, use_l2, seen, i, first_d, first_i,
+            out_scores[i], out_lists[i],
+        )
+
+
+@njit(inline="always")
 def _center_dots(query, centers, out):
     # Four centers per pass over the query: four independent sums in flight
     # (one at a time was 1.3x slower).

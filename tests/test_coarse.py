@@ -1,0 +1,138 @@
+"""The coarse lower bound (ivfsq._coarse): it never exceeds the exact score,
+the bounded selection picks the exact best lists, and search results do not
+change when it is used."""
+
+import numpy as np
+import pytest
+from conftest import METRICS
+
+from ivfsq import _coarse
+from ivfsq._coarse import CoarseBound
+from ivfsq._cpu import kernels
+from ivfsq.datasets import make_blobs_lowrank
+from ivfsq.neighbors import ivf_sq
+
+
+def low_rank_centers(n_lists=300, dim=192, seed=0):
+    return make_blobs_lowrank(n_lists, dim, intrinsic_dim=6, seed=seed)
+
+
+def mixed_queries(centers, seed=1):
+    """Queries near the centers, far off their subspace, zero and large."""
+    rng = np.random.default_rng(seed)
+    n_lists, dim = centers.shape
+    near = centers[rng.integers(0, n_lists, 40)] + 0.05 * rng.standard_normal((40, dim))
+    scale = float(np.abs(centers).max())
+    off = scale * rng.standard_normal((20, dim))
+    return np.ascontiguousarray(
+        np.vstack([near, off, np.zeros((1, dim)), 1e3 * near[:3]]), dtype=np.float32
+    )
+
+
+def exact_scores(queries, centers, inner_product):
+    q = queries.astype(np.float64)
+    c = centers.astype(np.float64)
+    if inner_product:
+        return -(q @ c.T)
+    return (c * c).sum(axis=1)[None, :] - 2.0 * (q @ c.T)
+
+
+def bound_scores(bound, queries):
+    query_aug, query_terms = bound.query_parts(queries)
+    dots = query_aug.astype(np.float64) @ bound.center_aug.T.astype(np.float64)
+    return query_terms[:, None] + bound.center_terms[None, :] + float(bound.scale) * dots
+
+
+def bounded_selection(bound, queries, centers, inner_product, n_probes):
+    n_queries = queries.shape[0]
+    scores = np.empty((n_queries, n_probes), dtype=np.float32)
+    probes = np.empty((n_queries, n_probes), dtype=np.int64)
+    query_aug, query_terms = bound.query_parts(queries)
+    kernels.select_probes_bounded(
+        queries, centers, np.einsum("ij,ij->i", centers, centers), not inner_product,
+        query_aug @ bound.center_aug.T, query_terms, bound.center_terms, bound.scale,
+        scores, probes,
+    )
+    return scores, probes
+
+
+@pytest.mark.parametrize("n_lists", [300, 100])  # more and fewer lists than dimensions
+@pytest.mark.parametrize("inner_product", [False, True])
+def test_bound_never_exceeds_the_exact_score(inner_product, n_lists):
+    centers = low_rank_centers(n_lists=n_lists)
+    bound = CoarseBound.build(centers, inner_product)
+    assert bound is not None and bound.rank < centers.shape[1] // 4
+    queries = mixed_queries(centers)
+    exact = exact_scores(queries, centers, inner_product)
+    lower = bound_scores(bound, queries)
+    magnitude = np.abs(exact).max(axis=1, keepdims=True) + 1.0
+    assert np.all(lower <= exact + 1e-6 * magnitude)
+    # Not vacuous: near the centers the bound is close to the exact score.
+    gap = (exact - lower)[:40] / magnitude[:40]
+    assert np.median(gap) < 0.05
+
+
+@pytest.mark.parametrize("n_lists", [300, 100])
+@pytest.mark.parametrize("inner_product", [False, True])
+@pytest.mark.parametrize("n_probes", [1, 5, 17])
+def test_bounded_selection_is_the_exact_selection(inner_product, n_probes, n_lists):
+    centers = low_rank_centers(n_lists=n_lists, seed=3)
+    bound = CoarseBound.build(centers, inner_product)
+    queries = mixed_queries(centers, seed=4)
+    scores, probes = bounded_selection(bound, queries, centers, inner_product, n_probes)
+    exact = exact_scores(queries, centers, inner_product)
+    oracle = np.sort(exact, axis=1)[:, :n_probes]
+    picked = np.take_along_axis(exact, probes, axis=1)
+    magnitude = np.abs(exact).max(axis=1, keepdims=True) + 1.0
+    # The picked lists' exact scores are the n_probes best, best first
+    # (lists may differ only where scores tie within rounding).
+    np.testing.assert_allclose(picked, oracle, rtol=0, atol=1e-5 * magnitude.max())
+    assert np.all(np.diff(picked, axis=1) >= -1e-5 * magnitude)
+    assert all(len(set(row)) == n_probes for row in probes.tolist())
+
+
+def test_no_bound_without_a_small_subspace():
+    rng = np.random.default_rng(0)
+    isotropic = rng.standard_normal((256, 128)).astype(np.float32)
+    assert CoarseBound.build(isotropic, inner_product=False) is None
+    # Too few lists or dimensions to be worth it.
+    assert CoarseBound.build(low_rank_centers(n_lists=8), inner_product=False) is None
+
+
+@pytest.mark.parametrize("n_lists", [300, 100])
+def test_basis_rows_are_orthonormal(n_lists):
+    bound = CoarseBound.build(low_rank_centers(n_lists=n_lists), inner_product=False)
+    gram = bound.basis.astype(np.float64) @ bound.basis.T.astype(np.float64)
+    np.testing.assert_allclose(gram, np.eye(bound.rank), atol=1e-5)
+
+
+def test_bound_is_skipped_where_it_does_not_pay():
+    bound = CoarseBound.build(low_rank_centers(), inner_product=False)
+    assert bound.pays_off(4)
+    assert not bound.pays_off(300)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_search_results_do_not_change_with_the_bound(metric):
+    base, queries = make_blobs_lowrank(6000, 160, n_queries=200, intrinsic_dim=8, seed=5)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=96, metric=metric), base)
+    params = ivf_sq.SearchParams(n_probes=6)
+    engine = index._engine
+    assert engine.coarse_bound(6) is not None  # the bound is what is tested
+    with_bound = ivf_sq.search(params, index, queries, 10)
+    engine._coarse_bound = False
+    try:
+        without = ivf_sq.search(params, index, queries, 10)
+    finally:
+        engine._coarse_bound = None
+    d1, i1 = with_bound
+    d2, i2 = without
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-6, atol=1e-6)
+
+
+def test_cost_model_prefers_full_search_for_many_probes():
+    # 1,024 lists of 784-d with a 64-d subspace: bounded at 8 probes,
+    # full at 256 (the exact scores would outweigh the saving).
+    assert _coarse._cost(1024, 784, 64, 8) <= _coarse.MAX_COST_SHARE * 1024 * 784
+    assert _coarse._cost(1024, 784, 64, 256) > _coarse.MAX_COST_SHARE * 1024 * 784
