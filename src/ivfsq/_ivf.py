@@ -423,10 +423,12 @@ class IvfSqEngine:
             return distances, neighbors
         probes = self.coarse_probes(queries, n_probes, n_threads)
         list_consts = self.list_constants(queries, probes, n_threads)
-        weights = self.quantizer.weights(queries)
+        weights = self.quantizer.weights(queries, n_threads)
         grouped = n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]
         int_weights, int_params = self.quantizer.int_weights(
-            weights, enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES
+            weights,
+            enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES,
+            n_threads=n_threads,
         )
         if self.metric in ("sqeuclidean", "euclidean"):
             query_sq_norms = np.einsum(

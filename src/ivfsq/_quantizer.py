@@ -26,6 +26,10 @@ are clamped.
 import numpy as np
 
 from ivfsq._cpu import kernels, simd
+from ivfsq._threads import run_chunks
+
+# Queries per chunk when the weights are computed on several threads.
+WEIGHTS_MIN_CHUNK = 256
 
 QUANTIZERS = ("sq8", "sq4", "sq8_uniform", "sq4_uniform")
 RANGE_STATS = ("minmax", "quantile", "mse")
@@ -211,7 +215,7 @@ class ScalarQuantizer:
         levels = self.unpack(codes).astype(np.float32)
         return centers[labels] + (self.vmin + levels * self.delta)
 
-    def weights(self, queries):
+    def weights(self, queries, n_threads=1):
         """Per-query weights of the scan's dot product, laid out for the codes.
 
         8 bits: ``q * delta``. 4 bits: the weights of the low nibbles (even
@@ -220,7 +224,14 @@ class ScalarQuantizer:
         """
         n_weights = self.dim if self.bits == 8 else 2 * self.code_size
         out = np.zeros((queries.shape[0], n_weights), dtype=np.float32)
-        kernels.query_weights(queries, self.delta, self.bits, self.code_size, out)
+
+        def task(start, stop):
+            kernels.query_weights(
+                queries[start:stop], self.delta, self.bits, self.code_size, out[start:stop]
+            )
+
+        run_chunks(task, queries.shape[0], n_threads, min_chunk=WEIGHTS_MIN_CHUNK,
+                   chunks_per_thread=1)
         return out
 
     @property
@@ -239,7 +250,7 @@ class ScalarQuantizer:
         n_chunks = -(-self.code_size // simd.CHUNK_BYTES)
         return n_chunks * simd.WEIGHTS_PER_CHUNK[self.bits]
 
-    def int_weights(self, weights, enabled=True):
+    def int_weights(self, weights, enabled=True, n_threads=1):
         """The integer filter's weights and ``(scale, error bound)`` per query,
         from :meth:`weights`' output; arrays with no columns when it is off
         (or not ``enabled`` by the caller)."""
@@ -248,7 +259,14 @@ class ScalarQuantizer:
         out = np.zeros((n_queries, n_int_weights), dtype=np.int8)
         params = np.zeros((n_queries, 2), dtype=np.float32)
         if n_int_weights:
-            kernels.query_int_weights(weights, self.bits, self.code_size, out, params)
+            def task(start, stop):
+                rows = slice(start, stop)
+                kernels.query_int_weights(
+                    weights[rows], self.bits, self.code_size, out[rows], params[rows]
+                )
+
+            run_chunks(task, n_queries, n_threads, min_chunk=WEIGHTS_MIN_CHUNK,
+                       chunks_per_thread=1)
         return out, params
 
     def to_arrays(self):

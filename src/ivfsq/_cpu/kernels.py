@@ -917,29 +917,36 @@ def _int_weights_row(weights, bits, code_size, out):
     for j in range(weights.shape[0]):
         largest = max(largest, abs(weights[j]))
     scale = largest / limit if largest > 0 else np.float32(1.0)
-    for j in range(out.shape[0]):
-        out[j] = 0
+    inverse = np.float32(1.0) / scale
+    # Levels in the weights' order first (a loop LLVM vectorizes), then
+    # copied into the chunk layout, where each weight appears once.
+    levels = np.empty(weights.shape[0], dtype=np.int8)
     rounding = 0.0
     magnitude = 0.0
+    for j in range(weights.shape[0]):
+        weight = weights[j]
+        level = min(max(np.floor(weight * inverse + np.float32(0.5)), -limit), limit)
+        levels[j] = np.int8(level)
+        # Codes lie in [0, max_code]: the exact dot exceeds the integer one
+        # by at most max_code times the positive rounding errors.
+        rounding += max(np.float64(weight) - np.float64(level) * np.float64(scale), 0.0)
+        magnitude += abs(np.float64(weight))
+    out[:] = 0
     n_chunks = out.shape[0] // per_chunk
     for chunk in range(n_chunks):
         start = min(chunk * chunk_bytes, code_size - chunk_bytes)
-        for t in range(chunk * chunk_bytes - start, chunk_bytes):
-            for half in range(n_halves):
-                weight = weights[start + t + half * code_size]
-                level = min(max(np.floor(weight / scale + np.float32(0.5)), -limit), limit)
-                out[chunk * per_chunk + half * chunk_bytes + t] = np.int8(level)
-                # Codes lie in [0, max_code]: the exact dot exceeds the
-                # integer one by at most max_code times the positive errors.
-                rounding += max(np.float64(weight) - np.float64(level) * np.float64(scale), 0.0)
-                magnitude += abs(np.float64(weight))
+        skip = chunk * chunk_bytes - start  # overlap with the previous chunk
+        for half in range(n_halves):
+            first = chunk * per_chunk + half * chunk_bytes
+            source = start + half * code_size
+            out[first + skip : first + chunk_bytes] = levels[source + skip : source + chunk_bytes]
     # float32 sums of up to a few thousand terms: 1e-5 of the absolute sum
     # is many times their worst rounding error.
     bound = np.float64(max_code) * (rounding + 1e-5 * magnitude)
     return scale, np.float32(bound * 1.001)
 
 
-@njit(**_JIT)
+@njit(fastmath=_FAST, **_JIT)
 def query_int_weights(weights, bits, code_size, out, out_params):
     """:func:`_int_weights_row` for each row: ``out_params[i] = (scale, bound)``."""
     for i in range(weights.shape[0]):
