@@ -1,6 +1,10 @@
 """The integer scan filter: AVX2 dots, their portable stand-ins, the error
 bound, and searches that must not change when the filter is on."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -51,7 +55,7 @@ IMPLEMENTATIONS = {
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("code_size", [32, 50, 64, 100, 392])
 def test_row_dots_match_oracle(implementation, bits, code_size):
-    if implementation == "native" and not simd.HAS_INT_DOTS:
+    if implementation == "native" and not simd.HAS_AVX2_DOTS:
         pytest.skip("no AVX2 integer dots on this CPU")
     rng = np.random.default_rng(code_size)
     limit = simd.WEIGHT_LIMIT[bits]
@@ -143,3 +147,16 @@ def test_sq4_search_is_the_same_with_and_without_the_filter(monkeypatch, metric,
         np.testing.assert_array_equal(i_int, i_float)
         # Same float arithmetic, summed in another order: float32 rounding only.
         np.testing.assert_allclose(d_int, d_float, rtol=1e-5, atol=1e-5)
+
+
+def test_switching_the_filter_off_does_not_change_the_compiled_dots():
+    # The kernels' disk cache is keyed on the CPU, not on the environment: a
+    # run with IVFSQ_INT_DOTS=0 must compile (and cache) the same dots.
+    code = (
+        "from ivfsq._cpu import simd; "
+        "print(simd._row_dots is simd._row_dots_ir, simd.HAS_AVX2_DOTS, simd.HAS_INT_DOTS)"
+    )
+    env = {**os.environ, "IVFSQ_INT_DOTS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == [str(simd.HAS_AVX2_DOTS), str(simd.HAS_AVX2_DOTS), "False"]
