@@ -618,7 +618,7 @@ def test_small_synthetic_recall_threshold_fails_for_broken_scan(blobs, monkeypat
 
     original = _quantizer.ScalarQuantizer.weights
 
-    def wrong_weights(self, q):  # drops the per-dimension step: a classic bug
+    def wrong_weights(self, q, n_threads=1):  # drops the per-dimension step: a classic bug
         return np.ascontiguousarray(q, dtype=np.float32) * np.float32(self.delta.mean())
 
     monkeypatch.setattr(_quantizer.ScalarQuantizer, "weights", wrong_weights)

@@ -91,6 +91,20 @@ def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_
     run_chunks(merge, n_queries, n_threads, min_chunk=256, chunks_per_thread=1)
 
 
+def _pair_groups(probes, list_consts, pairs, n_lists):
+    """(query, probe) pairs (flat indices into ``probes``) grouped by list:
+    ``pair_offsets`` (per list, into the next two), the pairs' query rows
+    and their list constants."""
+    pair_lists = probes.ravel()[pairs]
+    order = np.argsort(pair_lists, kind="stable")
+    pairs = pairs[order]
+    pair_offsets = np.zeros(n_lists + 1, dtype=np.int64)
+    np.cumsum(np.bincount(pair_lists, minlength=n_lists), out=pair_offsets[1:])
+    pair_queries = pairs // probes.shape[1]
+    pair_consts = np.ascontiguousarray(list_consts.ravel()[pairs])
+    return pair_offsets, pair_queries, pair_consts
+
+
 def _half_table():
     """float32 value of every float16 bit pattern (for the re-rank kernel)."""
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
@@ -497,34 +511,52 @@ class IvfSqEngine:
     ):
         """List-major scan of a batch into ``out_*`` (sorted top-k per query).
 
-        The (query, probe) pairs are sorted by list; the probed lists are cut
-        into one contiguous part per thread of about equal work (pairs x list
-        size), each part keeps its own per-query heaps, and the parts' heaps
-        are merged at the end.
+        The probed lists are cut into one contiguous part per thread of about
+        equal work (pairs x list size); each part keeps its own per-query
+        heaps, merged at the end. The pairs are grouped by list. With the
+        integer filter, each query's best-ranked probe within a part (its
+        *lead* pair) is scanned first, and the other pairs after: a query's
+        k-th distance is then tight early, and fewer candidates pass the
+        filter to exact rescoring (fashion-mnist SQ4, 2,000 queries: 1.1x
+        faster at 16-32 probes, even at 4-8). Without the filter a candidate
+        costs only a heap push and the second pass over the lists did not pay
+        (SQ8: 1.0-1.1x slower).
         """
         n_queries, n_probes = probes.shape
         n_lists = self.centers.shape[0]
-        pair_lists = probes.ravel()
-        order = np.argsort(pair_lists, kind="stable")
-        pair_queries = order // n_probes
-        pair_consts = np.ascontiguousarray(list_consts.ravel()[order])
-        counts = np.bincount(pair_lists, minlength=n_lists)
-        pair_offsets = np.zeros(n_lists + 1, dtype=np.int64)
-        np.cumsum(counts, out=pair_offsets[1:])
+        counts = np.bincount(probes.ravel(), minlength=n_lists)
         active = np.flatnonzero(counts)
         work = np.cumsum(counts[active] * (lists.list_sizes[active] + 1))
         n_parts = max(1, min(n_threads, active.shape[0]))
         cuts = np.searchsorted(work, work[-1] * np.arange(1, n_parts) / n_parts)
         bounds = [0, *cuts.tolist(), active.shape[0]]
+        part_of_list = np.zeros(n_lists, dtype=np.int64)
+        for part in range(n_parts):
+            part_of_list[active[bounds[part] : bounds[part + 1]]] = part
+        if int_weights.shape[1] == 0:
+            groups = [_pair_groups(probes, list_consts, np.arange(probes.size), n_lists)]
+        else:
+            pair_parts = part_of_list[probes]
+            lead = np.zeros(probes.shape, dtype=bool)
+            for part in range(n_parts):
+                in_part = pair_parts == part
+                lead |= in_part & (np.cumsum(in_part, axis=1) == 1)
+            groups = [
+                _pair_groups(probes, list_consts, np.flatnonzero(lead.ravel()), n_lists),
+                _pair_groups(probes, list_consts, np.flatnonzero(~lead.ravel()), n_lists),
+            ]
 
         def scan_part(part, part_d, part_i):
             kernels.init_heaps(part_d, part_i)
-            kernels.scan_lists_grouped(
-                active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
-                pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
-                lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                use_filter, emit_rows, int_weights, int_params, part_d, part_i,
-            )
+            part_lists = active[bounds[part] : bounds[part + 1]]
+            for pair_offsets, pair_queries, pair_consts in groups:
+                group_lists = part_lists[pair_offsets[part_lists + 1] > pair_offsets[part_lists]]
+                kernels.scan_lists_grouped(
+                    group_lists, pair_offsets, pair_queries, pair_consts, weights,
+                    query_sq_norms, lists.codes, lists.ids, lists.aux, lists.list_offsets,
+                    lists.list_sizes, metric, bits, keep_words, use_filter, emit_rows,
+                    int_weights, int_params, part_d, part_i,
+                )
 
         _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,
                        parts_are_heaps=True)
