@@ -10,6 +10,7 @@ import pytest
 from numba import njit
 
 from ivfsq._cpu import kernels, simd
+from ivfsq.common import Resources
 from ivfsq.neighbors import filters, ivf_sq
 
 
@@ -140,6 +141,12 @@ def test_sq4_search_is_the_same_with_and_without_the_filter(monkeypatch, metric,
         params = ivf_sq.SearchParams(n_probes=n_probes)
         cases.append((params, queries[:n_queries], keep_filter))
     with_filter = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]
+    # Filtered list-major scans split the queries among threads: any count
+    # gives the same results.
+    for n_threads in (1, 3):
+        again = ivf_sq.search(cases[0][0], index, queries, 10,
+                              resources=Resources(n_threads=n_threads))
+        np.testing.assert_array_equal(again[1], with_filter[0][1])
     monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
     assert index._engine.quantizer.n_int_weights == 0
     without = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]

@@ -511,55 +511,80 @@ class IvfSqEngine:
     ):
         """List-major scan of a batch into ``out_*`` (sorted top-k per query).
 
-        The probed lists are cut into one contiguous part per thread of about
+        The (query, probe) pairs are grouped by list, and each list is read
+        once per group for all its queries. Without the integer filter the
+        probed lists are cut into one contiguous part per thread of about
         equal work (pairs x list size); each part keeps its own per-query
-        heaps, merged at the end. The pairs are grouped by list. With the
-        integer filter, each query's best-ranked probe within a part (its
-        *lead* pair) is scanned first, and the other pairs after: a query's
-        k-th distance is then tight early, and fewer candidates pass the
-        filter to exact rescoring (fashion-mnist SQ4, 2,000 queries: 1.1x
-        faster at 16-32 probes, even at 4-8). Without the filter a candidate
-        costs only a heap push and the second pass over the lists did not pay
-        (SQ8: 1.0-1.1x slower).
+        heaps, merged at the end.
+
+        With the filter, every candidate that might enter a heap is rescored
+        exactly, so heaps that start empty cost more: threads take shares
+        of the queries instead (one heap per query), and each query's nearest
+        list is scanned first (its *lead* pair, a group of its own), so its
+        k-th distance is tight early and fewer candidates pass the filter.
+        Fashion-mnist SQ4, 2,000 queries, 1 thread, lead pairs first: 1.1x
+        faster at 16-32 probes, even at 4-8.
         """
-        n_queries, n_probes = probes.shape
+        if int_weights.shape[1] > 0:
+            self._scan_grouped_by_queries(
+                probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
+                metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids,
+                n_threads,
+            )
+            return
         n_lists = self.centers.shape[0]
-        counts = np.bincount(probes.ravel(), minlength=n_lists)
+        pair_offsets, pair_queries, pair_consts = _pair_groups(
+            probes, list_consts, np.arange(probes.size), n_lists
+        )
+        counts = np.diff(pair_offsets)
         active = np.flatnonzero(counts)
         work = np.cumsum(counts[active] * (lists.list_sizes[active] + 1))
         n_parts = max(1, min(n_threads, active.shape[0]))
         cuts = np.searchsorted(work, work[-1] * np.arange(1, n_parts) / n_parts)
         bounds = [0, *cuts.tolist(), active.shape[0]]
-        part_of_list = np.zeros(n_lists, dtype=np.int64)
-        for part in range(n_parts):
-            part_of_list[active[bounds[part] : bounds[part + 1]]] = part
-        if int_weights.shape[1] == 0:
-            groups = [_pair_groups(probes, list_consts, np.arange(probes.size), n_lists)]
-        else:
-            pair_parts = part_of_list[probes]
-            lead = np.zeros(probes.shape, dtype=bool)
-            for part in range(n_parts):
-                in_part = pair_parts == part
-                lead |= in_part & (np.cumsum(in_part, axis=1) == 1)
-            groups = [
-                _pair_groups(probes, list_consts, np.flatnonzero(lead.ravel()), n_lists),
-                _pair_groups(probes, list_consts, np.flatnonzero(~lead.ravel()), n_lists),
-            ]
 
         def scan_part(part, part_d, part_i):
             kernels.init_heaps(part_d, part_i)
-            part_lists = active[bounds[part] : bounds[part + 1]]
-            for pair_offsets, pair_queries, pair_consts in groups:
-                group_lists = part_lists[pair_offsets[part_lists + 1] > pair_offsets[part_lists]]
-                kernels.scan_lists_grouped(
-                    group_lists, pair_offsets, pair_queries, pair_consts, weights,
-                    query_sq_norms, lists.codes, lists.ids, lists.aux, lists.list_offsets,
-                    lists.list_sizes, metric, bits, keep_words, use_filter, emit_rows,
-                    int_weights, int_params, part_d, part_i,
-                )
+            kernels.scan_lists_grouped(
+                active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
+                pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
+                lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
+                use_filter, emit_rows, int_weights, int_params, part_d, part_i,
+            )
 
         _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,
                        parts_are_heaps=True)
+
+    def _scan_grouped_by_queries(
+        self, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
+        metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
+    ):
+        """:meth:`_scan_grouped` with the filter: a share of the queries per
+        thread, lead pairs first."""
+        n_queries, n_probes = probes.shape
+        n_lists = self.centers.shape[0]
+        k = out_distances.shape[1]
+
+        def task(start, stop):
+            rows = slice(start, stop)
+            part_probes = probes[rows]
+            heap_d = np.empty((stop - start, k), dtype=np.float32)
+            heap_i = np.empty((stop - start, k), dtype=np.int64)
+            kernels.init_heaps(heap_d, heap_i)
+            is_lead = np.arange(part_probes.size) % n_probes == 0
+            for pairs in (np.flatnonzero(is_lead), np.flatnonzero(~is_lead)):
+                pair_offsets, pair_queries, pair_consts = _pair_groups(
+                    part_probes, list_consts[rows], pairs, n_lists
+                )
+                kernels.scan_lists_grouped(
+                    np.flatnonzero(np.diff(pair_offsets)), pair_offsets, pair_queries,
+                    pair_consts, weights[rows], query_sq_norms[rows], lists.codes, lists.ids,
+                    lists.aux, lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
+                    use_filter, emit_rows, int_weights[rows], int_params[rows], heap_d, heap_i,
+                )
+            kernels.merge_topk(heap_d, heap_i, True, out_distances[rows], out_ids[rows])
+
+        run_chunks(task, n_queries, n_threads, chunks_per_thread=1)
 
     def _rerank(self, queries, candidate_rows, k, lists, metric, n_threads):
         """Exact top-k over candidate storage rows, from the precise store."""
