@@ -19,6 +19,7 @@ import argparse
 import os
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 
@@ -91,6 +92,7 @@ def parse_args(argv=None):
     parser.add_argument("--plot", default=None,
                         help="recall-vs-QPS plot (default: results/bench_<dataset>.png)")
     parser.add_argument("--no-hnswlib", action="store_true", help="skip hnswlib even if installed")
+    parser.add_argument("--no-usearch", action="store_true", help="skip usearch even if installed")
     parser.add_argument("--rounds", type=int, default=2,
                         help="sweeps of each library, alternating ivfsq and FAISS; the best QPS "
                              "and lowest p50 of the rounds are kept, so a transient load on a "
@@ -239,6 +241,37 @@ def build_hnswlib(hnswlib, base, metric, threads):
     return time_call(build)
 
 
+def hnswlib_bytes_per_vector(index, n_rows):
+    """Serialized size of an hnswlib index per vector (vectors + graph)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "hnsw.bin")
+        index.save_index(path)
+        return os.path.getsize(path) / n_rows
+
+
+def build_usearch(base, metric, threads):
+    """Build a usearch HNSW index with int8 vectors (connectivity 16,
+    expansion_add 200); return ``(index, scale, seconds)``.
+
+    usearch rounds ``127 * x`` to int8, so the data are first scaled into
+    [-1, 1] by one factor (which changes no L2, cosine or inner-product
+    ranking); queries get the same factor.
+    """
+    from usearch.index import Index as UsearchIndex
+
+    kind = {"sqeuclidean": "l2sq", "cosine": "cos", "inner_product": "ip"}[metric]
+    scale = np.float32(1.0 / max(float(np.abs(base).max()), 1e-30))
+
+    def build():
+        index = UsearchIndex(ndim=base.shape[1], metric=kind, dtype="i8",
+                             connectivity=HNSW_M, expansion_add=HNSW_EF_CONSTRUCTION)
+        index.add(np.arange(base.shape[0]), base * scale, threads=threads)
+        return index
+
+    index, seconds = time_call(build)
+    return index, scale, seconds
+
+
 # --------------------------------------------------------------------------
 # one measurement
 # --------------------------------------------------------------------------
@@ -342,6 +375,30 @@ def sweep_hnswlib(index, queries, gt, args):
     return results
 
 
+def sweep_usearch(index, scale, queries, gt, args):
+    """Measure usearch at every expansion_search in HNSW_EF_VALUES (>= k)."""
+    results = []
+    scaled = np.ascontiguousarray(queries * scale)
+    threads = {"n": args.threads}
+
+    def set_threads(n):
+        threads["n"] = n
+
+    for ef in sorted({max(ef, args.k) for ef in HNSW_EF_VALUES}):
+        index.expansion_search = ef
+
+        def search_batch():
+            return index.search(scaled, args.k, threads=threads["n"]).keys.astype(np.int64)
+
+        def search_one(i):
+            return index.search(scaled[i], args.k, threads=1)
+
+        result = measure(search_batch, search_one, set_threads, queries, gt, args)
+        result["ef"] = ef
+        results.append(result)
+    return results
+
+
 # --------------------------------------------------------------------------
 # reporting
 # --------------------------------------------------------------------------
@@ -408,9 +465,9 @@ def print_equal_recall_table(rows):
     ] for r in rows]))
 
 
-def print_hnswlib_table(results):
-    """One row per ef for hnswlib."""
-    headers = ["ef", "hnswlib recall", "hnswlib QPS", "hnswlib p50 ms"]
+def print_graph_table(results, name):
+    """One row per ef for a graph index."""
+    headers = ["ef", f"{name} recall", f"{name} QPS", f"{name} p50 ms"]
     rows = [[str(r["ef"]), f"{r['recall']:.4f}", f"{r['qps']:,.0f}",
              f"{r['latency_p50_ms']:.3f}"] for r in results]
     print(format_table(headers, rows))
@@ -494,7 +551,7 @@ def main(argv=None):
     ivfsq_results = best_of_rounds(ivfsq_rounds)
     faiss_results = best_of_rounds(faiss_rounds)
 
-    hnswlib_results, hnswlib_build_s = [], None
+    hnswlib_results, hnswlib_build_s, hnswlib_bytes = [], None, None
     if args.no_hnswlib:
         print("note: hnswlib skipped (--no-hnswlib)")
     else:
@@ -506,6 +563,22 @@ def main(argv=None):
         if hnswlib is not None:
             hnsw_index, hnswlib_build_s = build_hnswlib(hnswlib, base, metric, args.threads)
             hnswlib_results = sweep_hnswlib(hnsw_index, queries, gt, args)
+            hnswlib_bytes = hnswlib_bytes_per_vector(hnsw_index, n_rows)
+            del hnsw_index
+
+    usearch_results, usearch_build_s, usearch_bytes = [], None, None
+    if args.no_usearch:
+        print("note: usearch skipped (--no-usearch)")
+    else:
+        try:
+            import usearch  # noqa: F401
+        except ImportError:
+            print("note: usearch is not installed; skipping it (pip install usearch)")
+        else:
+            usearch_index, scale, usearch_build_s = build_usearch(base, metric, args.threads)
+            usearch_results = sweep_usearch(usearch_index, scale, queries, gt, args)
+            usearch_bytes = usearch_index.memory_usage / n_rows
+            del usearch_index
 
     ivfsq_bytes = ivfsq_index.memory_bytes / n_rows
     faiss_serialized_bytes, faiss_list_bytes = faiss_bytes_per_vector(faiss_index)
@@ -529,8 +602,15 @@ def main(argv=None):
     if hnswlib_results:
         print()
         print(f"hnswlib (M={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}), "
-              f"build {hnswlib_build_s:.2f} s:")
-        print_hnswlib_table(hnswlib_results)
+              f"build {hnswlib_build_s:.2f} s, {hnswlib_bytes:.1f} bytes per vector "
+              f"(serialized / N):")
+        print_graph_table(hnswlib_results, "hnswlib")
+    if usearch_results:
+        print()
+        print(f"usearch int8 (connectivity={HNSW_M}, expansion_add={HNSW_EF_CONSTRUCTION}), "
+              f"build {usearch_build_s:.2f} s, {usearch_bytes:.1f} bytes per vector "
+              f"(memory_usage / N):")
+        print_graph_table(usearch_results, "usearch-i8")
 
     common_fields = {
         "benchmark": "bench_faiss",
@@ -567,7 +647,15 @@ def main(argv=None):
         "M": HNSW_M,
         "ef_construction": HNSW_EF_CONSTRUCTION,
         "build_seconds": hnswlib_build_s,
-        "bytes_per_vector": None,
+        "bytes_per_vector": hnswlib_bytes,
+        "bytes_per_vector_method": "serialized size / N",
+    })
+    records += make_records("usearch-i8", usearch_results, common_fields, {
+        "connectivity": HNSW_M,
+        "expansion_add": HNSW_EF_CONSTRUCTION,
+        "build_seconds": usearch_build_s,
+        "bytes_per_vector": usearch_bytes,
+        "bytes_per_vector_method": "index.memory_usage / N",
     })
     records += [{**common_fields, "library": "ivfsq_vs_faiss_equal_recall", **row}
                 for row in equal_rows]
@@ -579,6 +667,8 @@ def main(argv=None):
     curves = [("ivfsq", ivfsq_results, "n_probes"), ("faiss IVFSQ8", faiss_results, "n_probes")]
     if hnswlib_results:
         curves.append(("hnswlib", hnswlib_results, "ef"))
+    if usearch_results:
+        curves.append(("usearch-i8", usearch_results, "ef"))
     plot_path = args.plot or RESULTS_DIR / f"bench_{data['name']}.png"
     write_plot(plot_path, curves,
                f"{data['name']} ({n_rows} x {dim}, {metric}), n_lists={n_lists}, "
