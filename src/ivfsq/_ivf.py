@@ -17,7 +17,7 @@ from ivfsq._progress import report
 from ivfsq._quantizer import ScalarQuantizer
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._transforms import random_orthogonal, rotate, unrotate
-from ivfsq._validation import to_float32
+from ivfsq._validation import check_magnitudes, to_float32
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
@@ -170,6 +170,8 @@ class IvfSqEngine:
         else:
             sample = dataset
         converted = to_float32("dataset", sample)
+        if params.metric != "cosine":
+            check_magnitudes("dataset", converted, check_small=True)
         # The sample is modified below (normalized, residuals): copy it only
         # when the conversion returned the caller's memory.
         sample = converted.copy() if np.may_share_memory(converted, dataset) else converted
@@ -248,6 +250,8 @@ class IvfSqEngine:
         """
         vectors = to_float32(name, rows, start)
         nonzero = None
+        if self.metric != "cosine":  # cosine normalizes every row
+            check_magnitudes(name, vectors, start)
         if self.metric == "cosine":
             if np.may_share_memory(vectors, rows):
                 vectors = vectors.copy()  # never normalize the caller's array

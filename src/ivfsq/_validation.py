@@ -148,6 +148,39 @@ def to_float32(name, array, start=0):
     return converted
 
 
+# Squared norms of vectors searched with L2 or inner products must stay well
+# inside float32: distances reach 4x the largest one (overflow to inf past
+# 3.4e38), and below this floor the products of coordinates underflow.
+MAX_SQ_NORM = 1e36
+MIN_SQ_NORM = 1e-28
+
+
+def check_magnitudes(name, vectors, start=0, *, check_small=False):
+    """Reject float32 rows whose squared norm would overflow float32
+    distances; with ``check_small``, also a set whose largest squared norm
+    is so small that distances underflow (all-zero sets are allowed)."""
+    if vectors.shape[0] == 0:
+        return
+    # float32 sums (a fast pass; overflow shows as inf) unless small norms
+    # are checked, whose squares float32 would flush to zero.
+    dtype = np.float64 if check_small else np.float32
+    sq_norms = np.einsum("ij,ij->i", vectors, vectors, dtype=dtype)
+    largest = float(sq_norms.max())
+    if largest > MAX_SQ_NORM:
+        row = int(np.argmax(sq_norms))
+        raise ValueError(
+            f"{name} has a vector too large for float32 distances: row {start + row} has "
+            f"squared norm {largest:.3g} (at most {MAX_SQ_NORM:.0e}); scale the vectors down "
+            f"(rankings do not change)"
+        )
+    if check_small and 0.0 < largest < MIN_SQ_NORM:
+        raise ValueError(
+            f"{name} is too small for float32 distances: the largest squared norm is "
+            f"{largest:.3g} (at least {MIN_SQ_NORM:.0e} is needed); scale the vectors up "
+            f"(rankings do not change)"
+        )
+
+
 def check_ids(name, value, n_rows):
     """Validate a 1-D vector of non-negative int64 ids with one id per row."""
     array = _as_host_array(name, value)
