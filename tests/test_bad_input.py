@@ -1,0 +1,248 @@
+"""The bad-input catalogue: every public function, given wrong types,
+shapes, dtypes, non-finite values, empty arrays, out-of-range counts, bad
+ids or filters, raises TypeError or ValueError naming the argument, and
+leaves the index exactly as it was."""
+
+import numpy as np
+import pytest
+
+from ivfsq.common import Resources
+from ivfsq.neighbors import filters, ivf_sq
+from ivfsq.neighbors.refine import refine
+
+DIM = 12
+N_ROWS = 500
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((N_ROWS, DIM)).astype(np.float32)
+
+
+@pytest.fixture
+def index(data):
+    return ivf_sq.build(ivf_sq.IndexParams(n_lists=8), data)
+
+
+def fingerprint(index, data):
+    """Everything a caller can observe of an index."""
+    distances, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=8), index, data[:20], 5)
+    return (len(index), index._engine.next_id, index.list_sizes.tolist(),
+            distances.tobytes(), neighbors.tobytes())
+
+
+def make_queries(data, rows=3):
+    return data[:rows].copy()
+
+
+def nan_rows(data):
+    rows = data[:3].copy()
+    rows[1, 4] = np.nan
+    return rows
+
+
+def inf_rows(data):
+    rows = data[:3].copy()
+    rows[0, 0] = np.inf
+    return rows
+
+
+SP = ivf_sq.SearchParams(n_probes=4)
+IDS = np.arange(N_ROWS, N_ROWS + 3, dtype=np.int64)
+
+# (name, call(index, data), exception, message pattern). Every pattern names
+# the argument at fault.
+CASES = [
+    # ----------------------------------------------------------- search
+    ("search params type", lambda ix, d: ivf_sq.search({"n_probes": 4}, ix, d[:3], 5),
+     TypeError, "search_params"),
+    ("search index type", lambda ix, d: ivf_sq.search(SP, "index", d[:3], 5),
+     TypeError, "index"),
+    ("search untrained index", lambda ix, d: ivf_sq.search(SP, ivf_sq.Index(), d[:3], 5),
+     ValueError, "index"),
+    ("search queries list of str", lambda ix, d: ivf_sq.search(SP, ix, [["a"] * DIM], 5),
+     TypeError, "queries"),
+    ("search queries 1-d", lambda ix, d: ivf_sq.search(SP, ix, d[0], 5),
+     ValueError, "queries"),
+    ("search queries 3-d", lambda ix, d: ivf_sq.search(SP, ix, d[:4].reshape(2, 2, DIM), 5),
+     ValueError, "queries"),
+    ("search queries wrong dim", lambda ix, d: ivf_sq.search(SP, ix, d[:3, :5], 5),
+     ValueError, "queries"),
+    ("search queries complex", lambda ix, d: ivf_sq.search(SP, ix, d[:3].astype(complex), 5),
+     TypeError, "queries"),
+    ("search queries object", lambda ix, d: ivf_sq.search(SP, ix, d[:3].astype(object), 5),
+     TypeError, "queries"),
+    ("search queries bool", lambda ix, d: ivf_sq.search(SP, ix, d[:3] > 0, 5),
+     TypeError, "queries"),
+    ("search queries nan", lambda ix, d: ivf_sq.search(SP, ix, nan_rows(d), 5),
+     ValueError, "queries"),
+    ("search queries inf", lambda ix, d: ivf_sq.search(SP, ix, inf_rows(d), 5),
+     ValueError, "queries"),
+    ("search k zero", lambda ix, d: ivf_sq.search(SP, ix, d[:3], 0), ValueError, "k"),
+    ("search k negative", lambda ix, d: ivf_sq.search(SP, ix, d[:3], -1), ValueError, "k"),
+    ("search k float", lambda ix, d: ivf_sq.search(SP, ix, d[:3], 2.5), TypeError, "k"),
+    ("search k bool", lambda ix, d: ivf_sq.search(SP, ix, d[:3], True), TypeError, "k"),
+    ("search k > size", lambda ix, d: ivf_sq.search(SP, ix, d[:3], N_ROWS + 1),
+     ValueError, "k must be <="),
+    ("search neighbors wrong shape",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5, neighbors=np.empty((3, 4), np.int64)),
+     ValueError, "neighbors"),
+    ("search neighbors wrong dtype",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5, neighbors=np.empty((3, 5), np.int32)),
+     TypeError, "neighbors"),
+    ("search distances wrong dtype",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5, distances=np.empty((3, 5), np.float64)),
+     TypeError, "distances"),
+    ("search filter type",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5, filter=np.ones(N_ROWS, bool)),
+     TypeError, "filter"),
+    ("search filter too short",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5,
+                                 filter=filters.from_bitset(np.zeros(2, np.uint32))),
+     ValueError, "filter"),
+    ("search refine_ratio without store",
+     lambda ix, d: ivf_sq.search(ivf_sq.SearchParams(n_probes=4, refine_ratio=2.0), ix,
+                                 d[:3], 5),
+     ValueError, "refine_ratio"),
+    ("search resources type",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5, resources=4), TypeError, "resources"),
+    # ----------------------------------------------------------- params
+    ("n_probes zero", lambda ix, d: ivf_sq.SearchParams(n_probes=0), ValueError, "n_probes"),
+    ("n_probes float", lambda ix, d: ivf_sq.SearchParams(n_probes=4.0), TypeError, "n_probes"),
+    ("n_probes str", lambda ix, d: ivf_sq.SearchParams(n_probes="4"), TypeError, "n_probes"),
+    ("refine_ratio < 1", lambda ix, d: ivf_sq.SearchParams(refine_ratio=0.5),
+     ValueError, "refine_ratio"),
+    ("refine_ratio nan", lambda ix, d: ivf_sq.SearchParams(refine_ratio=float("nan")),
+     ValueError, "refine_ratio"),
+    ("n_lists zero", lambda ix, d: ivf_sq.IndexParams(n_lists=0), ValueError, "n_lists"),
+    ("n_lists float", lambda ix, d: ivf_sq.IndexParams(n_lists=8.5), TypeError, "n_lists"),
+    ("metric unknown", lambda ix, d: ivf_sq.IndexParams(metric="manhattan"),
+     ValueError, "metric"),
+    ("quantizer unknown", lambda ix, d: ivf_sq.IndexParams(quantizer="sq2"),
+     ValueError, "quantizer"),
+    ("kmeans_n_iters negative", lambda ix, d: ivf_sq.IndexParams(kmeans_n_iters=-1),
+     ValueError, "kmeans_n_iters"),
+    ("params positional", lambda ix, d: ivf_sq.IndexParams(8), TypeError, "positional"),
+    ("positional search params", lambda ix, d: ivf_sq.SearchParams(4), TypeError,
+     "positional"),
+    ("resources threads zero", lambda ix, d: Resources(n_threads=0), ValueError, "n_threads"),
+    # ------------------------------------------------------------ build
+    ("build params type", lambda ix, d: ivf_sq.build({"n_lists": 8}, d), TypeError,
+     "index_params"),
+    ("build dataset 1-d", lambda ix, d: ivf_sq.build(ivf_sq.IndexParams(n_lists=8), d[0]),
+     ValueError, "dataset"),
+    ("build dataset empty",
+     lambda ix, d: ivf_sq.build(ivf_sq.IndexParams(n_lists=8), d[:0]), ValueError, "dataset"),
+    ("build dataset zero dims",
+     lambda ix, d: ivf_sq.build(ivf_sq.IndexParams(n_lists=8), np.empty((100, 0), np.float32)),
+     ValueError, "dataset"),
+    ("build fewer rows than lists",
+     lambda ix, d: ivf_sq.build(ivf_sq.IndexParams(n_lists=8), d[:7]), ValueError, "n_lists"),
+    ("build dataset nan", lambda ix, d: ivf_sq.build(ivf_sq.IndexParams(n_lists=2), nan_rows(d)),
+     ValueError, "dataset"),
+    ("build dataset str", lambda ix, d: ivf_sq.build(ivf_sq.IndexParams(n_lists=2), "data"),
+     TypeError, "dataset"),
+    # ----------------------------------------------------------- extend
+    ("extend index type", lambda ix, d: ivf_sq.extend(None, d[:3], IDS), TypeError, "index"),
+    ("extend wrong dim", lambda ix, d: ivf_sq.extend(ix, d[:3, :4], IDS), ValueError,
+     "new_vectors"),
+    ("extend nan", lambda ix, d: ivf_sq.extend(ix, nan_rows(d), IDS), ValueError,
+     "new_vectors"),
+    ("extend inf", lambda ix, d: ivf_sq.extend(ix, inf_rows(d), IDS), ValueError,
+     "new_vectors"),
+    ("extend ids too few", lambda ix, d: ivf_sq.extend(ix, d[:3], IDS[:2]), ValueError,
+     "new_indices"),
+    ("extend ids 2-d", lambda ix, d: ivf_sq.extend(ix, d[:3], IDS[:, None]), ValueError,
+     "new_indices"),
+    ("extend ids float", lambda ix, d: ivf_sq.extend(ix, d[:3], IDS.astype(float)),
+     TypeError, "new_indices"),
+    ("extend ids negative",
+     lambda ix, d: ivf_sq.extend(ix, d[:3], np.array([N_ROWS, -1, N_ROWS + 1])),
+     ValueError, "new_indices"),
+    ("extend ids duplicated",
+     lambda ix, d: ivf_sq.extend(ix, d[:3], np.array([N_ROWS, N_ROWS, N_ROWS + 1])),
+     ValueError, "new_indices"),
+    ("extend ids already present", lambda ix, d: ivf_sq.extend(ix, d[:3], np.arange(3)),
+     ValueError, "new_indices"),
+    ("extend a nan after many good rows",
+     lambda ix, d: ivf_sq.extend(ix, np.vstack([d, nan_rows(d)]),
+                                 np.arange(N_ROWS, 2 * N_ROWS + 3)),
+     ValueError, "new_vectors"),
+    # ------------------------------------------------------- save, load
+    ("save index type", lambda ix, d: ivf_sq.save("/tmp/x.ivfsq", "index"), TypeError,
+     "index"),
+    ("save into a missing folder",
+     lambda ix, d: ivf_sq.save("/nonexistent-folder/x.ivfsq", ix), FileNotFoundError,
+     "nonexistent-folder"),
+    ("load missing file", lambda ix, d: ivf_sq.load("/nonexistent-folder/x.ivfsq"),
+     FileNotFoundError, "nonexistent-folder"),
+    ("load mmap not bool", lambda ix, d: ivf_sq.load("/tmp/x.ivfsq", mmap="yes"), TypeError,
+     "mmap"),
+    # ----------------------------------------------------------- refine
+    ("refine candidates out of range",
+     lambda ix, d: refine(d, d[:3], np.full((3, 5), N_ROWS, np.int64), k=2),
+     ValueError, "candidates"),
+    ("refine k > candidates",
+     lambda ix, d: refine(d, d[:3], np.zeros((3, 5), np.int64), k=6),
+     ValueError, "k"),
+    ("refine queries wrong dim",
+     lambda ix, d: refine(d, d[:3, :5], np.zeros((3, 5), np.int64), k=2),
+     ValueError, "queries"),
+    ("refine metric unknown",
+     lambda ix, d: refine(d, d[:3], np.zeros((3, 5), np.int64), k=2, metric="l1"),
+     ValueError, "metric"),
+    # ---------------------------------------------------------- filters
+    ("bitset wrong dtype", lambda ix, d: filters.from_bitset(np.zeros(4, np.int64)),
+     TypeError, "bitset"),
+    ("bitset 2-d", lambda ix, d: filters.from_bitset(np.zeros((2, 2), np.uint32)),
+     ValueError, "bitset"),
+]
+
+
+@pytest.mark.parametrize("name, call, error, pattern", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_and_leaves_the_index_unchanged(index, data, name, call, error,
+                                                         pattern):
+    before = fingerprint(index, data)
+    with pytest.raises(error, match=pattern) as raised:
+        call(index, data)
+    if error in (TypeError, ValueError):
+        assert len(str(raised.value)) > 20  # says what was expected and what came
+    assert fingerprint(index, data) == before
+
+
+def test_empty_query_batch_and_extend_are_no_ops(index, data):
+    before = fingerprint(index, data)
+    distances, neighbors = ivf_sq.search(SP, index, data[:0], 5)
+    assert distances.shape == neighbors.shape == (0, 5)
+    ivf_sq.extend(index, data[:0], np.zeros(0, np.int64))
+    assert fingerprint(index, data) == before
+
+
+def test_k_and_n_probes_at_their_bounds(index, data):
+    # k == len(index) returns every vector once; n_probes beyond n_lists is
+    # clamped to n_lists.
+    params = ivf_sq.SearchParams(n_probes=10**6)
+    distances, neighbors = ivf_sq.search(params, index, data[:2], N_ROWS)
+    assert sorted(neighbors[0]) == list(range(N_ROWS))
+    assert np.all(np.diff(distances[0]) >= 0)
+
+
+def test_failed_extend_after_good_rows_adds_nothing(index, data):
+    # The first 500 rows are valid and would be encoded before the bad one
+    # is met: the index must still not change.
+    rows = np.vstack([data, nan_rows(data)])
+    with pytest.raises(ValueError, match="new_vectors"):
+        ivf_sq.extend(index, rows, None)
+    assert len(index) == N_ROWS and index._engine.next_id == N_ROWS
+    ivf_sq.extend(index, data[:3], None)  # ids continue after the largest
+    assert len(index) == N_ROWS + 3
+
+
+def test_outputs_need_not_be_contiguous(index, data):
+    distances = np.empty((5, 3), np.float32).T
+    neighbors = np.empty((5, 3), np.int64).T
+    expected = ivf_sq.search(SP, index, data[:3], 5)
+    ivf_sq.search(SP, index, data[:3], 5, neighbors=neighbors, distances=distances)
+    np.testing.assert_array_equal(neighbors, expected[1])
+    np.testing.assert_array_equal(distances, expected[0])
