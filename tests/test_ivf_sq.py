@@ -684,3 +684,25 @@ def test_build_and_search_leave_the_callers_arrays_alone(blobs, dtype, metric):
         ivf_sq.extend(index, base[:10], None)
     np.testing.assert_array_equal(base, base_before)
     np.testing.assert_array_equal(queries, queries_before)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_build_reuses_training_lists_as_extend_would_assign(blobs, metric, monkeypatch):
+    # When the training sample is the whole dataset, build adds the rows to
+    # the lists found while training; extend assigns them itself: same index
+    # (in several encoding batches, each taking its share of the lists).
+    from ivfsq import _ivf
+
+    monkeypatch.setattr(_ivf, "ENCODE_BATCH_ROWS", 700)
+    base, queries = blobs
+    base = base[:3000]
+    params = dict(n_lists=24, metric=metric, transform="rom")
+    built = ivf_sq.build(ivf_sq.IndexParams(**params), base)
+    empty = ivf_sq.build(ivf_sq.IndexParams(add_data_on_build=False, **params), base)
+    extended = ivf_sq.extend(empty, base, np.arange(base.shape[0], dtype=np.int64))
+    np.testing.assert_array_equal(built.list_sizes, extended.list_sizes)
+    search = ivf_sq.SearchParams(n_probes=5)
+    d1, i1 = ivf_sq.search(search, built, queries, 10)
+    d2, i2 = ivf_sq.search(search, extended, queries, 10)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)

