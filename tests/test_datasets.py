@@ -396,3 +396,17 @@ def test_siftsmall_ground_truth():
     assert recall_at_k(ids, ds["gt"], 10) >= 0.999
     if ds["gt_dist"] is not None:
         np.testing.assert_allclose(dist, ds["gt_dist"][:, :10], rtol=1e-6)
+
+
+def test_make_blobs_lowrank_writes_into_out(tmp_path):
+    expected, queries = make_blobs_lowrank(70000, 16, n_queries=5, seed=3)
+    mapped = np.lib.format.open_memmap(tmp_path / "base.npy", mode="w+", dtype=np.float32,
+                                       shape=(70000, 16))
+    base, same_queries = make_blobs_lowrank(70000, 16, n_queries=5, seed=3, out=mapped)
+    assert base is mapped
+    np.testing.assert_array_equal(np.load(tmp_path / "base.npy"), expected)
+    np.testing.assert_array_equal(same_queries, queries)
+    with pytest.raises(ValueError, match="out must be an array of shape"):
+        make_blobs_lowrank(10, 16, out=np.empty((10, 15), np.float32))
+    with pytest.raises(ValueError, match="out must be a writeable C-contiguous"):
+        make_blobs_lowrank(10, 16, out=np.empty((16, 10), np.float32).T)

@@ -86,7 +86,7 @@ def _check_int(name, value, minimum):
 # --------------------------------------------------------------------------
 
 def make_blobs_lowrank(n_rows, dim, *, n_queries=0, intrinsic_dim=None,
-                       n_clusters=None, seed=0, dtype=np.float32):
+                       n_clusters=None, seed=0, dtype=np.float32, out=None):
     """Structured synthetic vectors with a low intrinsic dimension.
 
     Points are drawn in a latent space of ``intrinsic_dim`` dimensions from a
@@ -121,6 +121,12 @@ def make_blobs_lowrank(n_rows, dim, *, n_queries=0, intrinsic_dim=None,
         gives the same bytes.
     dtype : floating dtype, default numpy.float32
         dtype of the returned arrays (values are computed in float32).
+    out : ndarray, optional
+        Where to write the base: shape (n_rows, dim), a floating dtype
+        (``dtype`` is then ignored for the base), C-contiguous; for example
+        a :func:`numpy.lib.format.open_memmap` file, for sets larger than
+        memory (rows are generated a block at a time). The same bytes as
+        without it.
 
     Returns
     -------
@@ -166,7 +172,16 @@ def make_blobs_lowrank(n_rows, dim, *, n_queries=0, intrinsic_dim=None,
     # independent draws (hence distinct points) from one distribution.
     base_seed, query_seed = (int(s) for s in rng.integers(0, 2**63, size=2))
 
-    base = np.empty((n_rows, dim), dtype=dtype)
+    if out is None:
+        base = np.empty((n_rows, dim), dtype=dtype)
+    else:
+        base = out
+        if not isinstance(out, np.ndarray) or out.shape != (n_rows, dim):
+            raise ValueError(f"out must be an array of shape ({n_rows}, {dim}), got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        if out.dtype.kind != "f" or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable C-contiguous floating array, got "
+                             f"dtype {out.dtype}")
     _lowrank_sample(model, np.random.default_rng(base_seed), base)
     if n_queries == 0:
         return base
