@@ -246,3 +246,25 @@ def test_outputs_need_not_be_contiguous(index, data):
     ivf_sq.search(SP, index, data[:3], 5, neighbors=neighbors, distances=distances)
     np.testing.assert_array_equal(neighbors, expected[1])
     np.testing.assert_array_equal(distances, expected[0])
+
+
+def test_failed_extend_in_a_later_batch_adds_nothing(index, data, monkeypatch):
+    # Rows are assigned and checked batch by batch before anything is
+    # stored: a bad row in the last batch leaves the index as it was, and a
+    # good multi-batch extend equals a single-batch one.
+    from ivfsq import _ivf
+
+    before = fingerprint(index, data)
+    monkeypatch.setattr(_ivf, "ENCODE_BATCH_ROWS", 100)
+    rows = np.vstack([data, nan_rows(data)])
+    with pytest.raises(ValueError, match="new_vectors must contain only finite values.*row 501"):
+        ivf_sq.extend(index, rows, None)
+    assert fingerprint(index, data) == before
+    ivf_sq.extend(index, data[:250], None)
+    monkeypatch.setattr(_ivf, "ENCODE_BATCH_ROWS", 1 << 16)
+    single = ivf_sq.build(ivf_sq.IndexParams(n_lists=8), data)
+    ivf_sq.extend(single, data[:250], None)
+    queries = data[:30]
+    for got, expected in zip(ivf_sq.search(SP, index, queries, 7),
+                             ivf_sq.search(SP, single, queries, 7)):
+        np.testing.assert_array_equal(got, expected)

@@ -217,6 +217,17 @@ class IvfSqEngine:
         return engine, labels if n_train == n_rows else None
 
     # --------------------------------------------------------------- adding
+    def assign(self, vectors, n_threads):
+        """The list of each float32 row (prepared, internal space)."""
+        labels, _ = assign_nearest(
+            vectors,
+            self.centers,
+            self.center_sq_norms,
+            inner_product=self.metric in ("inner_product", "cosine"),
+            n_threads=n_threads,
+        )
+        return labels
+
     def encode(self, vectors, n_threads, labels=None):
         """Lists, codes and per-vector norm terms of float32 rows (prepared).
 
@@ -224,13 +235,7 @@ class IvfSqEngine:
         """
         n_rows = vectors.shape[0]
         if labels is None:
-            labels, _ = assign_nearest(
-                vectors,
-                self.centers,
-                self.center_sq_norms,
-                inner_product=self.metric in ("inner_product", "cosine"),
-                n_threads=n_threads,
-            )
+            labels = self.assign(vectors, n_threads)
         codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
         aux = np.empty(n_rows, dtype=np.float32)
 
@@ -281,6 +286,13 @@ class IvfSqEngine:
         known (from :meth:`train`, whose sample was the whole dataset: on
         fashion-mnist that spares a GEMM of 0.5 s). ``name``: the argument
         errors in ``dataset`` are reported under.
+
+        Codes are written straight to their rows in a new list storage, which
+        replaces the current one only once every row is stored. So the lists
+        are assigned first (a first pass over the rows, which also checks
+        them), then the rows are read again and encoded: peak memory is the
+        new storage and a batch, not a second copy of the codes (10M x 96:
+        3.4 GiB before, with the codes held twice more).
         """
         with self._extend_lock:
             n_rows = dataset.shape[0]
@@ -288,38 +300,34 @@ class IvfSqEngine:
                 ids = np.arange(self.next_id, self.next_id + n_rows, dtype=np.int64)
             else:
                 self.check_new_ids(ids)
-            all_labels = np.empty(n_rows, dtype=np.int64)
-            all_codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
-            all_aux = np.empty(n_rows, dtype=np.float32)
-            all_precise = None
-            if self.has_precise:
-                all_precise = np.empty((n_rows, self.lists.precise.shape[1]),
-                                       dtype=self.lists.precise.dtype)
-            for start in range(0, n_rows, ENCODE_BATCH_ROWS):
-                stop = min(n_rows, start + ENCODE_BATCH_ROWS)
-                vectors, nonzero = self.prepare(name, dataset[start:stop], start)
-                batch_labels, codes, aux = self.encode(
-                    self.internal(vectors, n_threads), n_threads,
-                    None if labels is None else labels[start:stop],
-                )
+            batches = [(start, min(n_rows, start + ENCODE_BATCH_ROWS))
+                       for start in range(0, n_rows, ENCODE_BATCH_ROWS)]
+            prepared = None  # a single batch is prepared once, not twice
+            if labels is None:
+                labels = np.empty(n_rows, dtype=np.int64)
+                for start, stop in batches:
+                    vectors, nonzero = self.prepare(name, dataset[start:stop], start)
+                    rotated = self.internal(vectors, n_threads)
+                    labels[start:stop] = self.assign(rotated, n_threads)
+                    if len(batches) == 1:
+                        prepared = vectors, nonzero, rotated
+                    report("assigning", stop, n_rows)
+            storage, destination = self.lists.reserve(labels, self.conservative_memory_allocation)
+            for start, stop in batches:
+                if prepared is None:
+                    vectors, nonzero = self.prepare(name, dataset[start:stop], start)
+                    rotated = self.internal(vectors, n_threads)
+                else:
+                    vectors, nonzero, rotated = prepared
+                _, codes, aux = self.encode(rotated, n_threads, labels[start:stop])
                 if nonzero is not None:
                     # A zero vector keeps cosine distance 1 to every query.
                     aux[~nonzero] = 0.0
-                all_labels[start:stop] = batch_labels
-                all_codes[start:stop] = codes
-                all_aux[start:stop] = aux
-                if all_precise is not None:
-                    all_precise[start:stop] = vectors
+                storage.write(destination[start:stop], codes, ids[start:stop], aux,
+                              vectors if storage.precise is not None else None)
                 report("encoding", stop, n_rows)
-            # Everything is encoded: only now is the index changed.
-            self.lists = self.lists.add(
-                all_labels,
-                all_codes,
-                ids,
-                all_aux,
-                self.conservative_memory_allocation,
-                all_precise,
-            )
+            # Every row is stored: only now is the index changed.
+            self.lists = storage
             if n_rows:
                 self.next_id = max(self.next_id, int(ids.max()) + 1)
 

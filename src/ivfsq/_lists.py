@@ -105,6 +105,18 @@ class ListStorage:
         past the old sizes, invisible to the old snapshot); otherwise all
         buffers are re-allocated with larger capacities.
         """
+        storage, destination = self.reserve(labels, conservative)
+        storage.write(destination, codes, ids, aux, precise)
+        return storage
+
+    def reserve(self, labels, conservative):
+        """A new storage with room for entries in lists ``labels``, and the
+        row each entry goes to (in input order); fill them with :meth:`write`.
+
+        The new storage already counts the entries; until they are written
+        its rows hold zeros (ids -1) or stale data. This storage is not
+        changed: its snapshot stays valid.
+        """
         n_lists = self.n_lists
         added = np.bincount(labels, minlength=n_lists).astype(np.int64)
         new_sizes = self.list_sizes + added
@@ -128,14 +140,23 @@ class ListStorage:
         sorted_labels = labels[order]
         group_starts = np.cumsum(added) - added
         rank = np.arange(labels.shape[0], dtype=np.int64) - group_starts[sorted_labels]
-        destination = storage.list_offsets[sorted_labels] + self.list_sizes[sorted_labels] + rank
-        storage.codes[destination] = codes[order]
-        storage.ids[destination] = ids[order]
-        storage.aux[destination] = aux[order]
-        if storage.precise is not None:
-            storage.precise[destination] = precise[order]
+        destination = np.empty(labels.shape[0], dtype=np.int64)
+        destination[order] = (
+            storage.list_offsets[sorted_labels] + self.list_sizes[sorted_labels] + rank
+        )
         storage.list_sizes = new_sizes
-        return storage
+        return storage, destination
+
+    def write(self, destination, codes, ids, aux, precise=None):
+        """Store entries at rows ``destination`` (from :meth:`reserve`).
+
+        Scattered straight from the inputs: no sorted copy of them is made.
+        """
+        self.codes[destination] = codes
+        self.ids[destination] = ids
+        self.aux[destination] = aux
+        if self.precise is not None:
+            self.precise[destination] = precise
 
     def _reallocated(self, capacities):
         """A copy of this storage laid out with the given per-list capacities."""
