@@ -107,7 +107,7 @@ def library_version(module_name):
     return getattr(module, "__version__", "unknown")
 
 
-def hardware_info(module_names=("numpy", "numba", "ivfsq", "faiss", "hnswlib")):
+def hardware_info(module_names=("numpy", "numba", "ivfsq", "faiss", "hnswlib", "usearch")):
     """Platform, CPU and library versions, for the result records."""
     try:
         usable_cores = len(os.sched_getaffinity(0))
