@@ -1020,24 +1020,6 @@ def refine_exact(dataset, queries, candidates, metric, out_distances, out_ids):
 
 
 # -------------------------------------------------------------------- kmeans
-@njit(fastmath=_FAST, **_JIT)
-def nearest_from_dots(dots, center_sq_norms, out_labels, out_scores):
-    """Per row, the center minimising ``|c|^2 - 2 x.c`` and that minimum.
-
-    ``dots`` holds ``x.c`` (rows x centers). Ties go to the lower center.
-    With zero norms this picks the largest dot (score ``-2 max x.c``).
-    """
-    n_rows, n_centers = dots.shape
-    for i in range(n_rows):
-        best = np.inf
-        best_center = 0
-        for c in range(n_centers):
-            score = center_sq_norms[c] - np.float32(2.0) * dots[i, c]
-            if score < best:
-                best = score
-                best_center = c
-        out_labels[i] = best_center
-        out_scores[i] = best
 @njit(**_JIT)
 def accumulate_clusters(vectors, labels, sums, counts):
     """Add each row to its cluster's sum (float64) and count."""
