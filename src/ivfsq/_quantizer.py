@@ -79,8 +79,9 @@ def _quantization_mse(values, lo, hi, levels):
     span = hi - lo
     delta = np.where(span > 0, span / levels, 1.0)
     out = np.empty(values.shape[1], dtype=np.float64)
+    # float32 values are widened inside the kernel (the same float64 sums).
     kernels.quantization_mse(
-        np.ascontiguousarray(values, dtype=np.float64), np.ascontiguousarray(lo, np.float64),
+        np.ascontiguousarray(values), np.ascontiguousarray(lo, np.float64),
         np.ascontiguousarray(delta, np.float64), float(levels), out,
     )
     return out
@@ -96,7 +97,9 @@ def _quantiles(columns, fractions):
     below = np.floor(positions).astype(np.int64)
     above = np.minimum(below + 1, ordered.shape[1] - 1)
     weight = (positions - below)[:, None]
-    return ordered[:, below].T * (1.0 - weight) + ordered[:, above].T * weight
+    low = ordered[:, below].T.astype(np.float64)
+    high = ordered[:, above].T.astype(np.float64)
+    return low * (1.0 - weight) + high * weight
 
 
 def train_range(values, bits, range_stat, range_quantile, uniform):
@@ -121,14 +124,15 @@ def train_range(values, bits, range_stat, range_quantile, uniform):
             margin = SQ8_MARGIN * (hi - lo)
             lo, hi = lo - margin, hi + margin
         return lo, hi
+    # Sorted and scanned in float32 (the values' own precision; quantiles and
+    # errors are computed in float64 from them): half the memory traffic.
     if range_stat == "quantile":
-        stat_values = _strided_rows(values, STAT_ROWS).astype(np.float64)
+        stat_values = np.ascontiguousarray(_strided_rows(values, STAT_ROWS))
         fractions = [range_quantile]
     else:
-        # The MSE_ROWS rows of the STAT_ROWS ones, as before the float64
-        # conversion moved after the striding (same rows, same ranges).
+        # The MSE_ROWS rows of the STAT_ROWS ones (same rows, same ranges).
         stat_values = _strided_rows(_strided_rows(values, STAT_ROWS), MSE_ROWS)
-        stat_values = stat_values.astype(np.float64)
+        stat_values = np.ascontiguousarray(stat_values)
         fractions = MSE_CLIP_FRACTIONS
     columns = stat_values.reshape(-1, 1) if uniform else stat_values
     fractions = np.asarray(fractions, dtype=np.float64)
