@@ -651,6 +651,33 @@ class IvfSqEngine:
         decoded = self.quantizer.decode(lists.codes[rows], centers, labels)
         return lists.ids[rows], self.original_space(decoded)
 
+    def reconstruct(self, ids):
+        """Decoded vectors (original space) of ``ids`` (int64), in order.
+
+        Raises ValueError naming the first id that is not stored.
+        """
+        lists = self.lists  # one snapshot
+        rows, found = lists.locate(ids)
+        if not found.all():
+            missing = int(ids[np.argmin(found)])
+            raise ValueError(f"ids must be stored in the index, got id {missing}, which is not")
+        centers, labels = self._code_reference(lists.list_of_rows(rows))
+        decoded = self.quantizer.decode(lists.codes[rows], centers, labels)
+        return self.original_space(np.ascontiguousarray(decoded, dtype=np.float32))
+
+    def remove(self, ids):
+        """Delete the stored vectors with these ids (int64, distinct); ids
+        not stored are ignored. Returns how many were removed.
+
+        Searches that started before see the index as it was: the lists
+        are replaced by a copy without the rows.
+        """
+        with self._extend_lock:
+            rows, found = self.lists.locate(ids)
+            if found.any():
+                self.lists = self.lists.without_rows(rows[found])
+            return int(found.sum())
+
     @property
     def list_imbalance(self):
         return imbalance_factor(self.lists.list_sizes)

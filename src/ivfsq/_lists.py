@@ -158,6 +158,46 @@ class ListStorage:
         if self.precise is not None:
             self.precise[destination] = precise
 
+    def locate(self, ids):
+        """Storage rows of ``ids`` (int64 array), -1 where an id is not
+        stored, and a mask of the stored ones."""
+        rows = self.valid_rows()
+        stored = self.ids[rows]
+        located = np.full(ids.shape[0], -1, dtype=np.int64)
+        if stored.shape[0] == 0:
+            return located, np.zeros(ids.shape[0], dtype=bool)
+        order = np.argsort(stored, kind="stable")
+        sorted_ids = stored[order]
+        position = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.shape[0] - 1)
+        found = sorted_ids[position] == ids
+        located[found] = rows[order[position[found]]]
+        return located, found
+
+    def list_of_rows(self, rows):
+        """The list each (valid) storage row belongs to."""
+        return np.searchsorted(self.list_offsets, rows, side="right") - 1
+
+    def without_rows(self, rows):
+        """A new storage without these (valid, distinct) rows: the others keep
+        their order within each list, capacities are kept; this one is not
+        changed (its snapshot stays valid)."""
+        keep = np.ones(self.codes.shape[0], dtype=bool)
+        keep[rows] = False
+        removed = np.bincount(self.list_of_rows(rows), minlength=self.n_lists)
+        new_sizes = self.list_sizes - removed
+        old_rows = self.valid_rows()
+        kept_rows = old_rows[keep[old_rows]]
+        new_rows = _rows_of_lists(self.list_offsets, new_sizes)
+        moved = {}
+        for name, array in self.row_arrays().items():
+            new_array = array.copy()
+            new_array[new_rows] = array[kept_rows]
+            moved[name] = new_array
+        return ListStorage(
+            moved["codes"], moved["ids"], moved["aux"], self.list_offsets.copy(), new_sizes,
+            self.list_capacities.copy(), moved.get("precise"),
+        )
+
     def _reallocated(self, capacities):
         """A copy of this storage laid out with the given per-list capacities."""
         offsets = np.cumsum(capacities) - capacities

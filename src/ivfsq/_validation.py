@@ -216,6 +216,21 @@ def check_ids(name, value, n_rows):
     return ids
 
 
+def check_id_list(name, value):
+    """Validate a 1-D array (or sequence) of ids to look up; int64 copy."""
+    array = _as_host_array(name, value)
+    if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and array.size == 0):
+        raise TypeError(f"{name} must have an integer dtype (int64), got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of ids, got shape {array.shape}")
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64, got a value of {int(array.max())}")
+    ids = np.ascontiguousarray(array, dtype=np.int64)
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {int(ids.min())}")
+    return ids
+
+
 def check_output(name, value, shape, dtype):
     """Validate a user-supplied output array written in place."""
     if not isinstance(value, np.ndarray):

@@ -39,6 +39,7 @@ from ivfsq._validation import (
     check_choice,
     check_dtype_name,
     check_float,
+    check_id_list,
     check_ids,
     check_int,
     check_matrix,
@@ -54,6 +55,8 @@ __all__ = [
     "build",
     "extend",
     "load",
+    "reconstruct",
+    "remove",
     "save",
     "search",
 ]
@@ -479,6 +482,82 @@ def extend(index, new_vectors, new_indices, resources=None):
         ids = check_ids("new_indices", new_indices, new_vectors.shape[0])
     engine.add(new_vectors, ids, resolve_n_threads(resources))
     return index
+
+
+def remove(index, ids, resources=None):
+    """Delete vectors by id.
+
+    Parameters
+    ----------
+    index : Index
+        Changed in place.
+    ids : int64 array (n,)
+        Ids to delete; ids not in the index are ignored, repeats count once.
+    resources : ivfsq.common.Resources, optional
+
+    Returns
+    -------
+    int
+        How many vectors were removed. Searches no longer return them, and
+        ``len(index)`` drops by as much; a later :func:`extend` may give their
+        ids to new vectors (``new_indices=None`` still continues after the
+        largest id ever added). Searches running meanwhile see the index
+        before or after the removal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16),
+    ...                      np.random.default_rng(0).random((1000, 8), dtype=np.float32))
+    >>> ivf_sq.remove(index, np.array([3, 5, 5, 5000]))
+    2
+    >>> len(index)
+    998
+    """
+    engine = _check_index(index)
+    ids = np.unique(check_id_list("ids", ids))
+    return engine.remove(ids)
+
+
+def reconstruct(index, ids, resources=None):
+    """The stored (decoded) vectors of some ids.
+
+    Parameters
+    ----------
+    index : Index
+    ids : int64 array (n,)
+        Ids in the index (repeats allowed).
+    resources : ivfsq.common.Resources, optional
+
+    Returns
+    -------
+    float32 array (n, dim)
+        ``c + vmin + code * delta`` for each id, in the original space (a
+        rotation is undone): the vectors search distances are computed
+        against (for cosine, the normalized vectors' decoding). An index
+        with a precise store still returns the decoded codes.
+
+    Raises
+    ------
+    ValueError
+        If an id is not in the index (the message names it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> data = np.random.default_rng(0).random((1000, 8), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), data)
+    >>> vectors = ivf_sq.reconstruct(index, np.array([7, 3]))
+    >>> vectors.shape, bool(np.abs(vectors - data[[7, 3]]).max() < 0.01)
+    ((2, 8), True)
+    """
+    engine = _check_index(index)
+    ids = check_id_list("ids", ids)
+    if ids.shape[0] == 0:
+        return np.empty((0, index.dim), dtype=np.float32)
+    return engine.reconstruct(ids)
 
 
 def search(

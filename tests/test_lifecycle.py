@@ -1,0 +1,150 @@
+"""Index lifecycle beyond the cuVS API: reconstruct and remove.
+
+Oracles: search distances recomputed from reconstructed vectors (the
+distances are exact for the stored codes), the quantization step for
+un-clamped values, and, for remove, searches of the original index through
+a filter that drops the removed ids.
+"""
+
+import numpy as np
+import pytest
+from conftest import METRICS
+
+from ivfsq.datasets import make_blobs_lowrank
+from ivfsq.neighbors import filters, ivf_sq
+
+N_ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def data():
+    base, queries = make_blobs_lowrank(N_ROWS, 40, n_queries=25, seed=7)
+    return base, queries
+
+
+def distances_to(queries, vectors, metric):
+    q = queries.astype(np.float64)
+    x = vectors.astype(np.float64)
+    if metric in ("sqeuclidean", "euclidean"):
+        d = ((q[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+        return np.sqrt(d) if metric == "euclidean" else d
+    if metric == "inner_product":
+        return q @ x.T
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    norms = np.linalg.norm(x, axis=1)
+    return 1.0 - (q @ x.T) / np.where(norms > 0, norms, 1.0)
+
+
+@pytest.mark.parametrize("quantizer, transform", [("sq8", None), ("sq4", "rom"),
+                                                   ("sq8_uniform", "rom"), ("sq4_uniform", None)])
+@pytest.mark.parametrize("metric", METRICS)
+def test_reconstructed_vectors_give_the_search_distances(data, metric, quantizer, transform):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20, metric=metric, quantizer=quantizer,
+                                            transform=transform), base)
+    distances, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=6), index, queries, 10)
+    for row in range(0, queries.shape[0], 5):
+        vectors = ivf_sq.reconstruct(index, neighbors[row])
+        assert vectors.dtype == np.float32 and vectors.shape == (10, 40)
+        expected = distances_to(queries[row:row + 1], vectors, metric)[0]
+        scale = 1.0 + np.abs(expected).max()
+        np.testing.assert_allclose(distances[row], expected, rtol=0, atol=2e-4 * scale)
+
+
+def test_reconstruction_error_is_within_half_a_step(data):
+    base, _ = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20, range_stat="minmax"), base)
+    ids = np.arange(0, N_ROWS, 7)
+    vectors = ivf_sq.reconstruct(index, ids)
+    step = index._engine.quantizer.delta
+    assert np.all(np.abs(vectors - base[ids]) <= step / 2 + 1e-5)
+    # Repeats and order are kept; no ids gives no rows.
+    twice = ivf_sq.reconstruct(index, np.array([5, 2, 5]))
+    np.testing.assert_array_equal(twice[0], twice[2])
+    np.testing.assert_array_equal(twice[1], ivf_sq.reconstruct(index, [2])[0])
+    assert ivf_sq.reconstruct(index, np.zeros(0, np.int64)).shape == (0, 40)
+
+
+def test_reconstruct_refuses_unknown_ids(data):
+    base, _ = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20), base)
+    with pytest.raises(ValueError, match="got id 3000, which is not"):
+        ivf_sq.reconstruct(index, np.array([1, 3000]))
+    with pytest.raises(ValueError, match="ids must be >= 0"):
+        ivf_sq.reconstruct(index, np.array([-1]))
+    with pytest.raises(TypeError, match="ids must have an integer dtype"):
+        ivf_sq.reconstruct(index, np.array([1.5]))
+    with pytest.raises(ValueError, match="ids must be a 1-D array"):
+        ivf_sq.reconstruct(index, np.array([[1]]))
+
+
+@pytest.mark.parametrize("reorder", [False, True])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_removed_vectors_are_never_returned(data, tmp_path, metric, reorder):
+    base, queries = data
+    params = ivf_sq.IndexParams(n_lists=20, metric=metric, reorder=reorder)
+    index = ivf_sq.build(params, base)
+    original = ivf_sq.build(params, base)
+    rng = np.random.default_rng(0)
+    removed = rng.choice(N_ROWS, size=900, replace=False)
+    # Repeats and ids never added count once or not at all.
+    asked = np.concatenate([removed, removed[:10], [N_ROWS + 5]])
+    assert ivf_sq.remove(index, asked) == 900
+    assert len(index) == N_ROWS - 900
+    assert ivf_sq.remove(index, removed) == 0
+    # Oracle: the untouched index searched through a filter without them.
+    keep = np.ones(N_ROWS, dtype=bool)
+    keep[removed] = False
+    search = ivf_sq.SearchParams(n_probes=20)
+    expected = ivf_sq.search(search, original, queries, 15, filter=filters.from_bitset(keep))
+    got = ivf_sq.search(search, index, queries, 15)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
+    assert not np.isin(got[1], removed).any()
+    # Saved and loaded, the removal holds.
+    ivf_sq.save(tmp_path / "removed.ivfsq", index)
+    loaded = ivf_sq.load(tmp_path / "removed.ivfsq")
+    assert len(loaded) == N_ROWS - 900
+    np.testing.assert_array_equal(ivf_sq.search(search, loaded, queries, 15)[1], got[1])
+    with pytest.raises(ValueError, match="not"):
+        ivf_sq.reconstruct(loaded, removed[:1])
+
+
+def test_removed_ids_can_be_reused(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20), base)
+    assert ivf_sq.remove(index, np.array([10, 11])) == 2
+    with pytest.raises(ValueError, match="already present"):
+        ivf_sq.extend(index, base[:1], np.array([12]))
+    ivf_sq.extend(index, queries[:2], np.array([10, 11]))
+    assert len(index) == N_ROWS
+    # The new vectors are found under the reused ids, and None continues
+    # after the largest id ever added.
+    _, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=20), index, queries[:2], 1)
+    assert neighbors[:, 0].tolist() == [10, 11]
+    ivf_sq.extend(index, queries[2:3], None)
+    assert ivf_sq.reconstruct(index, [N_ROWS]).shape == (1, 40)
+
+
+def test_remove_everything_then_extend(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20), base[:500])
+    assert ivf_sq.remove(index, np.arange(500)) == 500
+    assert len(index) == 0 and index.list_sizes.sum() == 0
+    with pytest.raises(ValueError, match="k must be <="):
+        ivf_sq.search(ivf_sq.SearchParams(n_probes=5), index, queries, 1)
+    ivf_sq.extend(index, base[:50], None)
+    _, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=20), index, base[:5], 1)
+    assert neighbors[:, 0].tolist() == list(range(500, 505))
+
+
+def test_remove_validates_ids(data):
+    base, _ = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20), base[:500])
+    with pytest.raises(TypeError, match="index"):
+        ivf_sq.remove("index", [1])
+    with pytest.raises(ValueError, match="ids must be >= 0"):
+        ivf_sq.remove(index, [-3])
+    with pytest.raises(TypeError, match="ids must have an integer dtype"):
+        ivf_sq.remove(index, np.array(["a"]))
+    assert len(index) == 500
