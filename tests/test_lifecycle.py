@@ -148,3 +148,52 @@ def test_remove_validates_ids(data):
     with pytest.raises(TypeError, match="ids must have an integer dtype"):
         ivf_sq.remove(index, np.array(["a"]))
     assert len(index) == 500
+
+
+def test_tune_picks_the_fewest_probes_that_reach_the_target(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=40), base)
+    params, points = ivf_sq.tune(index, queries, target_recall=0.9, k=10)
+    # Independent check: exact neighbours among the decoded vectors.
+    decoded = ivf_sq.reconstruct(index, np.arange(N_ROWS))
+    truth = np.argsort(distances_to(queries, decoded, "sqeuclidean"), axis=1)[:, :10]
+
+    def recall(n_probes):
+        _, found = ivf_sq.search(ivf_sq.SearchParams(n_probes=n_probes), index, queries, 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+
+    assert recall(params.n_probes) >= 0.9
+    smaller = [n for n in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32) if n < params.n_probes]
+    if smaller:
+        assert recall(smaller[-1]) < 0.9
+    recalls = [point["recall"] for point in points]
+    assert recalls == sorted(recalls) and recalls[-1] >= 0.9
+    assert all(point["qps"] > 0 and point["refine_ratio"] is None for point in points)
+
+
+def test_tune_with_given_ground_truth_and_a_precise_store(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=40, reorder=True), base)
+    truth = np.argsort(distances_to(queries, base, "sqeuclidean"), axis=1)[:, :10]
+    params, points = ivf_sq.tune(index, queries, target_recall=0.95, k=10, ground_truth=truth)
+    assert params.refine_ratio in (1.0, 2.0, 4.0)
+    _, found = ivf_sq.search(params, index, queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]) >= 0.95
+    assert {point["refine_ratio"] for point in points} <= {1.0, 2.0, 4.0}
+
+
+def test_tune_says_when_the_target_is_out_of_reach(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=10, quantizer="sq4"), base)
+    # Raw-data ground truth: 4-bit codes cannot reach recall 1.0 here.
+    truth = np.argsort(distances_to(queries, base, "sqeuclidean"), axis=1)[:, :10]
+    with pytest.raises(ValueError, match=r"target_recall 1.0 is not reached: the best"):
+        ivf_sq.tune(index, queries, target_recall=1.0, k=10, ground_truth=truth)
+    with pytest.raises(ValueError, match="target_recall must be in"):
+        ivf_sq.tune(index, queries, target_recall=1.5, k=10)
+    with pytest.raises(ValueError, match="ground_truth must have shape"):
+        ivf_sq.tune(index, queries, target_recall=0.9, k=10, ground_truth=truth[:, :5])
+    with pytest.raises(TypeError, match="ground_truth must have an integer dtype"):
+        ivf_sq.tune(index, queries, target_recall=0.9, k=10, ground_truth=truth * 1.0)
+    with pytest.raises(ValueError, match="k must be <="):
+        ivf_sq.tune(index, queries, target_recall=0.9, k=N_ROWS + 1)

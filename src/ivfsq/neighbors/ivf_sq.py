@@ -22,7 +22,7 @@ Examples
 
 import numpy as np
 
-from ivfsq import _format
+from ivfsq import _format, _tune
 from ivfsq._ivf import IvfSqEngine
 from ivfsq._lists import ListStorage
 from ivfsq._quantizer import (
@@ -59,6 +59,7 @@ __all__ = [
     "remove",
     "save",
     "search",
+    "tune",
 ]
 
 FILE_KIND = "ivfsq.ivf_sq"
@@ -558,6 +559,109 @@ def reconstruct(index, ids, resources=None):
     if ids.shape[0] == 0:
         return np.empty((0, index.dim), dtype=np.float32)
     return engine.reconstruct(ids)
+
+
+def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None):
+    """The cheapest search parameters that reach a recall on sample queries.
+
+    ``n_probes`` is swept upwards (1, 2, 3, 4, 6, 8, 12, ... n_lists, each
+    about 1.5x the last) until the target is met; for an index with a
+    precise store each ``refine_ratio`` of 1, 2 and 4 is swept too. Each
+    setting is searched once to warm up, then timed (the fastest of at
+    least 3 runs, repeated for at least 0.05 s).
+
+    Parameters
+    ----------
+    index : Index
+    queries : array (n_queries, dim)
+        Sample queries, like the ones the index will serve.
+    target_recall : float
+        Recall@k to reach, in (0, 1].
+    k : int
+        Neighbours per query.
+    ground_truth : int array (n_queries, >= k), optional
+        The true neighbours' ids, best first (e.g. from the raw vectors).
+        When not given, the exact top-k over the vectors the index stores
+        (the precise store if there is one, else the decoded codes) is
+        computed by brute force: recall then measures what probing loses,
+        not what quantization does.
+    resources : ivfsq.common.Resources, optional
+        Threads for the timed searches (QPS depends on it).
+
+    Returns
+    -------
+    search_params : SearchParams
+        Among the measured settings that reach ``target_recall``: the fewest
+        ``n_probes``, or, with a precise store, the highest measured QPS.
+    points : list of dict
+        The measured Pareto front (no point has both higher recall and
+        higher QPS), by increasing recall: ``n_probes``, ``refine_ratio``,
+        ``recall``, ``qps``, ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        If no setting reaches ``target_recall`` (the message gives the best
+        recall measured), or for invalid arguments.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> data = np.random.default_rng(0).random((3000, 16), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), data)
+    >>> params, points = ivf_sq.tune(index, data[:100], target_recall=0.9, k=10)
+    >>> 1 <= params.n_probes <= 32, points[-1]["recall"] >= 0.9
+    (True, True)
+    """
+    engine = _check_index(index)
+    queries = check_matrix("queries", queries, dim=index.dim)
+    k = check_int("k", k, minimum=1)
+    if k > engine.lists.size:
+        raise ValueError(
+            f"k must be <= the number of vectors in the index ({engine.lists.size}), got {k}"
+        )
+    target_recall = check_float("target_recall", target_recall, minimum=0.0)
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    n_queries = queries.shape[0]
+    if ground_truth is None:
+        prepared = engine.prepare("queries", queries)[0]
+        truth = _tune.stored_ground_truth(engine, prepared, k, resolve_n_threads(resources))
+    else:
+        truth = np.asarray(ground_truth)
+        if truth.dtype.kind not in "iu":
+            raise TypeError(f"ground_truth must have an integer dtype, got dtype {truth.dtype}")
+        if truth.ndim != 2 or truth.shape[0] != n_queries or truth.shape[1] < k:
+            raise ValueError(
+                f"ground_truth must have shape ({n_queries}, >= {k}) (one row per query), "
+                f"got shape {truth.shape}"
+            )
+    refine_ratios = _tune.REFINE_RATIOS if engine.has_precise else (None,)
+
+    def run(n_probes, refine_ratio, count):
+        params = SearchParams(n_probes=n_probes, refine_ratio=refine_ratio)
+        return search(params, index, queries[:count], k, resources=resources)[1]
+
+    points = _tune.sweep(run, n_queries, truth[:, :k], k, index.n_lists, target_recall,
+                         refine_ratios)
+    reached = [point for point in points if point["recall"] >= target_recall]
+    if not reached:
+        best = max(points, key=lambda point: point["recall"])
+        raise ValueError(
+            f"target_recall {target_recall} is not reached: the best measured recall@{k} was "
+            f"{best['recall']:.4f} (n_probes={best['n_probes']}, "
+            f"refine_ratio={best['refine_ratio']})"
+        )
+    if engine.has_precise:
+        chosen = max(reached, key=lambda point: point["qps"])
+    else:
+        # Work grows with n_probes: the fewest probes, whatever timing noise says.
+        chosen = min(reached, key=lambda point: point["n_probes"])
+    return (
+        SearchParams(n_probes=chosen["n_probes"], refine_ratio=chosen["refine_ratio"]),
+        _tune.pareto_front(points),
+    )
 
 
 def search(

@@ -1,0 +1,74 @@
+"""Picking search parameters for a target recall (``ivf_sq.tune``)."""
+
+import math
+import time
+
+import numpy as np
+
+from ivfsq.datasets import brute_force_knn, recall_at_k
+
+# n_probes tried (each about 1.5x the last) below n_lists, then n_lists.
+_PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
+                1024, 1536, 2048, 3072, 4096, 6144, 8192)
+# refine_ratio values tried for an index with a precise store.
+REFINE_RATIOS = (1.0, 2.0, 4.0)
+
+
+def stored_ground_truth(engine, queries, k, n_threads):
+    """Exact top-k ids of ``queries`` among the stored vectors: the precise
+    store when there is one (what re-ranking uses), else the decoded codes."""
+    ids, decoded = engine.decoded_vectors()
+    vectors = decoded
+    if engine.has_precise:
+        lists = engine.lists
+        vectors = lists.precise[lists.valid_rows()].astype(np.float32)
+    metric = "sqeuclidean" if engine.metric == "euclidean" else engine.metric
+    _, rows = brute_force_knn(vectors, queries, min(k, ids.shape[0]), metric)
+    return ids[rows]
+
+
+def probe_counts(n_lists):
+    counts = [step for step in _PROBE_STEPS if step < n_lists]
+    return counts + [n_lists]
+
+
+def sweep(search, n_queries, truth, k, n_lists, target_recall, refine_ratios):
+    """Measure ``search(n_probes, refine_ratio)`` over increasing n_probes
+    until every refine ratio meets the target (or n_probes reaches n_lists).
+
+    Returns the measured points, dicts of n_probes, refine_ratio, recall,
+    qps and seconds (the fastest of several timed runs after a warm one).
+    """
+    points = []
+    pending = list(refine_ratios)
+    for n_probes in probe_counts(n_lists):
+        for refine_ratio in list(pending):
+            neighbors = search(n_probes, refine_ratio, n_queries)  # warm
+            seconds = _best_time(lambda: search(n_probes, refine_ratio, n_queries))
+            recall = recall_at_k(neighbors, truth, k)
+            points.append({"n_probes": n_probes, "refine_ratio": refine_ratio,
+                           "recall": recall, "qps": n_queries / seconds, "seconds": seconds})
+            if recall >= target_recall or math.isclose(recall, 1.0):
+                pending.remove(refine_ratio)
+        if not pending:
+            break
+    return points
+
+
+def _best_time(call, min_seconds=0.05, max_runs=20):
+    """Fastest of at least 3 runs, repeated until ``min_seconds`` in all."""
+    times = []
+    while len(times) < 3 or (sum(times) < min_seconds and len(times) < max_runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return max(min(times), 1e-9)
+
+
+def pareto_front(points):
+    """Points not beaten on both recall and QPS, by increasing recall."""
+    front = []
+    for point in sorted(points, key=lambda p: (-p["qps"], -p["recall"])):
+        if not front or point["recall"] > front[-1]["recall"]:
+            front.append(point)
+    return sorted(front, key=lambda p: p["recall"])
