@@ -197,3 +197,39 @@ def test_tune_says_when_the_target_is_out_of_reach(data):
         ivf_sq.tune(index, queries, target_recall=0.9, k=10, ground_truth=truth * 1.0)
     with pytest.raises(ValueError, match="k must be <="):
         ivf_sq.tune(index, queries, target_recall=0.9, k=N_ROWS + 1)
+
+
+@pytest.mark.parametrize("params", [{}, {"reorder": True}, {"quantizer": "sq4"}])
+def test_k_up_to_1024(params):
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((4000, 24)).astype(np.float32)
+    queries = rng.standard_normal((40, 24)).astype(np.float32)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, **params), base)
+    decoded = ivf_sq.reconstruct(index, np.arange(4000))
+    reference = base if params.get("reorder") else decoded
+    truth = np.argsort(distances_to(queries, reference, "sqeuclidean"), axis=1)[:, :1024]
+    for batch in (queries[:1], queries):  # the one-call path and the batch paths
+        distances, neighbors = ivf_sq.search(ivf_sq.SearchParams(n_probes=16), index, batch, 1024)
+        assert neighbors.shape == (batch.shape[0], 1024)
+        assert np.all(np.diff(distances, axis=1) >= 0)
+        overlap = [len(set(a) & set(b)) / 1024 for a, b in zip(neighbors, truth)]
+        assert min(overlap) > 0.99  # all lists probed: exact up to ties
+
+
+def test_a_million_queries_in_bounded_memory():
+    import tracemalloc
+
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((2000, 8)).astype(np.float32)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), base)
+    queries = rng.standard_normal((1_000_000, 8)).astype(np.float32)
+    params = ivf_sq.SearchParams(n_probes=1)
+    ivf_sq.search(params, index, queries[:20000], 10)
+    tracemalloc.start()
+    distances, neighbors = ivf_sq.search(params, index, queries, 10)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    outputs = distances.nbytes + neighbors.nbytes  # 120 MB
+    assert peak < outputs + 64 * 2**20  # blocks of queries, not whole-batch temporaries
+    _, check = ivf_sq.search(params, index, queries[-5:], 10)
+    np.testing.assert_array_equal(neighbors[-5:], check)
