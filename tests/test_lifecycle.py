@@ -233,3 +233,59 @@ def test_a_million_queries_in_bounded_memory():
     assert peak < outputs + 64 * 2**20  # blocks of queries, not whole-batch temporaries
     _, check = ivf_sq.search(params, index, queries[-5:], 10)
     np.testing.assert_array_equal(neighbors[-5:], check)
+
+
+@pytest.mark.parametrize("params", [{}, dict(quantizer="sq4", transform="rom", reorder=True,
+                                            precise_dtype="float16", metric="cosine")])
+def test_merged_shards_equal_one_index(data, tmp_path, params):
+    base, queries = data
+    trained = ivf_sq.build(ivf_sq.IndexParams(n_lists=20, add_data_on_build=False, **params),
+                           base)
+    ivf_sq.save(tmp_path / "trained.ivfsq", trained)
+    shards = [ivf_sq.load(tmp_path / "trained.ivfsq") for _ in range(3)]
+    bounds = [0, 1000, 1700, N_ROWS]
+    for shard, start, stop in zip(shards, bounds[:-1], bounds[1:]):
+        ivf_sq.extend(shard, base[start:stop], np.arange(start, stop))
+    merged = ivf_sq.merge(shards)
+    assert len(merged) == N_ROWS and [len(s) for s in shards] == [1000, 700, 1300]
+    whole = ivf_sq.build(ivf_sq.IndexParams(n_lists=20, **params), base)
+    search = ivf_sq.SearchParams(n_probes=7)
+    got, expected = ivf_sq.search(search, merged, queries, 10), ivf_sq.search(search, whole,
+                                                                              queries, 10)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
+    ivf_sq.save(tmp_path / "merged.ivfsq", merged)
+    again = ivf_sq.search(search, ivf_sq.load(tmp_path / "merged.ivfsq"), queries, 10)
+    np.testing.assert_array_equal(again[1], got[1])
+    # None continues after the largest id of any shard.
+    ivf_sq.extend(merged, queries[:1], None)
+    assert ivf_sq.reconstruct(merged, [N_ROWS]).shape == (1, 40)
+
+
+def test_merge_refuses_what_cannot_be_mixed(data):
+    base, _ = data
+    params = dict(n_lists=20, add_data_on_build=False)
+    first = ivf_sq.build(ivf_sq.IndexParams(**params), base)
+    ivf_sq.extend(first, base[:10], np.arange(10))
+    cases = [
+        (ivf_sq.IndexParams(seed=1, **params), "different centers"),
+        (ivf_sq.IndexParams(quantizer="sq4", **params), "different quantizer"),
+        (ivf_sq.IndexParams(metric="inner_product", **params), "different metric"),
+        (ivf_sq.IndexParams(reorder=True, **params), "different precise store"),
+        (ivf_sq.IndexParams(n_lists=21, add_data_on_build=False), "different number of lists"),
+    ]
+    for other_params, message in cases:
+        other = ivf_sq.build(other_params, base)
+        with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged.*" + message):
+            ivf_sq.merge([first, other])
+    twin = ivf_sq.build(ivf_sq.IndexParams(**params), base)
+    ivf_sq.extend(twin, base[10:20], np.arange(5, 15))
+    with pytest.raises(ValueError, match="must not share ids, got id 5"):
+        ivf_sq.merge([first, twin])
+    with pytest.raises(ValueError, match="at least one index"):
+        ivf_sq.merge([])
+    with pytest.raises(TypeError, match=r"indexes\[1\] must be an ivf_sq.Index"):
+        ivf_sq.merge([first, "x"])
+    with pytest.raises(TypeError, match="indexes must be a sequence"):
+        ivf_sq.merge(first)
+    assert len(first) == 10 and len(twin) == 10

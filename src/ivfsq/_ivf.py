@@ -651,6 +651,69 @@ class IvfSqEngine:
         decoded = self.quantizer.decode(lists.codes[rows], centers, labels)
         return lists.ids[rows], self.original_space(decoded)
 
+    def codec_mismatch(self, other):
+        """Why ``other``'s codes cannot be mixed with this engine's (a
+        description), or None when they can: the same metric, centers,
+        quantizer ranges, residual rule, rotation and precise store."""
+        checks = [
+            ("metric", self.metric == other.metric),
+            ("dimension", self.centers.shape[1] == other.centers.shape[1]),
+            ("number of lists", self.centers.shape[0] == other.centers.shape[0]),
+            ("quantizer", self.quantizer.kind == other.quantizer.kind),
+            ("by_residual", self.by_residual == other.by_residual),
+            ("precise store", (self.lists.precise is None) == (other.lists.precise is None)
+             and (self.lists.precise is None
+                  or self.lists.precise.dtype == other.lists.precise.dtype)),
+            ("rotation", (self.rotation is None) == (other.rotation is None)),
+        ]
+        for what, same in checks:
+            if not same:
+                return f"a different {what}"
+        arrays = [("centers", self.centers, other.centers),
+                  ("quantizer ranges (vmin)", self.quantizer.vmin, other.quantizer.vmin),
+                  ("quantizer ranges (delta)", self.quantizer.delta, other.quantizer.delta)]
+        if self.rotation is not None:
+            arrays.append(("rotation", self.rotation, other.rotation))
+        for what, mine, theirs in arrays:
+            if not np.array_equal(mine, theirs):
+                return f"different {what} (it was trained separately)"
+        return None
+
+    def merged(self, others):
+        """A new engine holding this engine's vectors and the others' (same
+        codec, see :meth:`codec_mismatch`; ids must not repeat)."""
+        engines = [self, *others]
+        snapshots = [engine.lists for engine in engines]
+        ids = np.concatenate([lists.ids[lists.valid_rows()] for lists in snapshots])
+        unique, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(
+                f"indexes must not share ids, got id {int(unique[np.argmax(counts > 1)])} "
+                f"in more than one"
+            )
+        merged = IvfSqEngine(
+            self.metric, self.centers, self.quantizer,
+            ListStorage.empty(self.centers.shape[0], self.quantizer.code_size,
+                              self.centers.shape[1],
+                              None if self.lists.precise is None else self.lists.precise.dtype),
+            self.conservative_memory_allocation, by_residual=self.by_residual,
+            rotation=self.rotation,
+        )
+        storage = merged.lists
+        labels = [lists.list_of_rows(lists.valid_rows()) for lists in snapshots]
+        all_labels = np.concatenate(labels)
+        storage, destination = storage.reserve(all_labels, conservative=True)
+        start = 0
+        for lists, list_labels in zip(snapshots, labels):
+            rows = lists.valid_rows()
+            stop = start + rows.shape[0]
+            storage.write(destination[start:stop], lists.codes[rows], lists.ids[rows],
+                          lists.aux[rows], None if lists.precise is None else lists.precise[rows])
+            start = stop
+        merged.lists = storage
+        merged.next_id = max(engine.next_id for engine in engines)
+        return merged
+
     def reconstruct(self, ids):
         """Decoded vectors (original space) of ``ids`` (int64), in order.
 

@@ -55,6 +55,7 @@ __all__ = [
     "build",
     "extend",
     "load",
+    "merge",
     "reconstruct",
     "remove",
     "save",
@@ -483,6 +484,72 @@ def extend(index, new_vectors, new_indices, resources=None):
         ids = check_ids("new_indices", new_indices, new_vectors.shape[0])
     engine.add(new_vectors, ids, resolve_n_threads(resources))
     return index
+
+
+def merge(indexes, resources=None):
+    """One index holding the vectors of several that share their training.
+
+    Shards are built from one trained index: build it with
+    ``add_data_on_build=False``, save it, and load it once per shard (or
+    build each shard with the same parameters and training rows), then
+    :func:`extend` each with its own vectors and ids.
+
+    Parameters
+    ----------
+    indexes : sequence of Index
+        At least one. They must have the same metric, centers, quantizer
+        (kind and ranges), residual rule, rotation and precise store, and
+        no id in common.
+    resources : ivfsq.common.Resources, optional
+
+    Returns
+    -------
+    Index
+        A new index (the inputs are not changed), with the first index's
+        parameters; lists keep each input's vectors in input order.
+
+    Raises
+    ------
+    ValueError
+        If two indexes were trained separately or differ in codec (the
+        message says what differs), or share an id.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> data = np.random.default_rng(0).random((2000, 8), dtype=np.float32)
+    >>> params = ivf_sq.IndexParams(n_lists=16, add_data_on_build=False)
+    >>> shards = [ivf_sq.build(params, data) for _ in range(2)]  # same training
+    >>> shards[0] = ivf_sq.extend(shards[0], data[:1000], np.arange(1000))
+    >>> shards[1] = ivf_sq.extend(shards[1], data[1000:], np.arange(1000, 2000))
+    >>> len(ivf_sq.merge(shards))
+    2000
+    """
+    if isinstance(indexes, Index) or not hasattr(indexes, "__iter__"):
+        raise TypeError(
+            f"indexes must be a sequence of ivf_sq.Index, got {type(indexes).__name__}"
+        )
+    indexes = list(indexes)
+    if not indexes:
+        raise ValueError("indexes must hold at least one index, got an empty sequence")
+    engines = []
+    for position, index in enumerate(indexes):
+        if not isinstance(index, Index):
+            raise TypeError(
+                f"indexes[{position}] must be an ivf_sq.Index, got {type(index).__name__}"
+            )
+        engines.append(index._require_trained())
+    for position, engine in enumerate(engines[1:], start=1):
+        mismatch = engines[0].codec_mismatch(engine)
+        if mismatch is not None:
+            raise ValueError(
+                f"indexes[{position}] cannot be merged with indexes[0]: it has {mismatch}"
+            )
+    merged = Index()
+    merged._engine = engines[0].merged(engines[1:])
+    merged._params = indexes[0]._params
+    return merged
 
 
 def remove(index, ids, resources=None):
