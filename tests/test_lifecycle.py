@@ -289,3 +289,70 @@ def test_merge_refuses_what_cannot_be_mixed(data):
     with pytest.raises(TypeError, match="indexes must be a sequence"):
         ivf_sq.merge(first)
     assert len(first) == 10 and len(twin) == 10
+
+
+RANGE_RADII = {"sqeuclidean": 0.4, "euclidean": 0.65, "inner_product": 1.2, "cosine": 0.08}
+
+
+def _within(distances, metric, radius):
+    return distances >= radius if metric == "inner_product" else distances <= radius
+
+
+@pytest.mark.parametrize("quantizer", ["sq8", "sq4"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_range_search_equals_brute_force_on_decoded_vectors(data, metric, quantizer):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20, metric=metric, quantizer=quantizer),
+                         base)
+    radius = RANGE_RADII[metric]
+    offsets, neighbors, distances = ivf_sq.range_search(
+        ivf_sq.SearchParams(n_probes=20), index, queries, radius)
+    assert offsets.shape == (queries.shape[0] + 1,) and offsets[-1] == neighbors.shape[0]
+    assert neighbors.dtype == np.int64 and distances.dtype == np.float32
+    exact = distances_to(queries, ivf_sq.reconstruct(index, np.arange(N_ROWS)), metric)
+    scale = 1.0 + np.abs(exact).max()
+    assert offsets[-1] > queries.shape[0]  # not vacuous: several results per query
+    for row in range(queries.shape[0]):
+        ids = neighbors[offsets[row]:offsets[row + 1]]
+        got = distances[offsets[row]:offsets[row + 1]]
+        np.testing.assert_allclose(got, exact[row, ids], rtol=0, atol=2e-4 * scale)
+        order = -got if metric == "inner_product" else got
+        assert np.all(np.diff(order) >= 0)  # best first
+        # Every vector clearly inside the radius is found, none clearly outside.
+        margin = 2e-4 * scale
+        inside = np.flatnonzero(_within(exact[row], metric,
+                                        radius + (margin if metric == "inner_product"
+                                                  else -margin)))
+        assert set(inside) <= set(ids)
+        assert np.all(_within(exact[row, ids], metric,
+                              radius - (margin if metric == "inner_product" else -margin)))
+
+
+def test_range_search_with_a_precise_store_filter_and_few_probes(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=20, reorder=True), base)
+    radius = RANGE_RADII["sqeuclidean"]
+    keep = np.ones(N_ROWS, dtype=bool)
+    keep[::3] = False
+    offsets, neighbors, distances = ivf_sq.range_search(
+        ivf_sq.SearchParams(n_probes=20), index, queries, radius,
+        filter=filters.from_bitset(keep))
+    exact = distances_to(queries, base, "sqeuclidean")  # the precise store: raw vectors
+    for row in range(queries.shape[0]):
+        ids = neighbors[offsets[row]:offsets[row + 1]]
+        expected = np.flatnonzero((exact[row] <= radius) & keep)
+        assert sorted(ids) == sorted(expected)
+        np.testing.assert_allclose(distances[offsets[row]:offsets[row + 1]], exact[row, ids],
+                                   rtol=1e-5, atol=1e-6)
+    # Fewer probes: a subset, and the k-NN results within the radius are in it.
+    few = ivf_sq.SearchParams(n_probes=3)
+    sub_offsets, sub_ids, _ = ivf_sq.range_search(few, index, queries, radius)
+    knn_d, knn_i = ivf_sq.search(few, index, queries, 5)
+    for row in range(queries.shape[0]):
+        part = set(sub_ids[sub_offsets[row]:sub_offsets[row + 1]])
+        assert part <= set(np.flatnonzero(exact[row] <= radius))
+        assert set(knn_i[row][knn_d[row] <= radius * (1 - 1e-5)]) <= part
+    empty = ivf_sq.range_search(few, index, queries[:0], radius)
+    assert empty[0].tolist() == [0] and empty[1].shape == (0,)
+    with pytest.raises(ValueError, match="radius must be finite"):
+        ivf_sq.range_search(few, index, queries, float("inf"))

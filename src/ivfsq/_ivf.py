@@ -528,6 +528,67 @@ class IvfSqEngine:
             return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
 
+    def range_search(self, prepared, radius, n_probes, keep_words, n_threads):
+        """Per query, the stored vectors with internal distance <= ``radius``.
+
+        Returns CSR arrays: ``offsets`` (n_queries + 1), ``ids`` and internal
+        distances, each query's results sorted by (distance, id). The scan
+        is that of :meth:`search` (same probes, constants and weights); with
+        a precise store, distances are the exact ones from it.
+        """
+        lists = self.lists  # one snapshot
+        queries = self.internal(prepared, n_threads)
+        n_queries = queries.shape[0]
+        n_probes = min(n_probes, self.centers.shape[0])
+        metric = KERNEL_METRIC[self.metric]
+        use_filter = keep_words is not None
+        if keep_words is None:
+            keep_words = np.zeros(0, dtype=np.uint32)
+        probes = self.coarse_probes(queries, n_probes, n_threads)
+        list_consts = self.list_constants(queries, probes, n_threads)
+        weights = self.quantizer.weights(queries, n_threads)
+        if self.metric in ("sqeuclidean", "euclidean"):
+            query_sq_norms = np.einsum(
+                "ij,ij->i", queries, queries, dtype=np.float64
+            ).astype(np.float32)
+        else:
+            query_sq_norms = np.zeros(n_queries, dtype=np.float32)
+        precise, half_bits, half_table = lists.precise, None, np.zeros(0, dtype=np.float32)
+        dim = queries.shape[1]
+        if precise is None:
+            precise = np.zeros((0, dim), dtype=np.float32)
+        if precise.dtype == np.float16:
+            if self._half_table is None:
+                self._half_table = _half_table()
+            half_table, half_bits = self._half_table, precise.view(np.uint16)
+            precise = np.zeros((0, dim), dtype=np.float32)
+        if half_bits is None:
+            half_bits = np.zeros((0, dim), dtype=np.uint16)
+        chunks = {}
+
+        def task(start, stop):
+            rows = slice(start, stop)
+            chunks[start] = kernels.range_scan(
+                np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
+                weights[rows], query_sq_norms[rows], lists.codes, lists.ids, lists.aux,
+                lists.list_offsets, lists.list_sizes, metric, self.quantizer.bits, keep_words,
+                use_filter, np.float32(radius), prepared[rows], precise, half_bits,
+                half_table, lists.precise is not None,
+            )
+
+        run_chunks(task, n_queries, n_threads)
+        parts = [chunks[start] for start in sorted(chunks)]
+        counts = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.int64)
+        ids = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, np.int64)
+        distances = (np.concatenate([part[2] for part in parts]) if parts
+                     else np.zeros(0, np.float32))
+        offsets = np.zeros(n_queries + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # Sort each query's results by (distance, id).
+        owner = np.repeat(np.arange(n_queries), counts)
+        order = np.lexsort((ids, distances, owner))
+        return offsets, ids[order], distances[order]
+
     @staticmethod
     def _scan_cost(lists, n_pairs):
         """Code bytes a scan of ``n_pairs`` probed lists of average size reads."""

@@ -575,6 +575,69 @@ def rerank_rows(
         _heap_sort(heap_d, heap_i, k)
 
 
+@njit(fastmath=_FAST, **_JIT)
+def range_scan(
+    probes, list_consts, weights, query_sq_norms, codes, ids, aux, list_offsets, list_sizes,
+    metric, bits, keep_words, use_filter, radius, precise_queries, precise,
+    precise_half_bits, half_table, use_precise,
+):
+    """Every vector of the probed lists within ``radius`` of each query.
+
+    Distances are those :func:`scan_lists` computes from the codes, or with
+    ``use_precise`` the exact ones of :func:`rerank_rows` from the precise
+    store (``precise_queries`` are the queries in the original space); a
+    vector is kept when its internal distance (smaller is better) is
+    ``<= radius``. Returns per-query counts and the kept ids and distances,
+    query by query, in scan order.
+    """
+    n_queries, n_probes = probes.shape
+    code_size = codes.shape[1]
+    use_half = precise.shape[0] == 0
+    dim = precise_queries.shape[1]
+    vector = np.empty(dim, dtype=np.float32)
+    counts = np.zeros(n_queries, dtype=np.int64)
+    capacity = 1024
+    found_ids = np.empty(capacity, dtype=np.int64)
+    found_d = np.empty(capacity, dtype=np.float32)
+    n_found = 0
+    for i in range(n_queries):
+        q_sq = query_sq_norms[i]
+        for p in range(n_probes):
+            lst = probes[i, p]
+            start = list_offsets[lst]
+            base = list_consts[i, p]
+            for row in range(start, start + list_sizes[lst]):
+                vid = ids[row]
+                if use_filter and not _is_kept(keep_words, vid):
+                    continue
+                if use_precise:
+                    if use_half:
+                        for j in range(dim):
+                            vector[j] = half_table[precise_half_bits[row, j]]
+                        dist = np.float32(_exact_distance(precise_queries[i], vector, metric))
+                    else:
+                        dist = np.float32(_exact_distance(precise_queries[i], precise[row],
+                                                          metric))
+                else:
+                    score = _exact_score(weights[i], base, codes, row, bits, code_size)
+                    dist = _score_to_distance(metric, score, q_sq, aux[row])
+                if dist > radius:
+                    continue
+                if n_found == capacity:
+                    capacity *= 2
+                    grown_ids = np.empty(capacity, dtype=np.int64)
+                    grown_d = np.empty(capacity, dtype=np.float32)
+                    grown_ids[:n_found] = found_ids[:n_found]
+                    grown_d[:n_found] = found_d[:n_found]
+                    found_ids = grown_ids
+                    found_d = grown_d
+                found_ids[n_found] = vid
+                found_d[n_found] = dist
+                n_found += 1
+                counts[i] += 1
+    return counts, found_ids[:n_found].copy(), found_d[:n_found].copy()
+
+
 @njit(**_JIT)
 def merge_topk(candidate_distances, candidate_ids, first_is_heap, out_distances, out_ids):
     """Per row, the ascending top-k (by (distance, id)) of the candidates.

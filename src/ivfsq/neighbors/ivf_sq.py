@@ -56,6 +56,7 @@ __all__ = [
     "extend",
     "load",
     "merge",
+    "range_search",
     "reconstruct",
     "remove",
     "save",
@@ -731,6 +732,93 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None)
     )
 
 
+def _filter_words(filter, engine):
+    """The bitset words of a search filter (None without one), checked."""
+    if filter is None:
+        return None
+    if not isinstance(filter, Filter):
+        raise TypeError(
+            "filter must be created with ivfsq.neighbors.filters.from_bitset, got "
+            f"{type(filter).__name__}"
+        )
+    if filter.n_bits < engine.next_id:
+        raise ValueError(
+            f"filter must cover every id in the index (at least {engine.next_id} bits), "
+            f"got {filter.n_bits} bits"
+        )
+    return filter._words
+
+
+def range_search(search_params, index, queries, radius, resources=None, filter=None):
+    """Every vector within ``radius`` of each query, in the probed lists.
+
+    Parameters
+    ----------
+    search_params : SearchParams
+        ``n_probes`` lists are scanned per query, as in :func:`search`
+        (``refine_ratio`` is not used).
+    index : Index
+    queries : array (n_queries, dim)
+    radius : float
+        "sqeuclidean": squared distance <= radius; "euclidean": distance
+        <= radius; "cosine": ``1 - cos`` <= radius; "inner_product": inner
+        product >= radius. Bounds are inclusive.
+    resources : ivfsq.common.Resources, optional
+    filter : ivfsq.neighbors.filters.Filter, optional
+
+    Returns
+    -------
+    offsets : int64 (n_queries + 1,)
+        Query ``i``'s results are ``neighbors[offsets[i]:offsets[i + 1]]``.
+    neighbors : int64 (offsets[-1],)
+    distances : float32 (offsets[-1],)
+        Computed as :func:`search` computes them (exact for the decoded
+        codes, or from the precise store when the index has one); each
+        query's results best first, ties by id.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> data = np.random.default_rng(0).random((2000, 8), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), data)
+    >>> offsets, neighbors, distances = ivf_sq.range_search(
+    ...     ivf_sq.SearchParams(n_probes=16), index, data[:2], radius=0.05)
+    >>> int(neighbors[offsets[0]]), bool(distances.max() <= 0.05)
+    (0, True)
+    """
+    if not isinstance(search_params, SearchParams):
+        raise TypeError(
+            f"search_params must be an ivf_sq.SearchParams, got {type(search_params).__name__}"
+        )
+    engine = _check_index(index)
+    queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
+    radius = check_float("radius", radius)
+    keep_words = _filter_words(filter, engine)
+    metric = engine.metric
+    if metric == "euclidean":
+        internal = radius * radius if radius >= 0 else -1.0
+    elif metric == "inner_product":
+        internal = -radius
+    else:
+        internal = radius
+    n_queries = queries.shape[0]
+    if n_queries == 0 or engine.lists.size == 0:
+        return (np.zeros(n_queries + 1, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                np.zeros(0, dtype=np.float32))
+    prepared = engine.prepare("queries", queries)[0]
+    offsets, neighbors, distances = engine.range_search(
+        prepared, internal, search_params.n_probes, keep_words, resolve_n_threads(resources)
+    )
+    if metric in ("sqeuclidean", "euclidean"):
+        np.maximum(distances, 0.0, out=distances)
+        if metric == "euclidean":
+            np.sqrt(distances, out=distances)
+    elif metric == "inner_product":
+        np.negative(distances, out=distances)
+    return offsets, neighbors, distances
+
+
 def search(
     search_params,
     index,
@@ -794,19 +882,7 @@ def search(
     k = check_int("k", k, minimum=1)
     if k > n_stored:
         raise ValueError(f"k must be <= the number of vectors in the index ({n_stored}), got {k}")
-    keep_words = None
-    if filter is not None:
-        if not isinstance(filter, Filter):
-            raise TypeError(
-                "filter must be created with ivfsq.neighbors.filters.from_bitset, got "
-                f"{type(filter).__name__}"
-            )
-        if filter.n_bits < engine.next_id:
-            raise ValueError(
-                f"filter must cover every id in the index (at least {engine.next_id} bits), "
-                f"got {filter.n_bits} bits"
-            )
-        keep_words = filter._words
+    keep_words = _filter_words(filter, engine)
     refine_ratio = search_params.refine_ratio
     if engine.has_precise:
         refine_ratio = DEFAULT_REFINE_RATIO if refine_ratio is None else refine_ratio
