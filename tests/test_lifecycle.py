@@ -356,3 +356,26 @@ def test_range_search_with_a_precise_store_filter_and_few_probes(data):
     assert empty[0].tolist() == [0] and empty[1].shape == (0,)
     with pytest.raises(ValueError, match="radius must be finite"):
         ivf_sq.range_search(few, index, queries, float("inf"))
+
+
+def test_range_search_integer_filter_changes_nothing(monkeypatch):
+    # 96-d SQ4 rows are 48 bytes: the scan's integer filter is on, with the
+    # radius as its threshold.
+    from ivfsq._cpu import simd
+
+    base, queries = make_blobs_lowrank(4000, 96, n_queries=30, seed=11)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4"), base)
+    search = ivf_sq.SearchParams(n_probes=5)
+    distances, _ = ivf_sq.search(search, index, queries, 20)
+    radius = float(np.median(distances[:, -1]))
+    if not simd.HAS_INT_DOTS:
+        pytest.skip("no AVX2 integer dots on this CPU")
+    assert index._engine.quantizer.n_int_weights > 0
+    with_filter = ivf_sq.range_search(search, index, queries, radius)
+    monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
+    assert index._engine.quantizer.n_int_weights == 0
+    without = ivf_sq.range_search(search, index, queries, radius)
+    np.testing.assert_array_equal(with_filter[0], without[0])
+    np.testing.assert_array_equal(with_filter[1], without[1])
+    np.testing.assert_allclose(with_filter[2], without[2], rtol=1e-5, atol=1e-5)
+    assert with_filter[0][-1] > 5 * queries.shape[0]

@@ -473,12 +473,7 @@ class IvfSqEngine:
             enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES,
             n_threads=n_threads,
         )
-        if self.metric in ("sqeuclidean", "euclidean"):
-            query_sq_norms = np.einsum(
-                "ij,ij->i", queries, queries, dtype=np.float64
-            ).astype(np.float32)
-        else:
-            query_sq_norms = np.zeros(n_queries, dtype=np.float32)
+        query_sq_norms = self._query_sq_norms(queries)
 
         def scan(query_rows, probe_cols, out_d, out_i):
             kernels.scan_lists(
@@ -532,9 +527,11 @@ class IvfSqEngine:
         """Per query, the stored vectors with internal distance <= ``radius``.
 
         Returns CSR arrays: ``offsets`` (n_queries + 1), ``ids`` and internal
-        distances, each query's results sorted by (distance, id). The scan
-        is that of :meth:`search` (same probes, constants and weights); with
-        a precise store, distances are the exact ones from it.
+        distances, each query's results sorted by (distance, id). The probes,
+        constants and weights are those of :meth:`search`, and the codes are
+        scanned by its per-query loop with the range handler (the integer
+        filter included); with a precise store the probed rows' exact
+        distances are used instead, as re-ranking does.
         """
         lists = self.lists  # one snapshot
         queries = self.internal(prepared, n_threads)
@@ -545,49 +542,60 @@ class IvfSqEngine:
         if keep_words is None:
             keep_words = np.zeros(0, dtype=np.uint32)
         probes = self.coarse_probes(queries, n_probes, n_threads)
-        list_consts = self.list_constants(queries, probes, n_threads)
-        weights = self.quantizer.weights(queries, n_threads)
-        if self.metric in ("sqeuclidean", "euclidean"):
-            query_sq_norms = np.einsum(
-                "ij,ij->i", queries, queries, dtype=np.float64
-            ).astype(np.float32)
-        else:
-            query_sq_norms = np.zeros(n_queries, dtype=np.float32)
-        precise, half_bits, half_table = lists.precise, None, np.zeros(0, dtype=np.float32)
-        dim = queries.shape[1]
-        if precise is None:
-            precise = np.zeros((0, dim), dtype=np.float32)
-        if precise.dtype == np.float16:
-            if self._half_table is None:
-                self._half_table = _half_table()
-            half_table, half_bits = self._half_table, precise.view(np.uint16)
-            precise = np.zeros((0, dim), dtype=np.float32)
-        if half_bits is None:
-            half_bits = np.zeros((0, dim), dtype=np.uint16)
+        radius = np.float32(radius)
         chunks = {}
+        if lists.precise is not None:
+            precise, half_bits, half_table = self._precise_views(lists, queries.shape[1])
 
-        def task(start, stop):
-            rows = slice(start, stop)
-            chunks[start] = kernels.range_scan(
-                np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
-                weights[rows], query_sq_norms[rows], lists.codes, lists.ids, lists.aux,
-                lists.list_offsets, lists.list_sizes, metric, self.quantizer.bits, keep_words,
-                use_filter, np.float32(radius), prepared[rows], precise, half_bits,
-                half_table, lists.precise is not None,
-            )
+            def task(start, stop):
+                rows = slice(start, stop)
+                chunks[start] = kernels.range_exact(
+                    np.ascontiguousarray(probes[rows]), prepared[rows], lists.ids,
+                    lists.list_offsets, lists.list_sizes, metric, keep_words, use_filter,
+                    radius, precise, half_bits, half_table,
+                )
+        else:
+            list_consts = self.list_constants(queries, probes, n_threads)
+            weights = self.quantizer.weights(queries, n_threads)
+            int_weights, int_params = self.quantizer.int_weights(weights, n_threads=n_threads)
+            query_sq_norms = self._query_sq_norms(queries)
+
+            def task(start, stop):
+                rows = slice(start, stop)
+                chunks[start] = kernels.range_lists(
+                    np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
+                    weights[rows], query_sq_norms[rows], lists.codes, lists.ids, lists.aux,
+                    lists.list_offsets, lists.list_sizes, metric, self.quantizer.bits,
+                    keep_words, use_filter, int_weights[rows], int_params[rows], radius,
+                )
 
         run_chunks(task, n_queries, n_threads)
         parts = [chunks[start] for start in sorted(chunks)]
-        counts = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, np.int64)
-        ids = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, np.int64)
-        distances = (np.concatenate([part[2] for part in parts]) if parts
-                     else np.zeros(0, np.float32))
+        counts = np.concatenate([part[0] for part in parts])
+        ids = np.concatenate([part[1] for part in parts])
+        distances = np.concatenate([part[2] for part in parts])
         offsets = np.zeros(n_queries + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        # Sort each query's results by (distance, id).
+        # Each query's results by (distance, id).
         owner = np.repeat(np.arange(n_queries), counts)
         order = np.lexsort((ids, distances, owner))
         return offsets, ids[order], distances[order]
+
+    def _query_sq_norms(self, queries):
+        """``|q|^2`` per query for L2 (float64 sums), zeros otherwise."""
+        if self.metric in ("sqeuclidean", "euclidean"):
+            return np.einsum("ij,ij->i", queries, queries, dtype=np.float64).astype(np.float32)
+        return np.zeros(queries.shape[0], dtype=np.float32)
+
+    def _precise_views(self, lists, dim):
+        """The precise store as the exact kernels take it: float32 rows, or
+        (no rows and) float16 bit patterns with their float32 table."""
+        precise = lists.precise
+        if precise.dtype == np.float16:
+            if self._half_table is None:
+                self._half_table = _half_table()
+            return np.zeros((0, dim), dtype=np.float32), precise.view(np.uint16), self._half_table
+        return precise, np.zeros((0, dim), dtype=np.uint16), np.zeros(0, dtype=np.float32)
 
     @staticmethod
     def _scan_cost(lists, n_pairs):
@@ -681,16 +689,7 @@ class IvfSqEngine:
         n_queries = queries.shape[0]
         distances = np.empty((n_queries, k), dtype=np.float32)
         neighbors = np.empty((n_queries, k), dtype=np.int64)
-        precise = lists.precise
-        dim = queries.shape[1]
-        if precise.dtype == np.float16:
-            if self._half_table is None:
-                self._half_table = _half_table()
-            half_table, half_bits = self._half_table, precise.view(np.uint16)
-            precise = np.zeros((0, dim), dtype=np.float32)
-        else:
-            half_table = np.zeros(0, dtype=np.float32)
-            half_bits = np.zeros((0, dim), dtype=np.uint16)
+        precise, half_bits, half_table = self._precise_views(lists, queries.shape[1])
 
         def task(start, stop):
             rows = slice(start, stop)

@@ -22,6 +22,10 @@ from ivfsq._cpu import simd
 METRIC_L2 = 0
 METRIC_IP = 1
 METRIC_COSINE = 2
+# What the per-query scan (_scan_list) does with a vector that passes: keep
+# the top k in a heap, or collect every one within a radius.
+HANDLE_TOPK = 0
+HANDLE_RANGE = 1
 
 _JIT = dict(cache=True, nogil=True)
 # Reassociation lets LLVM vectorise the dot-product reductions; the flags
@@ -231,19 +235,27 @@ def _n_int_chunks(int_weights, bits):
 def _scan_list(
     w, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric, bits,
     keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights, int_params, query,
+    handler, radius, position,
 ):
-    """Push the vectors of list ``lst`` that beat the max-heap's root into it.
+    """Hand the vectors of list ``lst`` that pass the threshold to a handler.
 
     A vector scores ``base + w . u``; see :func:`scan_lists`. With integer
     weights (row ``query`` of ``int_weights``, see :mod:`ivfsq._cpu.simd`),
     the integer dot ``scale * (w8 . u)`` first gives a lower bound of the
     distance (``int_params[query] = (scale, error bound)``); only vectors
-    whose bound beats the root are scored exactly.
+    whose bound passes are scored exactly.
+
+    ``HANDLE_TOPK``: the threshold is the max-heap's root (the k-th
+    distance), and winners are pushed into ``heap_*``. ``HANDLE_RANGE``: the
+    threshold is ``radius``; each vector within it is written to
+    ``heap_*[position]`` while there is room, and counted. Returns the
+    position after this list's results (unchanged for top-k).
     """
     k = heap_d.shape[0]
     code_size = codes.shape[1]
     n_chunks = _n_int_chunks(int_weights, bits)
-    worst = heap_d[0]  # the k-th distance, in a register: most candidates lose to it
+    # The threshold, in a register: most candidates lose to it.
+    worst = heap_d[0] if handler == HANDLE_TOPK else radius
     start = list_offsets[lst]
     if n_chunks > 0:
         int_scale = int_params[query, 0]
@@ -262,9 +274,16 @@ def _scan_list(
         dist = _score_to_distance(metric, s, q_sq, aux[row])
         if dist <= worst:
             key = row if emit_rows else vid
-            if _greater(heap_d[0], heap_i[0], dist, key):
-                _heap_push_replace(heap_d, heap_i, k, dist, key)
-                worst = heap_d[0]
+            if handler == HANDLE_TOPK:
+                if _greater(heap_d[0], heap_i[0], dist, key):
+                    _heap_push_replace(heap_d, heap_i, k, dist, key)
+                    worst = heap_d[0]
+            else:
+                if position < k:
+                    heap_d[position] = dist
+                    heap_i[position] = key
+                position += 1
+    return position
 
 
 @njit(fastmath=_FAST, **_JIT)
@@ -315,8 +334,50 @@ def scan_lists(
                     weights[i], list_consts[i, p], query_sq_norms[i], lst, codes, ids, aux,
                     list_offsets, list_sizes, metric, bits, keep_words, use_filter,
                     emit_rows, heap_d, heap_i, int_weights, int_params, i,
+                    HANDLE_TOPK, np.float32(0.0), 0,
                 )
         _heap_sort(heap_d, heap_i, heap_d.shape[0])
+
+
+@njit(fastmath=_FAST, **_JIT)
+def range_lists(
+    probes, list_consts, weights, query_sq_norms, codes, ids, aux, list_offsets, list_sizes,
+    metric, bits, keep_words, use_filter, int_weights, int_params, radius,
+):
+    """:func:`scan_lists` with the range handler: every vector of the probed
+    lists whose distance is ``<= radius``.
+
+    Returns per-query counts and the ids and distances, query by query, in
+    scan order. Results go into a buffer that doubles when a query
+    overflows it (that query is then scanned again).
+    """
+    n_queries, n_probes = probes.shape
+    counts = np.zeros(n_queries, dtype=np.int64)
+    found_d = np.empty(4096, dtype=np.float32)
+    found_i = np.empty(4096, dtype=np.int64)
+    used = 0
+    for i in range(n_queries):
+        while True:
+            position = used
+            for p in range(n_probes):
+                position = _scan_list(
+                    weights[i], list_consts[i, p], query_sq_norms[i], probes[i, p], codes,
+                    ids, aux, list_offsets, list_sizes, metric, bits, keep_words, use_filter,
+                    False, found_d, found_i, int_weights, int_params, i,
+                    HANDLE_RANGE, radius, position,
+                )
+            if position <= found_d.shape[0]:
+                break
+            capacity = max(2 * found_d.shape[0], position)
+            grown_d = np.empty(capacity, dtype=np.float32)
+            grown_i = np.empty(capacity, dtype=np.int64)
+            grown_d[:used] = found_d[:used]
+            grown_i[:used] = found_i[:used]
+            found_d = grown_d
+            found_i = grown_i
+        counts[i] = position - used
+        used = position
+    return counts, found_i[:used].copy(), found_d[:used].copy()
 
 
 # ------------------------------------------------------- list-major batches
@@ -576,66 +637,52 @@ def rerank_rows(
 
 
 @njit(fastmath=_FAST, **_JIT)
-def range_scan(
-    probes, list_consts, weights, query_sq_norms, codes, ids, aux, list_offsets, list_sizes,
-    metric, bits, keep_words, use_filter, radius, precise_queries, precise,
-    precise_half_bits, half_table, use_precise,
-):
-    """Every vector of the probed lists within ``radius`` of each query.
+def range_exact(probes, precise_queries, ids, list_offsets, list_sizes, metric, keep_words,
+                use_filter, radius, precise, precise_half_bits, half_table):
+    """Range search of an index with a precise store: every vector of the
+    probed lists whose exact distance (as :func:`rerank_rows` computes it,
+    from ``precise`` or the float16 bits) is ``<= radius``.
 
-    Distances are those :func:`scan_lists` computes from the codes, or with
-    ``use_precise`` the exact ones of :func:`rerank_rows` from the precise
-    store (``precise_queries`` are the queries in the original space); a
-    vector is kept when its internal distance (smaller is better) is
-    ``<= radius``. Returns per-query counts and the kept ids and distances,
-    query by query, in scan order.
+    Like the re-rank, this scores precise rows rather than codes (no code
+    distance bounds the exact one, so the code scan cannot pre-select).
+    Returns per-query counts and the ids and distances, query by query.
     """
     n_queries, n_probes = probes.shape
-    code_size = codes.shape[1]
     use_half = precise.shape[0] == 0
     dim = precise_queries.shape[1]
     vector = np.empty(dim, dtype=np.float32)
     counts = np.zeros(n_queries, dtype=np.int64)
-    capacity = 1024
-    found_ids = np.empty(capacity, dtype=np.int64)
-    found_d = np.empty(capacity, dtype=np.float32)
-    n_found = 0
+    found_d = np.empty(4096, dtype=np.float32)
+    found_i = np.empty(4096, dtype=np.int64)
+    used = 0
     for i in range(n_queries):
-        q_sq = query_sq_norms[i]
         for p in range(n_probes):
             lst = probes[i, p]
             start = list_offsets[lst]
-            base = list_consts[i, p]
             for row in range(start, start + list_sizes[lst]):
                 vid = ids[row]
                 if use_filter and not _is_kept(keep_words, vid):
                     continue
-                if use_precise:
-                    if use_half:
-                        for j in range(dim):
-                            vector[j] = half_table[precise_half_bits[row, j]]
-                        dist = np.float32(_exact_distance(precise_queries[i], vector, metric))
-                    else:
-                        dist = np.float32(_exact_distance(precise_queries[i], precise[row],
-                                                          metric))
+                if use_half:
+                    for j in range(dim):
+                        vector[j] = half_table[precise_half_bits[row, j]]
+                    dist = np.float32(_exact_distance(precise_queries[i], vector, metric))
                 else:
-                    score = _exact_score(weights[i], base, codes, row, bits, code_size)
-                    dist = _score_to_distance(metric, score, q_sq, aux[row])
+                    dist = np.float32(_exact_distance(precise_queries[i], precise[row], metric))
                 if dist > radius:
                     continue
-                if n_found == capacity:
-                    capacity *= 2
-                    grown_ids = np.empty(capacity, dtype=np.int64)
-                    grown_d = np.empty(capacity, dtype=np.float32)
-                    grown_ids[:n_found] = found_ids[:n_found]
-                    grown_d[:n_found] = found_d[:n_found]
-                    found_ids = grown_ids
+                if used == found_d.shape[0]:
+                    grown_d = np.empty(2 * used, dtype=np.float32)
+                    grown_i = np.empty(2 * used, dtype=np.int64)
+                    grown_d[:used] = found_d
+                    grown_i[:used] = found_i
                     found_d = grown_d
-                found_ids[n_found] = vid
-                found_d[n_found] = dist
-                n_found += 1
+                    found_i = grown_i
+                found_d[used] = dist
+                found_i[used] = vid
+                used += 1
                 counts[i] += 1
-    return counts, found_ids[:n_found].copy(), found_d[:n_found].copy()
+    return counts, found_i[:used].copy(), found_d[:used].copy()
 
 
 @njit(**_JIT)
@@ -920,7 +967,7 @@ def search_few(
             _scan_list(
                 weights, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric,
                 bits, keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights,
-                int_params, 0,
+                int_params, 0, HANDLE_TOPK, np.float32(0.0), 0,
             )
         _heap_sort(heap_d, heap_i, heap_d.shape[0])
 
