@@ -213,7 +213,9 @@ def _check_sharded(index):
 
 def extend(index, parts, ids=None):
     """Add vectors, ``parts[i]`` to shard ``i`` (sharded mode) or every
-    part to every replica (replicated mode).
+    part to every replica (replicated mode). A single 2-D array is routed
+    in near-equal contiguous slices, one per shard (with ``ids`` one array
+    for all its rows).
 
     A part is an array, a Ray object ref of one, or the path of a ``.npy``
     file that the actor maps itself (the data never passes through the
@@ -221,8 +223,14 @@ def extend(index, parts, ids=None):
     after the largest id so far, part after part.
     """
     index = _check_sharded(index)
-    parts = list(parts)
     n_shards = index.n_shards
+    if isinstance(parts, np.ndarray) and parts.ndim == 2:
+        # One array: routed in contiguous, near-equal slices, one per shard.
+        parts = np.array_split(parts, n_shards) if index.mode == "sharded" else [parts]
+        if ids is not None:
+            ids = np.asarray(ids)
+            ids = (np.array_split(ids, n_shards) if index.mode == "sharded" else [ids])
+    parts = list(parts)
     if index.mode == "sharded" and len(parts) != n_shards:
         raise ValueError(f"parts must have one entry per shard ({n_shards}), got {len(parts)}")
     if ids is not None:
