@@ -36,6 +36,9 @@ HIERARCHICAL_MIN_CLUSTERS = 256
 # Lloyd iterations of all centers on the whole sample after the hierarchical
 # stages (at most the requested iteration count).
 HIERARCHICAL_FINAL_ITERATIONS = 4
+# Largest-dot k-means runs its first half of the iterations on half the rows
+# when there are at least this many rows per cluster.
+HALF_SAMPLE_MIN_ROWS_PER_CLUSTER = 16
 # Rows per mesocluster used to train the mesoclusters.
 MESO_TRAIN_ROWS_PER_CLUSTER = 512
 
@@ -225,6 +228,22 @@ def _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads, sta
     if n_rows == n_clusters:
         return np.ascontiguousarray(centers)
     split_iters = SPLIT_ITERATIONS * n_iters
+    if (inner_product and n_iters >= 2
+            and n_rows >= HALF_SAMPLE_MIN_ROWS_PER_CLUSTER * n_clusters):
+        # Largest-dot k-means (trained flat, all its iterations over every
+        # row) runs the first half of its iterations on half the rows (a
+        # fixed random half): the centers are far from converged then, and a
+        # half sample moves them as well. pypi-minilm (40k x 384, 512 lists,
+        # cosine): build 3.48 -> 2.61 s, recall@10 at 8/32/64 probes
+        # 0.7977/0.9177/0.9552 -> 0.8026/0.9181/0.9577, list imbalance 1.58
+        # -> 1.73. (L2 k-means, hierarchical, is left as it was: on
+        # fashion-mnist the half sample cost 0.005 recall at 8 probes.)
+        first = n_iters // 2
+        half = np.sort(rng.choice(n_rows, size=n_rows // 2, replace=False))
+        centers = _lloyd(np.ascontiguousarray(sample[half]), centers, first, rng,
+                         inner_product, n_threads, split_iters, stage)
+        return _lloyd(sample, centers, n_iters - first, rng, inner_product, n_threads,
+                      split_iters - first, stage)
     return _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters, stage)
 
 
