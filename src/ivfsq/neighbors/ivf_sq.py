@@ -652,7 +652,9 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None)
         When not given, the exact top-k over the vectors the index stores
         (the precise store if there is one, else the decoded codes) is
         computed by brute force: recall then measures what probing loses,
-        not what quantization does.
+        not what quantization does. That decodes every stored vector
+        (``len(index) x dim`` float32 in memory); for large indexes, pass
+        ``ground_truth``.
     resources : ivfsq.common.Resources, optional
         Threads for the timed searches (QPS depends on it).
 
