@@ -105,6 +105,14 @@ def _pair_groups(probes, list_consts, pairs, n_lists):
     return pair_offsets, pair_queries, pair_consts
 
 
+def _kernel_filter(keep_words):
+    """The filter words as the kernels take them (empty without a filter)
+    and whether there is a filter."""
+    if keep_words is None:
+        return np.zeros(0, dtype=np.uint32), False
+    return keep_words, True
+
+
 def _half_table():
     """float32 value of every float16 bit pattern (for the re-rank kernel)."""
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
@@ -228,14 +236,10 @@ class IvfSqEngine:
         )
         return labels
 
-    def encode(self, vectors, n_threads, labels=None):
-        """Lists, codes and per-vector norm terms of float32 rows (prepared).
-
-        ``labels``: the rows' lists when already known (else assigned here).
-        """
+    def encode(self, vectors, labels, n_threads):
+        """Codes and per-vector norm terms of float32 rows (prepared,
+        internal space) in lists ``labels``."""
         n_rows = vectors.shape[0]
-        if labels is None:
-            labels = self.assign(vectors, n_threads)
         codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
         aux = np.empty(n_rows, dtype=np.float32)
 
@@ -246,7 +250,7 @@ class IvfSqEngine:
             aux[start:stop] = self._norm_terms(decoded)
 
         run_chunks(task, n_rows, n_threads, min_chunk=1024, chunks_per_thread=1)
-        return labels, codes, aux
+        return codes, aux
 
     def _norm_terms(self, decoded):
         sq_norms = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64)
@@ -319,7 +323,7 @@ class IvfSqEngine:
                     rotated = self.internal(vectors, n_threads)
                 else:
                     vectors, nonzero, rotated = prepared
-                _, codes, aux = self.encode(rotated, n_threads, labels[start:stop])
+                codes, aux = self.encode(rotated, labels[start:stop], n_threads)
                 if nonzero is not None:
                     # A zero vector keeps cosine distance 1 to every query.
                     aux[~nonzero] = 0.0
@@ -446,9 +450,7 @@ class IvfSqEngine:
         n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
         metric = KERNEL_METRIC[self.metric]
         bits = self.quantizer.bits
-        use_filter = keep_words is not None
-        if keep_words is None:
-            keep_words = np.zeros(0, dtype=np.uint32)
+        keep_words, use_filter = _kernel_filter(keep_words)
         distances = np.empty((n_queries, n_candidates), dtype=np.float32)
         neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
         if n_queries <= SMALL_BATCH_QUERIES and (
@@ -538,9 +540,7 @@ class IvfSqEngine:
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
         metric = KERNEL_METRIC[self.metric]
-        use_filter = keep_words is not None
-        if keep_words is None:
-            keep_words = np.zeros(0, dtype=np.uint32)
+        keep_words, use_filter = _kernel_filter(keep_words)
         probes = self.coarse_probes(queries, n_probes, n_threads)
         radius = np.float32(radius)
         chunks = {}

@@ -14,7 +14,7 @@ _PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384
 REFINE_RATIOS = (1.0, 2.0, 4.0)
 
 
-def stored_ground_truth(engine, queries, k, n_threads):
+def stored_ground_truth(engine, queries, k):
     """Exact top-k ids of ``queries`` among the stored vectors: the precise
     store when there is one (what re-ranking uses), else the decoded codes."""
     ids, decoded = engine.decoded_vectors()

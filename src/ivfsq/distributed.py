@@ -66,15 +66,9 @@ def train(index_params, sample, resources=None):
         raise TypeError(
             f"index_params must be an ivf_sq.IndexParams, got {type(index_params).__name__}"
         )
-    fields = {name: getattr(index_params, name) for name in _param_names()}
+    fields = index_params._as_dict()
     fields["add_data_on_build"] = False
     return ivf_sq.build(ivf_sq.IndexParams(**fields), sample, resources=resources)
-
-
-def _param_names():
-    return [name for name in dir(ivf_sq.IndexParams)
-            if isinstance(getattr(ivf_sq.IndexParams, name), property)
-            and name not in ("get_handle",)]
 
 
 def _index_bytes(index):

@@ -697,7 +697,7 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None)
     n_queries = queries.shape[0]
     if ground_truth is None:
         prepared = engine.prepare("queries", queries)[0]
-        truth = _tune.stored_ground_truth(engine, prepared, k, resolve_n_threads(resources))
+        truth = _tune.stored_ground_truth(engine, prepared, k)
     else:
         truth = np.asarray(ground_truth)
         if truth.dtype.kind not in "iu":
