@@ -682,9 +682,10 @@ def read_texmex(path, *, mmap=True):
     >>> from ivfsq.datasets import read_texmex
     >>> rows = np.arange(6, dtype=np.float32).reshape(2, 3)
     >>> record = np.hstack([np.full((2, 1), 3, np.int32).view(np.float32), rows])
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.fvecs"
-    >>> record.tofile(path)
-    >>> read_texmex(path).tolist()
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder) / "x.fvecs"
+    ...     record.tofile(path)
+    ...     read_texmex(path).tolist()
     [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
     """
     path = _existing_file(path)
@@ -777,9 +778,10 @@ def load_vectors(path, *, mmap=True):
     --------
     >>> import numpy as np, pathlib, tempfile
     >>> from ivfsq.datasets import load_vectors
-    >>> path = pathlib.Path(tempfile.mkdtemp()) / "base.npy"
-    >>> np.save(path, np.ones((4, 2), np.float32))
-    >>> load_vectors(path).shape
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder) / "base.npy"
+    ...     np.save(path, np.ones((4, 2), np.float32))
+    ...     load_vectors(path).shape
     (4, 2)
     """
     path = _existing_file(path)

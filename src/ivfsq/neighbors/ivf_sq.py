@@ -935,9 +935,10 @@ def save(filename, index, resources=None):
     >>> from ivfsq.neighbors import ivf_sq
     >>> dataset = np.random.default_rng(0).random((1000, 8), dtype=np.float32)
     >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), dataset)
-    >>> path = os.path.join(tempfile.mkdtemp(), "my_index.ivfsq")
-    >>> ivf_sq.save(path, index)
-    >>> len(ivf_sq.load(path))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "my_index.ivfsq")
+    ...     ivf_sq.save(path, index)
+    ...     len(ivf_sq.load(path))
     1000
     """
     engine = _check_index(index)
