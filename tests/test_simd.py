@@ -31,17 +31,18 @@ def _row_dots(dot_one, dots_four):
 def _oracle(codes, weights, bits):
     """int64 dots per the documented chunk layout (numpy)."""
     n_rows, code_size = codes.shape
-    n_chunks = -(-code_size // simd.CHUNK_BYTES)
+    chunk_bytes = simd.CHUNK_BYTES[bits]
+    n_chunks = -(-code_size // chunk_bytes)
     per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
     out = np.zeros((n_rows, weights.shape[0]), np.int64)
     for chunk in range(n_chunks):
-        start = min(chunk * simd.CHUNK_BYTES, code_size - simd.CHUNK_BYTES)
-        block = codes[:, start:start + simd.CHUNK_BYTES].astype(np.int64)
+        start = min(chunk * chunk_bytes, code_size - chunk_bytes)
+        block = codes[:, start:start + chunk_bytes].astype(np.int64)
         w = weights[:, chunk * per_chunk:(chunk + 1) * per_chunk].astype(np.int64)
         if bits == 8:
             out += block @ w.T
         else:
-            out += (block & 15) @ w[:, :simd.CHUNK_BYTES].T + (block >> 4) @ w[:, simd.CHUNK_BYTES:].T
+            out += (block & 15) @ w[:, :chunk_bytes].T + (block >> 4) @ w[:, chunk_bytes:].T
     return out
 
 
@@ -54,19 +55,29 @@ IMPLEMENTATIONS = {
 
 @pytest.mark.parametrize("implementation", ["portable", "native"])
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("code_size", [32, 50, 64, 100, 392])
+@pytest.mark.parametrize("code_size", [16, 27, 32, 50, 64, 100, 392, 8000])
 def test_row_dots_match_oracle(implementation, bits, code_size):
     if implementation == "native" and not simd.HAS_AVX2_DOTS:
         pytest.skip("no AVX2 integer dots on this CPU")
+    if code_size < simd.CHUNK_BYTES[bits]:
+        pytest.skip("rows shorter than one chunk take the float path")
     rng = np.random.default_rng(code_size)
-    limit = simd.WEIGHT_LIMIT[bits]
-    n_chunks = -(-code_size // simd.CHUNK_BYTES)
+    limit = simd.weight_limit(bits, code_size)
+    n_chunks = -(-code_size // simd.CHUNK_BYTES[bits])
     codes = rng.integers(0, 256, size=(40, code_size), dtype=np.uint8)
-    codes[0] = 255  # the extremes: no 16-bit pair sum may saturate
+    # The extremes: no 16-bit pair sum may saturate, no 32-bit sum overflow.
+    codes[0] = 255
     weights = rng.integers(-limit, limit + 1, size=(4, n_chunks * simd.WEIGHTS_PER_CHUNK[bits]))
     weights[3] = limit
     weights[1] = -limit
-    weights = weights.astype(np.int8)
+    # The weights of bytes that the last chunk re-reads are zero (the layout).
+    chunk_bytes = simd.CHUNK_BYTES[bits]
+    skip = n_chunks * chunk_bytes - code_size
+    per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
+    for half in range(per_chunk // chunk_bytes):
+        first = (n_chunks - 1) * per_chunk + half * chunk_bytes
+        weights[:, first:first + skip] = 0
+    weights = weights.astype(simd.WEIGHT_DTYPE[bits])
     out_one = np.zeros(40, np.int32)
     out_four = np.zeros((40, 4), np.int32)
     _row_dots(*IMPLEMENTATIONS[implementation][bits])(codes, weights, n_chunks, out_one, out_four)
@@ -76,18 +87,20 @@ def test_row_dots_match_oracle(implementation, bits, code_size):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("code_size", [32, 77, 392])
+@pytest.mark.parametrize("code_size", [16, 32, 77, 392])
 def test_int_weights_bound_the_exact_dot(bits, code_size):
-    """scale * (w8 . u) + bound >= w . u for all codes u, the worst included."""
+    """scale * (w_int . u) + bound >= w . u for all codes u, the worst included."""
+    if code_size < simd.CHUNK_BYTES[bits]:
+        pytest.skip("rows shorter than one chunk take the float path")
     rng = np.random.default_rng(7)
     n_weights = code_size if bits == 8 else 2 * code_size
     weights = (rng.standard_normal((5, n_weights)) * rng.random((5, 1)) * 100).astype(np.float32)
     weights[4] = 0.0  # an all-zero query
-    n_chunks = -(-code_size // simd.CHUNK_BYTES)
-    int_weights = np.zeros((5, n_chunks * simd.WEIGHTS_PER_CHUNK[bits]), np.int8)
+    int_weights = np.zeros((5, simd.n_int_weights(bits, code_size)), simd.WEIGHT_DTYPE[bits])
     params = np.zeros((5, 2), np.float32)
     kernels.query_int_weights(weights, bits, code_size, int_weights, params)
-    assert np.abs(int_weights.astype(int)).max() <= simd.WEIGHT_LIMIT[bits]
+    limit = simd.weight_limit(bits, code_size)
+    assert np.abs(int_weights.astype(int)).max() == limit  # the largest weight uses the range
     assert params[4, 1] == 0.0
     max_code = 255 if bits == 8 else 15
     # Back in the float layout: every float weight has exactly one int8 weight.
@@ -101,35 +114,40 @@ def test_int_weights_bound_the_exact_dot(bits, code_size):
     adversarial = np.where(exact_weights > approx_weights, max_code, 0)
     excess = np.einsum("qj,qj->q", adversarial, exact_weights - approx_weights)
     assert np.all(excess <= params[:, 1] + 1e-9)
-    # Not vacuous: the adversarial codes reach most of the bound (the rest
-    # is the allowance for float32 rounding).
-    assert np.all(excess[:4] >= 0.9 * params[:4, 1])
+    # Not vacuous: the adversarial codes reach all of the bound but the
+    # allowance for float32 rounding (max_code * 1e-5 * sum |w|).
+    allowance = max_code * 1e-5 * np.abs(exact_weights).sum(axis=1)
+    rounding_part = params[:, 1].astype(np.float64) / 1.001 - allowance
+    assert np.all(rounding_part[:4] > 0)
+    assert np.all(excess[:4] >= 0.999 * rounding_part[:4] - 1e-6 * params[:4, 1])
 
 
 def _float_layout(int_weights, bits, code_size):
-    """The int8 weights in the layout of kernels.query_weights (int64)."""
+    """The integer weights in the layout of kernels.query_weights (int64)."""
     n_weights = code_size if bits == 8 else 2 * code_size
     out = np.zeros((int_weights.shape[0], n_weights), np.int64)
+    chunk_bytes = simd.CHUNK_BYTES[bits]
     per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
-    for chunk in range(-(-code_size // simd.CHUNK_BYTES)):
-        start = min(chunk * simd.CHUNK_BYTES, code_size - simd.CHUNK_BYTES)
-        for t in range(chunk * simd.CHUNK_BYTES - start, simd.CHUNK_BYTES):
-            for half in range(per_chunk // simd.CHUNK_BYTES):
-                column = chunk * per_chunk + half * simd.CHUNK_BYTES + t
+    for chunk in range(-(-code_size // chunk_bytes)):
+        start = min(chunk * chunk_bytes, code_size - chunk_bytes)
+        for t in range(chunk * chunk_bytes - start, chunk_bytes):
+            for half in range(per_chunk // chunk_bytes):
+                column = chunk * per_chunk + half * chunk_bytes + t
                 out[:, start + t + half * code_size] = int_weights[:, column]
     return out
 
 
 @pytest.mark.skipif(not simd.HAS_INT_DOTS, reason="no AVX2 integer dots on this CPU")
 @pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
-@pytest.mark.parametrize("dim", [70, 300])
-def test_sq4_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, dim):
-    # 300-d: 150-byte rows, so big batches take the list-major filter too.
+@pytest.mark.parametrize("quantizer, dim", [("sq4", 70), ("sq4", 300), ("sq8", 21), ("sq8", 300)])
+def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, quantizer, dim):
+    # 300-d: rows of at least 128 bytes, so big batches take the list-major
+    # filter too; 21-d sq8: two overlapping 16-byte chunks.
     rng = np.random.default_rng(dim)
     centers = rng.standard_normal((20, dim)) * 3
     data = (centers[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, dim))).astype(np.float32)
     queries = (centers[rng.integers(0, 20, 300)] + rng.standard_normal((300, dim))).astype(np.float32)
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, metric=metric, quantizer="sq4"), data)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, metric=metric, quantizer=quantizer), data)
     assert index._engine.quantizer.n_int_weights > 0
     kept_ids = np.flatnonzero(rng.random(3000) < 0.7)
     bitset = np.zeros(-(-3000 // 32), np.uint32)

@@ -37,11 +37,14 @@ SEARCH_BLOCK_QUERIES = 16384
 # list-major one 1.4x.
 GROUPED_MIN_PAIRS_PER_LIST = 2
 # List-major scans use the integer filter (see ivfsq._cpu.simd) only for
-# code rows of at least this many bytes: on shorter rows the per-vector work
-# around the dots outweighs what they save. Measured with 4-bit codes:
-# 784-d (392 bytes) 1.2-1.4x faster at 16-32 probes; 128-d (64 bytes)
-# 1.3x slower at 2-4 probes. Per-query scans use it at every length.
-GROUPED_INT_MIN_CODE_BYTES = 128
+# code rows of at least this many bytes (by bits per code): on shorter rows
+# the per-vector work around the dots outweighs what they save. Measured
+# with 4-bit codes: 784-d (392 bytes) 1.2-1.4x faster at 16-32 probes;
+# 128-d (64 bytes) 1.3x slower at 2-4 probes. 8-bit codes (int16 weights):
+# pypi-minilm (384 bytes) 1.4-1.55x faster at 8-64 probes, fashion-mnist
+# (784) 1.2-1.3x at 16-32; 1M x 128 (128 bytes) 1.1x slower at 4 probes.
+# Per-query scans use it at every length.
+GROUPED_INT_MIN_CODE_BYTES = {4: 128, 8: 256}
 # Up to SMALL_BATCH_QUERIES queries whose scan reads fewer code bytes than
 # this are searched on the calling thread in one kernel call: handing such a
 # scan to the pool costs more than it saves.
@@ -461,7 +464,7 @@ class IvfSqEngine:
                 queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
                 self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
-                refine, self.quantizer.n_int_weights, distances, neighbors,
+                refine, self.quantizer.int_weights_buffer(1), distances, neighbors,
             )
             if refine:
                 return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
@@ -472,7 +475,7 @@ class IvfSqEngine:
         grouped = n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]
         int_weights, int_params = self.quantizer.int_weights(
             weights,
-            enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES,
+            enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES[bits],
             n_threads=n_threads,
         )
         query_sq_norms = self._query_sq_norms(queries)

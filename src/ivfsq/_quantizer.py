@@ -242,29 +242,30 @@ class ScalarQuantizer:
 
     @property
     def n_int_weights(self):
-        """int8 weights per query of the integer scan filter, 0 when it is off.
+        """Integer weights per query of the scan filter, 0 when it is off.
 
-        It is on for 4-bit codes where :mod:`ivfsq._cpu.simd` has its AVX2
-        dots and a code row holds at least one 32-byte chunk (``dim >= 64``).
+        It is on where :mod:`ivfsq._cpu.simd` has its AVX2 dots and a code
+        row holds at least one chunk: ``dim >= 16`` for 8-bit codes (int16
+        weights), ``dim >= 64`` for 4-bit codes (int8 weights).
         """
-        # 8-bit codes stay on the float path: their weights get only 7 bits
-        # (see simd), the error bound lets too many vectors through to the
-        # exact rescoring, and the scan measured slower (fashion-mnist 784-d
-        # and 1M x 128).
-        if not simd.HAS_INT_DOTS or self.bits != 4 or self.code_size < simd.CHUNK_BYTES:
+        if not simd.HAS_INT_DOTS:
             return 0
-        n_chunks = -(-self.code_size // simd.CHUNK_BYTES)
-        return n_chunks * simd.WEIGHTS_PER_CHUNK[self.bits]
+        return simd.n_int_weights(self.bits, self.code_size)
+
+    def int_weights_buffer(self, n_queries, enabled=True):
+        """Zeroed integer weights for ``n_queries`` queries (no columns when
+        the filter is off or not ``enabled``)."""
+        n_columns = self.n_int_weights if enabled else 0
+        return np.zeros((n_queries, n_columns), dtype=simd.WEIGHT_DTYPE[self.bits])
 
     def int_weights(self, weights, enabled=True, n_threads=1):
         """The integer filter's weights and ``(scale, error bound)`` per query,
         from :meth:`weights`' output; arrays with no columns when it is off
         (or not ``enabled`` by the caller)."""
         n_queries = weights.shape[0]
-        n_int_weights = self.n_int_weights if enabled else 0
-        out = np.zeros((n_queries, n_int_weights), dtype=np.int8)
+        out = self.int_weights_buffer(n_queries, enabled)
         params = np.zeros((n_queries, 2), dtype=np.float32)
-        if n_int_weights:
+        if out.shape[1]:
             def task(start, stop):
                 rows = slice(start, stop)
                 kernels.query_int_weights(

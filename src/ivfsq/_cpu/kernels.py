@@ -228,7 +228,7 @@ def _int_dot(codes, row, int_weights, query, n_chunks, bits):
 @njit(inline="always")
 def _n_int_chunks(int_weights, bits):
     # 0 when the integer path is off (no int weights were made).
-    return int_weights.shape[1] // (2 * simd.CHUNK_BYTES if bits == 4 else simd.CHUNK_BYTES)
+    return int_weights.shape[1] // (2 * simd.SQ4_CHUNK_BYTES if bits == 4 else simd.SQ8_CHUNK_BYTES)
 
 
 @njit(inline="always")
@@ -925,7 +925,7 @@ def search_few(
     keep_words,
     use_filter,
     emit_rows,
-    n_int_weights,
+    int_weights,
     out_distances,
     out_ids,
 ):
@@ -935,8 +935,9 @@ def search_few(
     list constants (:func:`list_constants`), weights (:func:`query_weights`)
     and the scan of the probed lists (:func:`scan_lists`), with the same
     arithmetic as those kernels. A single query pays one dispatch instead of
-    one per step. ``n_int_weights > 0`` turns on the integer filter (that
-    many int8 weights per query, see :func:`query_int_weights`).
+    one per step. ``int_weights``, one row of the integer filter's dtype and
+    width (see :func:`query_int_weights`), is its workspace; with no columns
+    the filter is off.
     """
     n_queries, dim = queries.shape
     code_size = codes.shape[1]
@@ -945,14 +946,13 @@ def search_few(
     probe_scores = np.empty(n_probes, dtype=np.float32)
     probe_lists = np.empty(n_probes, dtype=np.int64)
     weights = np.zeros(dim if bits == 8 else 2 * code_size, dtype=np.float32)
-    int_weights = np.zeros((1, n_int_weights), dtype=np.int8)
     int_params = np.zeros((1, 2), dtype=np.float32)
     for i in range(n_queries):
         query = queries[i]
         _center_dots(query, centers, dots)
         _select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists)
         _weights_row(query, delta, bits, code_size, weights)
-        if n_int_weights > 0:
+        if int_weights.shape[1] > 0:
             scale, bound = _int_weights_row(weights, bits, code_size, int_weights[0])
             int_params[0, 0] = scale
             int_params[0, 1] = bound
@@ -1017,20 +1017,26 @@ def _weights_row(query, delta, bits, code_size, out):
 
 @njit(inline="always")
 def _int_weights_row(weights, bits, code_size, out):
-    """One query's int8 weights for :mod:`ivfsq._cpu.simd` (its layout) from
-    its float weights (the :func:`query_weights` layout, ``code_size >= 32``).
+    """One query's integer weights for :mod:`ivfsq._cpu.simd` (its layout and
+    dtype: int8 for 4-bit codes, int16 for 8-bit) from its float weights (the
+    :func:`query_weights` layout, ``code_size >= simd.CHUNK_BYTES[bits]``).
 
-    ``weights ~ scale * out`` with ``|out| <= simd.WEIGHT_LIMIT[bits]``.
-    Returns ``scale`` and a bound on ``weights . u - scale * (out . u)`` (how
-    much the exact score can exceed the integer one) for any codes ``u``:
-    the largest code times the summed positive rounding errors, plus a
-    little for float32 rounding in the two dot products.
+    ``weights ~ scale * out`` with ``|out| <= simd.weight_limit(bits,
+    code_size)``. Returns ``scale`` and a bound on ``weights . u - scale *
+    (out . u)`` (how much the exact score can exceed the integer one) for any
+    codes ``u``: the largest code times the summed positive rounding errors,
+    plus a little for float32 rounding in the two dot products.
     """
-    limit = np.float32(simd.SQ4_WEIGHT_LIMIT if bits == 4 else simd.SQ8_WEIGHT_LIMIT)
-    max_code = np.float32(15.0 if bits == 4 else 255.0)
-    chunk_bytes = simd.CHUNK_BYTES
-    per_chunk = 2 * chunk_bytes if bits == 4 else chunk_bytes
+    if bits == 4:
+        limit = np.float32(simd.SQ4_WEIGHT_LIMIT)
+        max_code = np.float32(15.0)
+        chunk_bytes = simd.SQ4_CHUNK_BYTES
+    else:
+        limit = np.float32(simd.sq8_weight_limit(code_size))
+        max_code = np.float32(255.0)
+        chunk_bytes = simd.SQ8_CHUNK_BYTES
     n_halves = 2 if bits == 4 else 1
+    per_chunk = n_halves * chunk_bytes
     largest = np.float32(0.0)
     for j in range(weights.shape[0]):
         largest = max(largest, abs(weights[j]))
@@ -1038,13 +1044,13 @@ def _int_weights_row(weights, bits, code_size, out):
     inverse = np.float32(1.0) / scale
     # Levels in the weights' order first (a loop LLVM vectorizes), then
     # copied into the chunk layout, where each weight appears once.
-    levels = np.empty(weights.shape[0], dtype=np.int8)
+    levels = np.empty(weights.shape[0], dtype=np.int32)
     rounding = 0.0
     magnitude = 0.0
     for j in range(weights.shape[0]):
         weight = weights[j]
         level = min(max(np.floor(weight * inverse + np.float32(0.5)), -limit), limit)
-        levels[j] = np.int8(level)
+        levels[j] = np.int32(level)
         # Codes lie in [0, max_code]: the exact dot exceeds the integer one
         # by at most max_code times the positive rounding errors.
         rounding += max(np.float64(weight) - np.float64(level) * np.float64(scale), 0.0)
@@ -1057,7 +1063,8 @@ def _int_weights_row(weights, bits, code_size, out):
         for half in range(n_halves):
             first = chunk * per_chunk + half * chunk_bytes
             source = start + half * code_size
-            out[first + skip : first + chunk_bytes] = levels[source + skip : source + chunk_bytes]
+            for t in range(skip, chunk_bytes):
+                out[first + t] = levels[source + t]
     # float32 sums of up to a few thousand terms: 1e-5 of the absolute sum
     # is many times their worst rounding error.
     bound = np.float64(max_code) * (rounding + 1e-5 * magnitude)

@@ -1,13 +1,19 @@
-"""Integer dot products of code rows with int8 query weights (AVX2).
+"""Integer dot products of code rows with integer query weights (AVX2).
 
 The scan's float kernels convert every code to float32 and run one fused
-multiply-add per dimension and query. On AVX2 ``vpmaddubsw`` multiplies 32
-unsigned bytes by 32 signed bytes and adds adjacent pairs into 16-bit lanes,
-four times the work of one 8-lane FMA. That needs the query weights as int8,
-and sums that cannot saturate 16 bits: 4-bit codes (at most 15) times weights
-in [-127, 127] add up to at most 3,810 per pair; 8-bit codes (at most 255)
-need weights in [-63, 63] (at most 32,130). ``vpmaddwd`` against ones then
-widens the pairs into 32-bit accumulators.
+multiply-add per dimension and query. AVX2 has integer multiply-adds that
+do more per instruction:
+
+- 4-bit codes: ``vpmaddubsw`` multiplies 32 unsigned bytes by 32 signed
+  bytes and adds adjacent pairs into 16-bit lanes, four times the work of one
+  8-lane FMA. Codes (at most 15) times int8 weights in [-127, 127] add up to
+  at most 3,810 per pair: no saturation. ``vpmaddwd`` against ones then
+  widens the pairs into 32-bit accumulators.
+- 8-bit codes: 16 bytes are zero-extended to 16-bit lanes and ``vpmaddwd``
+  multiplies them by int16 weights, adding pairs into 32-bit lanes (twice the
+  work of one FMA, with no int -> float conversions). The weights have up to
+  15 bits: at most ``(2**31 - 1) // (255 * code_size)`` in magnitude, so no
+  32-bit sum can overflow (:func:`sq8_weight_limit`).
 
 The integer dot is only a filter: the kernels in :mod:`ivfsq._cpu.kernels`
 bound its error and score exactly, with the float weights, every vector that
@@ -24,12 +30,13 @@ file and the CPU, not on this one: after editing the IR here, touch
 ``kernels.py`` (an installed upgrade rewrites both).
 
 Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
-int8): a code row of ``code_size >= 32`` bytes is read in ``n_chunks =
-ceil(code_size / 32)`` chunks of 32 bytes; chunk ``c`` starts at byte
-``min(32 c, code_size - 32)``, so the last one may overlap the one before
-it, and the weights of the bytes it re-reads are zero. For 4-bit codes a
-chunk has 64 weights, those of the 32 low nibbles then those of the 32 high
-nibbles; for 8-bit codes 32.
+weights of dtype ``WEIGHT_DTYPE``): a code row of ``code_size >=
+CHUNK_BYTES`` bytes is read in ``n_chunks = ceil(code_size / CHUNK_BYTES)``
+chunks; chunk ``c`` starts at byte ``min(CHUNK_BYTES c, code_size -
+CHUNK_BYTES)``, so the last one may overlap the one before it, and the
+weights of the bytes it re-reads are zero. For 4-bit codes a chunk is 32
+bytes with 64 int8 weights, those of the 32 low nibbles then those of the 32
+high nibbles; for 8-bit codes a chunk is 16 bytes with 16 int16 weights.
 """
 
 import os
@@ -40,13 +47,42 @@ from llvmlite import ir
 from numba import config, njit, types
 from numba.extending import intrinsic
 
-CHUNK_BYTES = 32
-# Largest |weight| that cannot saturate vpmaddubsw's 16-bit pair sums (plain
-# ints as well as the tables: numba kernels read module-level ints).
+# Plain ints as well as the tables: numba kernels read module-level ints.
+SQ4_CHUNK_BYTES = 32
+SQ8_CHUNK_BYTES = 16
+CHUNK_BYTES = {4: SQ4_CHUNK_BYTES, 8: SQ8_CHUNK_BYTES}
+WEIGHTS_PER_CHUNK = {4: 2 * SQ4_CHUNK_BYTES, 8: SQ8_CHUNK_BYTES}
+WEIGHT_DTYPE = {4: np.int8, 8: np.int16}
+# Largest |weight| that cannot saturate vpmaddubsw's 16-bit pair sums.
 SQ4_WEIGHT_LIMIT = 127
-SQ8_WEIGHT_LIMIT = 63
-WEIGHT_LIMIT = {4: SQ4_WEIGHT_LIMIT, 8: SQ8_WEIGHT_LIMIT}
-WEIGHTS_PER_CHUNK = {4: 2 * CHUNK_BYTES, 8: CHUNK_BYTES}
+# 8-bit codes: int16 weights, and no 32-bit sum of code_size products of a
+# code (at most 255) and a weight may overflow; below 255 levels the filter
+# is too coarse to pay (code rows past 33,000 bytes).
+SQ8_MAX_WEIGHT_LIMIT = 32767
+SQ8_MIN_WEIGHT_LIMIT = 255
+
+
+def _sq8_weight_limit(code_size):
+    """Largest |int16 weight| for 8-bit code rows of ``code_size`` bytes."""
+    return min(SQ8_MAX_WEIGHT_LIMIT, 2147483647 // (255 * code_size))
+
+
+sq8_weight_limit = njit(inline="always")(_sq8_weight_limit)  # for the kernels
+
+
+def weight_limit(bits, code_size):
+    """Largest |integer weight| of the filter for these codes."""
+    return SQ4_WEIGHT_LIMIT if bits == 4 else _sq8_weight_limit(code_size)
+
+
+def n_int_weights(bits, code_size):
+    """Integer weights per query for these codes, 0 where the AVX2 dots
+    cannot run them (rows shorter than one chunk, or too long for 8 bits)."""
+    if code_size < CHUNK_BYTES[bits]:
+        return 0
+    if bits == 8 and _sq8_weight_limit(code_size) < SQ8_MIN_WEIGHT_LIMIT:
+        return 0
+    return -(-code_size // CHUNK_BYTES[bits]) * WEIGHTS_PER_CHUNK[bits]
 
 
 def _target_has_avx2():
@@ -71,6 +107,7 @@ HAS_AVX2_DOTS = _target_has_avx2()
 HAS_INT_DOTS = os.environ.get("IVFSQ_INT_DOTS", "1") != "0" and HAS_AVX2_DOTS
 
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V16I8 = ir.VectorType(_I8, 16)
 _V32I8 = ir.VectorType(_I8, 32)
 _V16I16 = ir.VectorType(_I16, 16)
 _V8I32 = ir.VectorType(_I32, 8)
@@ -92,7 +129,9 @@ def _row_dots_ir(n_queries, bits):
     dots of code row ``row`` with weight rows ``queries`` (an int, or a tuple
     of ``n_queries`` ints)."""
     nibbles = bits == 4
+    chunk_bytes = CHUNK_BYTES[bits]
     weights_per_chunk = WEIGHTS_PER_CHUNK[bits]
+    weight_type = _I8 if nibbles else _I16
 
     def codegen(context, builder, signature, args):
         codes_value, row, weights_value, queries, n_chunks = args
@@ -106,13 +145,15 @@ def _row_dots_ir(n_queries, bits):
             builder.bitcast(codes.data, _I8.as_pointer()),
             [builder.mul(row, builder.extract_value(codes.strides, 0))],
         )
+        # Row strides are in bytes: the bases are byte pointers, cast per load.
         weights_data = builder.bitcast(weights.data, _I8.as_pointer())
         weights_stride = builder.extract_value(weights.strides, 0)
         weight_bases = []
         for member in range(n_queries):
             query = builder.extract_value(queries, member) if n_queries > 1 else queries
-            weight_bases.append(builder.gep(weights_data, [builder.mul(query, weights_stride)]))
-        last_offset = builder.sub(code_size, _const(CHUNK_BYTES))
+            base = builder.gep(weights_data, [builder.mul(query, weights_stride)])
+            weight_bases.append(builder.bitcast(base, weight_type.as_pointer()))
+        last_offset = builder.sub(code_size, _const(chunk_bytes))
         last_chunk = builder.sub(n_chunks, _const(1))
         ones = ir.Constant(_V16I16, [1] * 16)
         low_mask = ir.Constant(_V32I8, [15] * 32)
@@ -137,27 +178,32 @@ def _row_dots_ir(n_queries, bits):
         offset = builder.select(
             builder.icmp_signed("==", chunk, last_chunk),
             last_offset,
-            builder.mul(chunk, _const(CHUNK_BYTES)),
+            builder.mul(chunk, _const(chunk_bytes)),
         )
-        code_pointer = builder.bitcast(builder.gep(row_base, [offset]), _V32I8.as_pointer())
-        packed = builder.load(code_pointer, align=1)
+        code_pointer = builder.gep(row_base, [offset])
         if nibbles:
+            packed = builder.load(builder.bitcast(code_pointer, _V32I8.as_pointer()), align=1)
             low = builder.and_(packed, low_mask)
             high = builder.lshr(packed, four)
+        else:
+            packed = builder.load(builder.bitcast(code_pointer, _V16I8.as_pointer()), align=1)
+            wide = builder.zext(packed, _V16I16)
         weight_offset = builder.mul(chunk, _const(weights_per_chunk))
         new_sums = []
         for member in range(n_queries):
             pointer = builder.gep(weight_bases[member], [weight_offset])
-            first = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
             if nibbles:
-                pointer = builder.gep(pointer, [_const(CHUNK_BYTES)])
+                first = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
+                pointer = builder.gep(pointer, [_const(chunk_bytes)])
                 second = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
                 pairs = builder.add(
                     builder.call(pmaddubsw, [low, first]), builder.call(pmaddubsw, [high, second])
                 )
+                products = builder.call(pmaddwd, [pairs, ones])
             else:
-                pairs = builder.call(pmaddubsw, [packed, first])
-            new_sums.append(builder.add(sums[member], builder.call(pmaddwd, [pairs, ones])))
+                lanes = builder.load(builder.bitcast(pointer, _V16I16.as_pointer()), align=2)
+                products = builder.call(pmaddwd, [wide, lanes])
+            new_sums.append(builder.add(sums[member], products))
         chunk.add_incoming(builder.add(chunk, _const(1)), body)
         for total, new in zip(sums, new_sums):
             total.add_incoming(new, body)
@@ -186,15 +232,16 @@ def _row_dots_ir(n_queries, bits):
 def _portable_dot(codes, row, weights, query, n_chunks, bits):
     # The chunk layout of the module docstring, one code at a time.
     code_size = codes.shape[1]
+    chunk_bytes = SQ4_CHUNK_BYTES if bits == 4 else SQ8_CHUNK_BYTES
     total = np.int32(0)
     for chunk in range(n_chunks):
-        start = min(chunk * CHUNK_BYTES, code_size - CHUNK_BYTES)
-        base = chunk * (2 * CHUNK_BYTES if bits == 4 else CHUNK_BYTES)
-        for t in range(CHUNK_BYTES):
+        start = min(chunk * chunk_bytes, code_size - chunk_bytes)
+        base = chunk * (2 * chunk_bytes if bits == 4 else chunk_bytes)
+        for t in range(chunk_bytes):
             byte = np.int32(codes[row, start + t])
             if bits == 4:
                 total += (byte & 15) * np.int32(weights[query, base + t])
-                total += (byte >> 4) * np.int32(weights[query, base + CHUNK_BYTES + t])
+                total += (byte >> 4) * np.int32(weights[query, base + chunk_bytes + t])
             else:
                 total += byte * np.int32(weights[query, base + t])
     return total
@@ -228,3 +275,4 @@ dot_nibbles = _row_dots(1, 4)
 dot_bytes = _row_dots(1, 8)
 dots4_nibbles = _row_dots(4, 4)
 dots4_bytes = _row_dots(4, 8)
+
