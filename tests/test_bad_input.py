@@ -268,3 +268,29 @@ def test_failed_extend_in_a_later_batch_adds_nothing(index, data, monkeypatch):
     for got, expected in zip(ivf_sq.search(SP, index, queries, 7),
                              ivf_sq.search(SP, single, queries, 7)):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_one_dot_fast_path_finds_every_bad_row(dtype):
+    # Valid input passes on one dot of all values; anything else must still be
+    # named row by row (NaN, inf, a row too large), and rows that are each
+    # fine but whose summed squares overflow the dot must pass.
+    from ivfsq._validation import MAX_SQ_NORM, to_float32_checked
+
+    rows = np.ones((6, 4), dtype=dtype)
+    assert to_float32_checked("queries", rows).dtype == np.float32
+    for bad, message in [(np.nan, "finite values.*row 13"), (np.inf, "finite values.*row 13")]:
+        broken = rows.copy()
+        broken[3, 1] = bad
+        with pytest.raises(ValueError, match=message):
+            to_float32_checked("queries", broken, start=10)
+    if dtype != np.float16:  # float16 cannot hold 1e18
+        large = rows.copy()
+        large[4] = 1e18  # squared norm 4e36 > MAX_SQ_NORM
+        with pytest.raises(ValueError, match="too large for float32 distances: row 4"):
+            to_float32_checked("queries", large)
+        # No magnitude limit (cosine): only finiteness.
+        assert to_float32_checked("queries", large, magnitudes=False).shape == (6, 4)
+        each_fine = np.full((8, 4), np.sqrt(MAX_SQ_NORM / 4 * 0.9), dtype=dtype)
+        assert float((each_fine.astype(np.float64) ** 2).sum()) > MAX_SQ_NORM
+        assert to_float32_checked("queries", each_fine).shape == (8, 4)

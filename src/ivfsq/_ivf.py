@@ -17,7 +17,7 @@ from ivfsq._progress import report
 from ivfsq._quantizer import ScalarQuantizer
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._transforms import random_orthogonal, rotate, unrotate
-from ivfsq._validation import check_magnitudes, to_float32
+from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
@@ -271,10 +271,9 @@ class IvfSqEngine:
         None. The caller's array is never modified. The vectors are still in
         the original space (the precise store's); :meth:`internal` rotates.
         """
-        vectors = to_float32(name, rows, start)
+        # Cosine normalizes every row: no magnitude limit.
+        vectors = to_float32_checked(name, rows, start, magnitudes=self.metric != "cosine")
         nonzero = None
-        if self.metric != "cosine":  # cosine normalizes every row
-            check_magnitudes(name, vectors, start)
         if self.metric == "cosine":
             if np.may_share_memory(vectors, rows):
                 vectors = vectors.copy()  # never normalize the caller's array

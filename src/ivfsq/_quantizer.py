@@ -163,6 +163,8 @@ class ScalarQuantizer:
         self.bits = quantizer_bits(kind)
         self.vmin = np.ascontiguousarray(vmin, dtype=np.float32)
         self.delta = np.ascontiguousarray(delta, dtype=np.float32)
+        # Where the AVX2 dots can run these codes (IVFSQ_INT_DOTS aside).
+        self._int_weights_if_on = simd.n_int_weights(self.bits, self.code_size)
 
     @property
     def dim(self):
@@ -248,9 +250,7 @@ class ScalarQuantizer:
         row holds at least one chunk: ``dim >= 16`` for 8-bit codes (int16
         weights), ``dim >= 64`` for 4-bit codes (int8 weights).
         """
-        if not simd.HAS_INT_DOTS:
-            return 0
-        return simd.n_int_weights(self.bits, self.code_size)
+        return self._int_weights_if_on if simd.HAS_INT_DOTS else 0
 
     def int_weights_buffer(self, n_queries, enabled=True):
         """Zeroed integer weights for ``n_queries`` queries (no columns when
