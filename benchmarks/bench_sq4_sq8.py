@@ -3,7 +3,7 @@
 Builds one index per quantizer on a shared data set (same lists, same
 training rows) and sweeps n_probes. The ratio column is SQ4 QPS / SQ8 QPS
 (the performance issue's target: >= 1, since SQ4 reads half the bytes).
-Set ``IVFSQ_INT_DOTS=0`` to measure SQ4 without its integer filter.
+Set ``IVFSQ_INT_DOTS=0`` to measure both without the integer filter.
 
 Run from the repository root::
 
