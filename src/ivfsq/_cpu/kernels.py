@@ -228,7 +228,8 @@ def _int_dot(codes, row, int_weights, query, n_chunks, bits):
 @njit(inline="always")
 def _n_int_chunks(int_weights, bits):
     # 0 when the integer path is off (no int weights were made).
-    return int_weights.shape[1] // (2 * simd.SQ4_CHUNK_BYTES if bits == 4 else simd.SQ8_CHUNK_BYTES)
+    per_chunk = 2 * simd.SQ4_CHUNK_BYTES if bits == 4 else simd.SQ8_CHUNK_BYTES
+    return int_weights.shape[1] // per_chunk
 
 
 @njit(inline="always")
