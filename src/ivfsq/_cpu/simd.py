@@ -211,12 +211,10 @@ def _row_dots_ir(n_queries, bits):
         builder.branch(loop)
 
         builder.position_at_end(done)
-        results = []
-        for total in sums:
-            value = builder.extract_element(total, ir.Constant(_I32, 0))
-            for lane in range(1, 8):
-                value = builder.add(value, builder.extract_element(total, ir.Constant(_I32, lane)))
-            results.append(value)
+        # LLVM's reduction intrinsic: a shuffle tree (the lane-by-lane
+        # extracts it replaced compiled to about twice the instructions).
+        reduce_add = _declare(module, "llvm.vector.reduce.add.v8i32", _I32, [_V8I32])
+        results = [builder.call(reduce_add, [total]) for total in sums]
         if n_queries == 1:
             return results[0]
         return context.make_tuple(builder, signature.return_type, results)
