@@ -358,13 +358,14 @@ def test_range_search_with_a_precise_store_filter_and_few_probes(data):
         ivf_sq.range_search(few, index, queries, float("inf"))
 
 
-def test_range_search_integer_filter_changes_nothing(monkeypatch):
-    # 96-d SQ4 rows are 48 bytes: the scan's integer filter is on, with the
-    # radius as its threshold.
+@pytest.mark.parametrize("quantizer", ["sq4", "sq8"])
+def test_range_search_integer_filter_changes_nothing(monkeypatch, quantizer):
+    # 96-d rows (48 bytes for SQ4, 96 for SQ8): the scan's integer filter is
+    # on, with the radius as its threshold.
     from ivfsq._cpu import simd
 
     base, queries = make_blobs_lowrank(4000, 96, n_queries=30, seed=11)
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4"), base)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer=quantizer), base)
     search = ivf_sq.SearchParams(n_probes=5)
     distances, _ = ivf_sq.search(search, index, queries, 20)
     radius = float(np.median(distances[:, -1]))
