@@ -9,6 +9,7 @@ from conftest import METRICS
 from ivfsq import _coarse
 from ivfsq._coarse import CoarseBound
 from ivfsq._cpu import kernels
+from ivfsq.common import Resources
 from ivfsq.datasets import make_blobs_lowrank
 from ivfsq.neighbors import ivf_sq
 
@@ -91,6 +92,29 @@ def test_bounded_selection_is_the_exact_selection(inner_product, n_probes, n_lis
     assert all(len(set(row)) == n_probes for row in probes.tolist())
 
 
+@pytest.mark.parametrize("inner_product", [False, True])
+@pytest.mark.parametrize("n_probes", [1, 5, 17])
+def test_few_query_kernel_selects_as_the_batch_kernel(inner_product, n_probes):
+    # select_few computes the projection and the bound's dots in loops
+    # instead of BLAS: the same lists, best first.
+    centers = low_rank_centers(seed=3)
+    bound = CoarseBound.build(centers, inner_product)
+    queries = mixed_queries(centers, seed=4)
+    batch_scores, batch_probes = bounded_selection(bound, queries, centers, inner_product,
+                                                   n_probes)
+    scores = np.empty_like(batch_scores)
+    probes = np.empty_like(batch_probes)
+    for row in range(queries.shape[0]):  # one query per call, as a single search
+        bound.select_few(queries[row:row + 1], centers, np.einsum("ij,ij->i", centers, centers),
+                         not inner_product, scores[row:row + 1], probes[row:row + 1])
+    exact = exact_scores(queries, centers, inner_product)
+    magnitude = np.abs(exact).max(axis=1, keepdims=True) + 1.0
+    picked = np.take_along_axis(exact, probes, axis=1)
+    oracle = np.take_along_axis(exact, batch_probes, axis=1)
+    np.testing.assert_allclose(picked, oracle, rtol=0, atol=1e-5 * magnitude.max())
+    assert (probes == batch_probes).mean() > 0.99  # differences only at rounding ties
+
+
 def test_no_bound_without_a_small_subspace():
     rng = np.random.default_rng(0)
     isotropic = rng.standard_normal((256, 128)).astype(np.float32)
@@ -129,6 +153,29 @@ def test_search_results_do_not_change_with_the_bound(metric):
     d2, i2 = without
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_allclose(d1, d2, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_single_query_results_do_not_change_with_the_bound(metric):
+    # One query per call takes the few-query kernel (its own bound loops).
+    base, queries = make_blobs_lowrank(6000, 160, n_queries=40, intrinsic_dim=8, seed=6)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=96, metric=metric), base)
+    params = ivf_sq.SearchParams(n_probes=6)
+    engine = index._engine
+    assert engine.coarse_bound(6) is not None
+    single = Resources(n_threads=1)
+    with_bound = [ivf_sq.search(params, index, q[None], 10, resources=single) for q in queries]
+    engine._coarse_bound = False
+    try:
+        without = [ivf_sq.search(params, index, q[None], 10, resources=single) for q in queries]
+    finally:
+        engine._coarse_bound = None
+    for (d1, i1), (d2, i2) in zip(with_bound, without):
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_allclose(d1, d2, rtol=1e-6, atol=1e-6)
+    # And the batch path agrees with both.
+    batch = ivf_sq.search(params, index, queries, 10)
+    np.testing.assert_array_equal(np.vstack([i for _, i in with_bound]), batch[1])
 
 
 def test_cost_model_prefers_full_search_for_many_probes():

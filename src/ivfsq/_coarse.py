@@ -130,6 +130,17 @@ class CoarseBound:
         return query_aug, terms
 
 
+    def select_few(self, queries, centers, center_sq_norms, use_l2, out_scores, out_lists):
+        """The probes of a few queries (:func:`select_probes_bounded_few`:
+        one kernel call, no BLAS)."""
+        max_center, max_term = self.slack_terms
+        kernels.select_probes_bounded_few(
+            queries, self.basis, self.mean, self.projected_mean, self.inner_product, SLACK,
+            max_center, max_term, self.center_aug, self.center_terms, self.scale, centers,
+            center_sq_norms, use_l2, out_scores, out_lists,
+        )
+
+
 def _principal_axes(centered):
     """Variances along the principal axes of centered rows (descending) and
     a function giving the first ``r`` axes as orthonormal rows.

@@ -50,6 +50,9 @@ GROUPED_INT_MIN_CODE_BYTES = {4: 128, 8: 256}
 # scan to the pool costs more than it saves.
 FEW_MAX_SCAN_BYTES = 1 << 20
 
+# search_few's "no probes given" (it runs the coarse step itself).
+_NO_PROBES = np.zeros((0, 0), dtype=np.int64)
+
 KERNEL_METRIC = {
     "sqeuclidean": kernels.METRIC_L2,
     "euclidean": kernels.METRIC_L2,
@@ -458,12 +461,21 @@ class IvfSqEngine:
         if n_queries <= SMALL_BATCH_QUERIES and (
             n_threads == 1 or self._scan_cost(lists, n_queries * n_probes) < FEW_MAX_SCAN_BYTES
         ):
-            # A few queries and little work: the whole search in one kernel call.
+            # A few queries and little work: the whole search in one kernel
+            # call, after one for the probes where the coarse bound pays.
+            probes = _NO_PROBES
+            bound = self.coarse_bound(n_probes)
+            if bound is not None:
+                probes = np.empty((n_queries, n_probes), dtype=np.int64)
+                bound.select_few(
+                    queries, self.centers, self.center_sq_norms, metric == kernels.METRIC_L2,
+                    np.empty((n_queries, n_probes), dtype=np.float32), probes,
+                )
             kernels.search_few(
                 queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
                 self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
-                refine, self.quantizer.int_weights_buffer(1), distances, neighbors,
+                refine, self.quantizer.int_weights_buffer(1), probes, distances, neighbors,
             )
             if refine:
                 return self._rerank(prepared, neighbors, k, lists, metric, n_threads)

@@ -875,6 +875,41 @@ def select_probes_bounded(
         )
 
 
+@njit(fastmath=_FAST, **_JIT)
+def select_probes_bounded_few(
+    queries, basis, mean, projected_mean, inner_product, slack, slack_center, slack_term,
+    center_aug, center_terms, scale, centers, center_sq_norms, use_l2, out_scores, out_lists,
+):
+    """:func:`select_probes_bounded` for a few queries, bound included.
+
+    The projection (``basis @ q``) and the bound's dots (``center_aug @
+    q_aug``) that a batch gets from BLAS are loops here, so that a single
+    query pays one dispatch; :func:`bound_query_parts` finishes ``q_aug``.
+    """
+    n_queries = queries.shape[0]
+    rank = basis.shape[0]
+    n_lists = center_aug.shape[0]
+    query_aug = np.empty((n_queries, rank + 1), dtype=np.float32)
+    for i in range(n_queries):
+        for r in range(rank):
+            total = np.float32(0.0)
+            for j in range(queries.shape[1]):
+                total += basis[r, j] * queries[i, j]
+            query_aug[i, r] = total
+    terms = np.empty(n_queries, dtype=np.float32)
+    bound_query_parts(queries, mean, projected_mean, inner_product, slack, slack_center,
+                      slack_term, query_aug, terms)
+    bound_dots = np.empty((n_queries, n_lists), dtype=np.float32)
+    for i in range(n_queries):
+        for lst in range(n_lists):
+            total = np.float32(0.0)
+            for r in range(rank + 1):
+                total += query_aug[i, r] * center_aug[lst, r]
+            bound_dots[i, lst] = total
+    select_probes_bounded(queries, centers, center_sq_norms, use_l2, bound_dots, terms,
+                          center_terms, scale, out_scores, out_lists)
+
+
 @njit(inline="always")
 def _center_dots(query, centers, out):
     # Four centers per pass over the query: four independent sums in flight
@@ -927,6 +962,7 @@ def search_few(
     use_filter,
     emit_rows,
     int_weights,
+    given_probes,
     out_distances,
     out_ids,
 ):
@@ -938,7 +974,9 @@ def search_few(
     arithmetic as those kernels. A single query pays one dispatch instead of
     one per step. ``int_weights``, one row of the integer filter's dtype and
     width (see :func:`query_int_weights`), is its workspace; with no columns
-    the filter is off.
+    the filter is off. ``given_probes`` (n_queries, n_probes), when it has
+    rows, holds the probed lists (from :func:`select_probes_bounded_few`)
+    and the coarse step is skipped.
     """
     n_queries, dim = queries.shape
     code_size = codes.shape[1]
@@ -951,8 +989,12 @@ def search_few(
     levels = np.empty(weights.shape[0], dtype=np.float32)
     for i in range(n_queries):
         query = queries[i]
-        _center_dots(query, centers, dots)
-        _select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists)
+        if given_probes.shape[0] > 0:
+            for p in range(n_probes):
+                probe_lists[p] = given_probes[i, p]
+        else:
+            _center_dots(query, centers, dots)
+            _select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists)
         _weights_row(query, delta, bits, code_size, weights)
         if int_weights.shape[1] > 0:
             scale, bound = _int_weights_row(weights, bits, code_size, int_weights[0], levels)
