@@ -129,7 +129,6 @@ class CoarseBound:
         )
         return query_aug, terms
 
-
     def select_few(self, queries, centers, center_sq_norms, use_l2, out_scores, out_lists):
         """The probes of a few queries (:func:`select_probes_bounded_few`:
         one kernel call, no BLAS)."""
