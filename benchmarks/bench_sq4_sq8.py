@@ -1,8 +1,10 @@
 """SQ4 against SQ8 in ivfsq at equal n_probes: batch QPS, p50 and recall.
 
 Builds one index per quantizer on a shared data set (same lists, same
-training rows) and sweeps n_probes. The ratio column is SQ4 QPS / SQ8 QPS
-(the performance issue's target: >= 1, since SQ4 reads half the bytes).
+training rows) and sweeps n_probes, the two quantizers alternating at each
+n_probes over ``--rounds`` rounds (best QPS and lowest p50 kept). The ratio
+column is SQ4 QPS / SQ8 QPS (the performance issue's target: >= 1, since
+SQ4 reads half the bytes).
 Set ``IVFSQ_INT_DOTS=0`` to measure both without the integer filter.
 
 Run from the repository root::
@@ -49,8 +51,28 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-queries", type=int, default=2000)
     parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds (sq8 then sq4 at each n_probes); the best QPS "
+                             "and lowest p50 of the rounds are kept (default 3)")
     parser.add_argument("--out", default=None, help="JSON lines (default results/sq4_sq8_<data>.jsonl)")
     return parser.parse_args(argv)
+
+
+def _measure(index, n_probes, queries, gt, args, batch, single):
+    """Recall, batch QPS and single-query latency of one index at n_probes."""
+    search_params = ivf_sq.SearchParams(n_probes=n_probes)
+
+    def search_batch():
+        return ivf_sq.search(search_params, index, queries, args.k, resources=batch)[1]
+
+    def search_one(i):
+        return ivf_sq.search(search_params, index, queries[i:i + 1], args.k, resources=single)
+
+    neighbors = search_batch()  # warm-up on the timed path
+    result = {"recall": recall_at_k(neighbors, gt[:, :args.k])}
+    result.update(measure_batch_qps(search_batch, queries.shape[0]))
+    result.update(measure_latency(search_one, min(args.latency_queries, len(queries))))
+    return result
 
 
 def main(argv=None):
@@ -65,26 +87,29 @@ def main(argv=None):
     queries = np.ascontiguousarray(data["queries"][:args.max_queries], dtype=np.float32)
     gt = np.asarray(data["gt"][:args.max_queries])
     batch, single = Resources(n_threads=args.threads), Resources(n_threads=1)
-    results = {}
+    indexes, builds = {}, {}
     for quantizer in ("sq8", "sq4"):
         params = ivf_sq.IndexParams(n_lists=args.n_lists, metric=data["metric"], quantizer=quantizer)
-        index, build_seconds = time_call(lambda: ivf_sq.build(params, base, resources=batch))
+        indexes[quantizer], builds[quantizer] = time_call(
+            lambda: ivf_sq.build(params, base, resources=batch)
+        )
+    # The two quantizers alternate at each n_probes, round after round, so
+    # that a slow spell of this shared machine hits both alike.
+    results = {}
+    for _ in range(max(1, args.rounds)):
         for n_probes in args.n_probes:
-            search_params = ivf_sq.SearchParams(n_probes=n_probes)
-
-            def search_batch():
-                return ivf_sq.search(search_params, index, queries, args.k, resources=batch)[1]
-
-            def search_one(i):
-                return ivf_sq.search(search_params, index, queries[i:i + 1], args.k,
-                                     resources=single)
-
-            neighbors = search_batch()  # warm-up on the timed path
-            result = {"recall": recall_at_k(neighbors, gt[:, :args.k]),
-                      "build_seconds": build_seconds}
-            result.update(measure_batch_qps(search_batch, queries.shape[0]))
-            result.update(measure_latency(search_one, min(args.latency_queries, len(queries))))
-            results[quantizer, n_probes] = result
+            for quantizer, index in indexes.items():
+                result = _measure(index, n_probes, queries, gt, args, batch, single)
+                best = results.setdefault((quantizer, n_probes),
+                                          dict(result, build_seconds=builds[quantizer],
+                                               qps_rounds=[]))
+                best["qps_rounds"].append(result["qps"])
+                if result["qps"] > best["qps"]:
+                    best.update({key: value for key, value in result.items()
+                                 if key.startswith("qps") and key != "qps_rounds"})
+                for key in ("latency_p50_ms", "latency_p90_ms"):
+                    if key in result:
+                        best[key] = min(best[key], result[key])
     rows = []
     for n_probes in args.n_probes:
         sq8, sq4 = results["sq8", n_probes], results["sq4", n_probes]
@@ -93,11 +118,13 @@ def main(argv=None):
                      f"{sq8['latency_p50_ms']:.3f}", f"{sq4['latency_p50_ms']:.3f}"])
     print(f"{data['name']}: {base.shape[0]} x {base.shape[1]}, {queries.shape[0]} queries, "
           f"{args.n_lists} lists, {args.threads} threads (p50: 1 thread), "
+          f"best of {max(1, args.rounds)} alternating round(s), "
           f"IVFSQ_INT_DOTS={os.environ.get('IVFSQ_INT_DOTS', '1')}")
     print(format_table(["n_probes", "sq8 recall", "sq4 recall", "sq8 QPS", "sq4 QPS",
                         "QPS sq4/sq8", "sq8 p50 ms", "sq4 p50 ms"], rows))
     common_fields = {"dataset": data["name"], "n_lists": args.n_lists, "k": args.k,
-                     "threads": args.threads, "timestamp": utc_timestamp(),
+                     "threads": args.threads, "rounds": max(1, args.rounds),
+                     "timestamp": utc_timestamp(),
                      "int_dots": os.environ.get("IVFSQ_INT_DOTS", "1") != "0",
                      "hardware": hardware_info(("numpy", "numba", "ivfsq"))}
     records = [dict(common_fields, quantizer=quantizer, n_probes=n_probes, **result)
