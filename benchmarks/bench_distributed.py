@@ -13,19 +13,12 @@ Run from the repository root::
 """
 
 import argparse
-import pathlib
-import sys
 import time
 import tracemalloc
 
 import numpy as np
 
 from common import RESULTS_DIR, hardware_info, utc_timestamp, write_jsonl
-
-try:
-    import ivfsq  # noqa: F401
-except ImportError:  # not installed: use the source tree next to this folder
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
 
 import ray
 

@@ -18,7 +18,6 @@ See benchmarks/README.md for the options.
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 
 import numpy as np
@@ -37,12 +36,6 @@ from common import (
     warn_if_busy,
     write_jsonl,
 )
-
-try:
-    import ivfsq
-except ImportError:  # not installed: use the source tree next to this folder
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
-    import ivfsq
 
 import faiss
 from ivfsq.common import Resources

@@ -25,8 +25,8 @@ import pathlib
 
 import numpy as np
 
-# bench_faiss puts the source tree on sys.path when ivfsq is not installed,
-# so it is imported before the ivfsq modules below.
+# bench_faiss (through common) puts the source tree on sys.path when ivfsq is not
+# installed, so it is imported before the ivfsq modules below.
 from bench_faiss import (
     KMEANS_N_ITERS,
     TRAIN_POINTS_PER_LIST,

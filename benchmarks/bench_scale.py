@@ -23,7 +23,6 @@ Writes JSON lines (``results/scale.jsonl`` or ``--out``). Needs Linux (for
 import argparse
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import tempfile
@@ -33,11 +32,6 @@ import time
 import numpy as np
 
 from common import RESULTS_DIR, hardware_info, utc_timestamp, write_jsonl
-
-try:
-    import ivfsq  # noqa: F401
-except ImportError:  # not installed: use the source tree next to this folder
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
 
 
 def _status_kib(field):

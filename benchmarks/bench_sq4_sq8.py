@@ -15,7 +15,6 @@ Run from the repository root::
 import argparse
 import os
 import pathlib
-import sys
 
 import numpy as np
 
@@ -30,11 +29,6 @@ from common import (
     utc_timestamp,
     write_jsonl,
 )
-
-try:
-    import ivfsq  # noqa: F401
-except ImportError:  # not installed: use the source tree next to this folder
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "src"))
 
 from ivfsq.common import Resources
 from ivfsq.datasets import find_shared_dataset, load_dataset_dir, recall_at_k

@@ -12,12 +12,20 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results"
+
+# Every benchmark imports this module first: when ivfsq is not installed,
+# the source tree next to this folder is used.
+try:
+    import ivfsq  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO_ROOT / "src"))
 
 
 def default_n_lists(n_rows):
