@@ -138,44 +138,36 @@ def test_bound_is_skipped_where_it_does_not_pay():
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_search_results_do_not_change_with_the_bound(metric):
+    # A batch takes the BLAS bound; one query per call the few-query kernel
+    # (its own bound loops). Both must give what the full computation gives.
     base, queries = make_blobs_lowrank(6000, 160, n_queries=200, intrinsic_dim=8, seed=5)
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=96, metric=metric), base)
     params = ivf_sq.SearchParams(n_probes=6)
     engine = index._engine
     assert engine.coarse_bound(6) is not None  # the bound is what is tested
-    with_bound = ivf_sq.search(params, index, queries, 10)
+    single = Resources(n_threads=1)
+
+    def search_all():
+        batch = ivf_sq.search(params, index, queries, 10)
+        one_by_one = [ivf_sq.search(params, index, q[None], 10, resources=single)
+                      for q in queries[:40]]
+        return batch, one_by_one
+
+    with_bound = search_all()
     engine._coarse_bound = False
     try:
-        without = ivf_sq.search(params, index, queries, 10)
+        without = search_all()
     finally:
         engine._coarse_bound = None
-    d1, i1 = with_bound
-    d2, i2 = without
+    (d1, i1), singles_with = with_bound
+    (d2, i2), singles_without = without
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_allclose(d1, d2, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("metric", METRICS)
-def test_single_query_results_do_not_change_with_the_bound(metric):
-    # One query per call takes the few-query kernel (its own bound loops).
-    base, queries = make_blobs_lowrank(6000, 160, n_queries=40, intrinsic_dim=8, seed=6)
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=96, metric=metric), base)
-    params = ivf_sq.SearchParams(n_probes=6)
-    engine = index._engine
-    assert engine.coarse_bound(6) is not None
-    single = Resources(n_threads=1)
-    with_bound = [ivf_sq.search(params, index, q[None], 10, resources=single) for q in queries]
-    engine._coarse_bound = False
-    try:
-        without = [ivf_sq.search(params, index, q[None], 10, resources=single) for q in queries]
-    finally:
-        engine._coarse_bound = None
-    for (d1, i1), (d2, i2) in zip(with_bound, without):
+    for (d1, i1), (d2, i2) in zip(singles_with, singles_without):
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_allclose(d1, d2, rtol=1e-6, atol=1e-6)
-    # And the batch path agrees with both.
-    batch = ivf_sq.search(params, index, queries, 10)
-    np.testing.assert_array_equal(np.vstack([i for _, i in with_bound]), batch[1])
+    # And single queries agree with the batch.
+    np.testing.assert_array_equal(np.vstack([i for _, i in singles_with]), with_bound[0][1][:40])
 
 
 def test_cost_model_prefers_full_search_for_many_probes():
