@@ -361,13 +361,17 @@ class IvfSqEngine:
         scores = np.empty((n_queries, n_probes), dtype=np.float32)
         use_l2 = self.metric in ("sqeuclidean", "euclidean")
 
-        if n_queries <= SMALL_BATCH_QUERIES:
-            kernels.select_probes_small(
-                queries, self.centers, self.center_sq_norms, use_l2, scores, probes
-            )
-            return probes
-
         bound = self.coarse_bound(n_probes)
+        if n_queries <= SMALL_BATCH_QUERIES:
+            # One kernel call, no BLAS (the bound's dots included).
+            if bound is None:
+                kernels.select_probes_small(
+                    queries, self.centers, self.center_sq_norms, use_l2, scores, probes
+                )
+            else:
+                bound.select_few(queries, self.centers, self.center_sq_norms, use_l2, scores,
+                                 probes)
+            return probes
 
         # Each thread takes its queries block by block: a single-threaded
         # GEMM against the centers (or their bound's subspace), then the
@@ -462,15 +466,10 @@ class IvfSqEngine:
             n_threads == 1 or self._scan_cost(lists, n_queries * n_probes) < FEW_MAX_SCAN_BYTES
         ):
             # A few queries and little work: the whole search in one kernel
-            # call, after one for the probes where the coarse bound pays.
+            # call (after one for the probes where the coarse bound pays).
             probes = _NO_PROBES
-            bound = self.coarse_bound(n_probes)
-            if bound is not None:
-                probes = np.empty((n_queries, n_probes), dtype=np.int64)
-                bound.select_few(
-                    queries, self.centers, self.center_sq_norms, metric == kernels.METRIC_L2,
-                    np.empty((n_queries, n_probes), dtype=np.float32), probes,
-                )
+            if self.coarse_bound(n_probes) is not None:
+                probes = self.coarse_probes(queries, n_probes, n_threads)
             kernels.search_few(
                 queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
                 self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
