@@ -264,8 +264,9 @@ def test_bitset_words_match_boolean_mask(blobs, indexes):
     np.testing.assert_array_equal(by_mask[1], by_words[1])
 
 
+@pytest.mark.parametrize("n_queries", [4, 64])  # a few queries, and a list-major batch
 @pytest.mark.parametrize("metric, pad", [("sqeuclidean", np.inf), ("inner_product", -np.inf)])
-def test_fewer_than_k_results_are_padded(blobs, indexes, metric, pad):
+def test_fewer_than_k_results_are_padded(blobs, indexes, metric, pad, n_queries):
     base, queries = blobs
     index = indexes[metric]
     keep = np.zeros(base.shape[0], dtype=bool)
@@ -273,7 +274,7 @@ def test_fewer_than_k_results_are_padded(blobs, indexes, metric, pad):
     distances, neighbors = ivf_sq.search(
         ivf_sq.SearchParams(n_probes=N_LISTS),
         index,
-        queries[:4],
+        queries[:n_queries],
         6,
         filter=filters.from_bitset(keep),
     )

@@ -89,7 +89,8 @@ def test_row_dots_match_oracle(implementation, bits, code_size):
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("code_size", [16, 32, 77, 392])
 def test_int_weights_bound_the_exact_dot(bits, code_size):
-    """scale * (w_int . u) + bound >= w . u for all codes u, the worst included."""
+    """scale * (w_int . u) + above >= w . u >= scale * (w_int . u) - below
+    for all codes u, the worst included."""
     if code_size < simd.CHUNK_BYTES[bits]:
         pytest.skip("rows shorter than one chunk take the float path")
     rng = np.random.default_rng(7)
@@ -97,11 +98,11 @@ def test_int_weights_bound_the_exact_dot(bits, code_size):
     weights = (rng.standard_normal((5, n_weights)) * rng.random((5, 1)) * 100).astype(np.float32)
     weights[4] = 0.0  # an all-zero query
     int_weights = np.zeros((5, simd.n_int_weights(bits, code_size)), simd.WEIGHT_DTYPE[bits])
-    params = np.zeros((5, 2), np.float32)
+    params = np.zeros((5, kernels.INT_PARAMS), np.float32)
     kernels.query_int_weights(weights, bits, code_size, int_weights, params)
     limit = simd.weight_limit(bits, code_size)
     assert np.abs(int_weights.astype(int)).max() == limit  # the largest weight uses the range
-    assert params[4, 1] == 0.0
+    assert params[4, 1] == 0.0 and params[4, 2] == 0.0
     max_code = 255 if bits == 8 else 15
     # Back in the float layout: every float weight has exactly one int8 weight.
     levels = _float_layout(int_weights, bits, code_size)
@@ -120,6 +121,15 @@ def test_int_weights_bound_the_exact_dot(bits, code_size):
     rounding_part = params[:, 1].astype(np.float64) / 1.001 - allowance
     assert np.all(rounding_part[:4] > 0)
     assert np.all(excess[:4] >= 0.999 * rounding_part[:4] - 1e-6 * params[:4, 1])
+    # The other way: how far the exact dot can fall below the integer one.
+    shortfall = codes @ approx_weights.T - codes @ exact_weights.T
+    assert np.all(shortfall <= params[:, 2] + 1e-9)
+    adversarial = np.where(approx_weights > exact_weights, max_code, 0)
+    shortfall = np.einsum("qj,qj->q", adversarial, approx_weights - exact_weights)
+    assert np.all(shortfall <= params[:, 2] + 1e-9)
+    rounding_part = params[:, 2].astype(np.float64) / 1.001 - allowance
+    assert np.all(rounding_part[:4] > 0)
+    assert np.all(shortfall[:4] >= 0.999 * rounding_part[:4] - 1e-6 * params[:4, 2])
 
 
 def _float_layout(int_weights, bits, code_size):
@@ -153,12 +163,22 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
     bitset = np.zeros(-(-3000 // 32), np.uint32)
     np.bitwise_or.at(bitset, kept_ids // 32, (1 << (kept_ids % 32)).astype(np.uint32))
     keep = filters.from_bitset(bitset)
+    # Fewer kept vectors than k in most lists: a first list's skipped rows
+    # must stay out of an empty heap.
+    sparse = np.zeros(3000, bool)
+    sparse[[5, 500, 1500, 2999]] = True
+    sparse = filters.from_bitset(sparse)
     cases = []
-    for n_probes, n_queries, keep_filter in [(8, 300, None), (2, 300, None), (4, 1, None),
-                                                  (3, 5, None), (8, 300, keep), (4, 1, keep)]:
+    # k = 1 and k past a list's size too: a first list is scanned in two
+    # phases, with a cutoff only where it holds at least k rows.
+    for n_probes, n_queries, keep_filter, k in [
+        (8, 300, None, 10), (2, 300, None, 10), (4, 1, None, 10), (3, 5, None, 10),
+        (8, 300, keep, 10), (4, 1, keep, 10), (8, 300, None, 1), (3, 5, keep, 1),
+        (2, 300, None, 250), (2, 1, None, 250), (16, 300, sparse, 10), (16, 1, sparse, 10),
+    ]:
         params = ivf_sq.SearchParams(n_probes=n_probes)
-        cases.append((params, queries[:n_queries], keep_filter))
-    with_filter = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]
+        cases.append((params, queries[:n_queries], keep_filter, k))
+    with_filter = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
     # Filtered list-major scans split the queries among threads: any count
     # gives the same results.
     for n_threads in (1, 3):
@@ -167,11 +187,24 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
         np.testing.assert_array_equal(again[1], with_filter[0][1])
     monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
     assert index._engine.quantizer.n_int_weights == 0
-    without = [ivf_sq.search(p, index, q, 10, filter=f) for p, q, f in cases]
-    for (d_int, i_int), (d_float, i_float) in zip(with_filter, without):
-        np.testing.assert_array_equal(i_int, i_float)
-        # Same float arithmetic, summed in another order: float32 rounding only.
-        np.testing.assert_allclose(d_int, d_float, rtol=1e-5, atol=1e-5)
+    without = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
+    assert set(np.unique(with_filter[-2][1])) == {-1, 5, 500, 1500, 2999}
+    for (d_int, i_int), (d_float, i_float), case in zip(with_filter, without, cases):
+        # Same float arithmetic, summed in another order: float32 rounding
+        # only. It is absolute (scores of thousands cancel to the small
+        # distances of the far vectors the sparse filter leaves).
+        atol = 1e-3 if case[2] is sparse else 1e-5
+        np.testing.assert_allclose(d_int, d_float, rtol=1e-5, atol=atol)
+        if case[3] <= 10:
+            np.testing.assert_array_equal(i_int, i_float)
+        else:
+            # 250 neighbours hold near-ties that the rounding may swap, at
+            # the k-th place too: ids that only one side holds lie there.
+            for row in range(i_int.shape[0]):
+                kth = abs(float(d_float[row, -1]))
+                for ids, dists, others in ((i_int, d_int, i_float), (i_float, d_float, i_int)):
+                    only = ~np.isin(ids[row], others[row])
+                    assert np.all(np.abs(dists[row][only] - d_float[row, -1]) <= 1e-5 * max(kth, 1.0))
 
 
 def test_switching_the_filter_off_does_not_change_the_compiled_dots():
@@ -185,3 +218,38 @@ def test_switching_the_filter_off_does_not_change_the_compiled_dots():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == [str(simd.HAS_AVX2_DOTS), str(simd.HAS_AVX2_DOTS), "False"]
+
+
+@njit
+def _cover(values, k, n_buckets):
+    return kernels._kth_smallest_cover(values, values.shape[0], k,
+                                       np.empty(n_buckets, np.int64))
+
+
+@pytest.mark.parametrize("n_buckets", [1, 4, 64])
+def test_kth_smallest_cover_is_a_value_at_or_above_the_kth(n_buckets):
+    rng = np.random.default_rng(11)
+    cases = [
+        rng.standard_normal(60).astype(np.float32),
+        np.repeat(rng.standard_normal(5), 12).astype(np.float32),  # ties
+        np.full(30, 2.5, np.float32),  # all equal
+        np.array([1e30, -1e30, 0.0, 1e-30, 3.0], np.float32),  # a huge range
+        (1.0 + np.arange(40) * np.finfo(np.float32).eps).astype(np.float32),  # a tiny one
+        np.array([0.0, 1e-45, 2e-45, 5.0], np.float32),  # subnormal gaps
+    ]
+    with_inf = rng.standard_normal(50).astype(np.float32)
+    with_inf[rng.random(50) < 0.4] = np.inf  # rows a filter skipped
+    cases.append(with_inf)
+    for values in cases:
+        finite = np.sort(values[np.isfinite(values)])
+        for k in sorted({1, 2, 7, finite.size, min(values.size, finite.size + 1)}):
+            if k < 1 or k > values.size:
+                continue
+            cover = _cover(values.copy(), k, n_buckets)
+            if k > finite.size:
+                assert cover == np.inf
+                continue
+            assert cover >= finite[k - 1]
+            assert cover in values
+            if n_buckets == 1:
+                assert cover == finite[-1]  # one bucket holds them all

@@ -264,7 +264,7 @@ class ScalarQuantizer:
         (or not ``enabled`` by the caller)."""
         n_queries = weights.shape[0]
         out = self.int_weights_buffer(n_queries, enabled)
-        params = np.zeros((n_queries, 2), dtype=np.float32)
+        params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)
         if out.shape[1]:
             def task(start, stop):
                 rows = slice(start, stop)

@@ -27,6 +27,12 @@ METRIC_COSINE = 2
 HANDLE_TOPK = 0
 HANDLE_RANGE = 1
 
+# Per query, the integer filter's (scale, bound above, bound below): see
+# _int_weights_row.
+INT_PARAMS = 3
+# Buckets of the histogram that picks a list's cutoff (_kth_smallest_cover).
+HISTOGRAM_BUCKETS = 64
+
 _JIT = dict(cache=True, nogil=True)
 # Reassociation lets LLVM vectorise the dot-product reductions; the flags
 # that assume no inf/NaN are left out because the top-k heap holds +inf.
@@ -206,6 +212,25 @@ def _distance_lower_bound(metric, approx, margin, q_sq, aux_value):
 
 
 @njit(inline="always")
+def _distance_upper_bound(metric, approx, margin, q_sq, aux_value):
+    """A distance no smaller than the exact one of a vector whose score is
+    within ``margin`` below ``approx``: :func:`_distance_lower_bound`'s mirror."""
+    worst = approx - margin
+    if metric == METRIC_L2:
+        magnitude = q_sq + aux_value
+        return magnitude - np.float32(2.0) * worst + np.float32(1e-6) * magnitude
+    if metric == METRIC_IP:
+        return -worst
+    return np.float32(1.0) - aux_value * worst + np.float32(1e-6)
+
+
+@njit(inline="always")
+def _int_margin_below(int_params, query, base):
+    # How much the exact score can fall short of the integer one.
+    return int_params[query, 2] + np.float32(1e-6) * abs(base)
+
+
+@njit(inline="always")
 def _int_margin(int_params, query, base):
     # The integer dot's error bound for this query, and rounding of the base.
     return int_params[query, 1] + np.float32(1e-6) * abs(base)
@@ -320,17 +345,29 @@ def scan_lists(
     (+inf, -1); ``out_ids`` holds ids, or storage row numbers when
     ``emit_rows`` (for re-ranking against the precise store). When
     ``int_weights`` has columns, its row ``i`` and ``int_params[i]`` are
-    query ``i``'s integer weights (see :func:`_scan_list`); the results are
-    the same.
+    query ``i``'s integer weights (see :func:`_scan_list`), and each query's
+    first list is scanned in two phases (:func:`_scan_list_bounded`); the
+    results are the same.
     """
     n_queries, n_probes = probes.shape
+    bounded = _n_int_chunks(int_weights, bits) > 0
+    longest = list_sizes.max() if bounded and list_sizes.shape[0] > 0 else 0
+    lowers = np.empty(longest, dtype=np.float32)
+    uppers = np.empty(longest, dtype=np.float32)
+    counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         heap_d = out_distances[i]
         heap_i = out_ids[i]
         _heap_init(heap_d, heap_i)
         for p in range(n_probes):
             lst = probes[i, p]
-            if lst >= 0:
+            if lst >= 0 and p == 0 and bounded:
+                _scan_list_bounded(
+                    weights[i], list_consts[i, p], query_sq_norms[i], lst, codes, ids, aux,
+                    list_offsets, list_sizes, metric, bits, keep_words, use_filter, emit_rows,
+                    heap_d, heap_i, int_weights, int_params, i, lowers, uppers, counts,
+                )
+            elif lst >= 0:
                 _scan_list(
                     weights[i], list_consts[i, p], query_sq_norms[i], lst, codes, ids, aux,
                     list_offsets, list_sizes, metric, bits, keep_words, use_filter,
@@ -401,6 +438,119 @@ def _offer_exact(heap_d, heap_i, query, k, metric, base, weights, codes, row, bi
     return worst
 
 
+@njit(inline="always")
+def _kth_smallest_cover(values, n, k, counts):
+    """One of ``values[:n]`` at or above their k-th smallest (1 <= k <= n;
+    +inf when fewer than k are finite), found without sorting: a histogram
+    of the finite values over ``counts.shape[0]`` equal buckets, then the
+    largest value in the buckets up to the one where the running count
+    reaches k. ``counts`` (int64) is a workspace."""
+    low = np.float32(np.inf)
+    high = np.float32(-np.inf)
+    n_finite = 0
+    for i in range(n):
+        value = values[i]
+        if value < np.inf:
+            low = min(low, value)
+            high = max(high, value)
+            n_finite += 1
+    if n_finite < k:
+        return np.float32(np.inf)
+    if not high > low:
+        return high
+    n_buckets = counts.shape[0]
+    counts[:] = 0
+    inverse = np.float32(n_buckets) / (high - low)
+    for i in range(n):
+        value = values[i]
+        if value < np.inf:
+            counts[_bucket(value, low, inverse, n_buckets)] += 1
+    last = 0
+    total = 0
+    for bucket in range(n_buckets):
+        total += counts[bucket]
+        if total >= k:
+            last = bucket
+            break
+    # At least k values lie in buckets 0..last: the largest of them is at
+    # or above the k-th smallest.
+    cover = np.float32(-np.inf)
+    for i in range(n):
+        value = values[i]
+        if value < np.inf and _bucket(value, low, inverse, n_buckets) <= last:
+            cover = max(cover, value)
+    return cover
+
+
+@njit(inline="always")
+def _bucket(value, low, inverse, n_buckets):
+    # In range whatever the float arithmetic gives (a NaN from 0 * inf
+    # included): an index out of it would write past the counts.
+    position = (value - low) * inverse
+    if position >= np.float32(0.0) and position < np.float32(n_buckets):
+        return np.int64(position)
+    if position >= np.float32(n_buckets):
+        return n_buckets - 1
+    return 0
+
+
+@njit(inline="always")
+def _score_bounded(w, heap_d, heap_i, k, metric, base, codes, bits, start, n_rows, q_sq, aux,
+                   ids, emit_rows, lowers, uppers, counts):
+    """Score exactly, into one query's max-heap ``heap_*``, the rows ``start
+    + r`` of one list whose distance lower bound ``lowers[r]`` (+inf for a
+    row to skip) the threshold cannot rule out. The threshold is the heap's root or, when lower, a value
+    at or above the k-th smallest upper bound ``uppers[r]``: k rows of the
+    list lie within it, so the final k-th distance does too. The heap's
+    first k entries then cost about k exact scores, not the 2-3k that
+    scoring rows as they come takes while the heap fills."""
+    cutoff = np.float32(np.inf)
+    if n_rows >= k:
+        cutoff = _kth_smallest_cover(uppers, n_rows, k, counts)
+    worst = min(heap_d[0], cutoff)
+    code_size = codes.shape[1]
+    for r in range(n_rows):
+        # Rows the filter skipped have infinite bounds, which an empty
+        # heap's root (+inf) would not rule out.
+        if lowers[r] <= worst and lowers[r] < np.inf:
+            row = start + r
+            score = _exact_score(w, base, codes, row, bits, code_size)
+            dist = _score_to_distance(metric, score, q_sq, aux[row])
+            if dist <= heap_d[0]:
+                key = row if emit_rows else ids[row]
+                if _greater(heap_d[0], heap_i[0], dist, key):
+                    _heap_push_replace(heap_d, heap_i, k, dist, key)
+                worst = min(heap_d[0], cutoff)
+
+
+@njit(inline="always")
+def _scan_list_bounded(
+    w, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric, bits, keep_words,
+    use_filter, emit_rows, heap_d, heap_i, int_weights, int_params, query, lowers, uppers,
+    counts,
+):
+    """:func:`_scan_list` (top-k, integer filter on) in two phases: the
+    bounds of every row, then :func:`_score_bounded`. For a query's first
+    list, where its heap starts empty."""
+    n_chunks = _n_int_chunks(int_weights, bits)
+    start = list_offsets[lst]
+    n_rows = list_sizes[lst]
+    scale = int_params[query, 0]
+    margin = _int_margin(int_params, query, base)
+    below = _int_margin_below(int_params, query, base)
+    for r in range(n_rows):
+        row = start + r
+        if use_filter and not _is_kept(keep_words, ids[row]):
+            lowers[r] = np.inf
+            uppers[r] = np.inf
+            continue
+        approx = base + scale * np.float32(_int_dot(codes, row, int_weights, query, n_chunks, bits))
+        lowers[r] = _distance_lower_bound(metric, approx, margin, q_sq, aux[row])
+        uppers[r] = _distance_upper_bound(metric, approx, below, q_sq, aux[row])
+    _score_bounded(w, heap_d, heap_i, heap_d.shape[0], metric, base, codes, bits, start, n_rows,
+                   q_sq, aux, ids, emit_rows, lowers, uppers, counts)
+
+
 @njit(fastmath=_FAST, **_JIT)
 def scan_lists_grouped(
     lists_to_scan,
@@ -423,6 +573,7 @@ def scan_lists_grouped(
     int_params,
     heap_distances,
     heap_ids,
+    first_lists,
 ):
     """List-major scan of a batch: each list is read once for all its queries.
 
@@ -433,11 +584,22 @@ def scan_lists_grouped(
     against every vector. Scores, distances, filtering and the integer
     weights (``int_*``, rows indexed like ``weights``) are those of
     :func:`scan_lists`. Results go into the max-heaps ``heap_*`` (one row per
-    query, initialised by the caller, left unsorted).
+    query, initialised by the caller, left unsorted). ``first_lists`` says
+    that the heaps are empty and these are the queries' first lists: then,
+    with the integer filter, each block takes every row's bounds first and
+    scores exactly only the rows they leave in (see :func:`_score_bounded`).
     """
     k = heap_distances.shape[1]
     code_size = codes.shape[1]
     n_chunks = _n_int_chunks(int_weights, bits)
+    two_phase = first_lists and n_chunks > 0
+    longest = 0
+    if two_phase:
+        for li in range(lists_to_scan.shape[0]):
+            longest = max(longest, list_sizes[lists_to_scan[li]])
+    lowers = np.empty((4, longest), dtype=np.float32)
+    uppers = np.empty((4, longest), dtype=np.float32)
+    counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for li in range(lists_to_scan.shape[0]):
         lst = lists_to_scan[li]
         first = pair_offsets[lst]
@@ -477,6 +639,49 @@ def scan_lists_grouped(
                 scale1, margin1 = int_params[q1, 0], _int_margin(int_params, q1, c1)
                 scale2, margin2 = int_params[q2, 0], _int_margin(int_params, q2, c2)
                 scale3, margin3 = int_params[q3, 0], _int_margin(int_params, q3, c3)
+            if two_phase:
+                below0 = _int_margin_below(int_params, q0, c0)
+                below1 = _int_margin_below(int_params, q1, c1)
+                below2 = _int_margin_below(int_params, q2, c2)
+                below3 = _int_margin_below(int_params, q3, c3)
+                # Bounds of every row first, then exact scores for the rows
+                # they cannot rule out (see _score_bounded).
+                for r in range(stop - start):
+                    row = start + r
+                    if use_filter and not _is_kept(keep_words, ids[row]):
+                        for m in range(4):
+                            lowers[m, r] = np.inf
+                            uppers[m, r] = np.inf
+                        continue
+                    aux_value = aux[row]
+                    if bits == 8:
+                        d0, d1, d2, d3 = simd.dots4_bytes(
+                            codes, row, int_weights, (q0, q1, q2, q3), n_chunks
+                        )
+                    else:
+                        d0, d1, d2, d3 = simd.dots4_nibbles(
+                            codes, row, int_weights, (q0, q1, q2, q3), n_chunks
+                        )
+                    a0 = c0 + scale0 * np.float32(d0)
+                    a1 = c1 + scale1 * np.float32(d1)
+                    a2 = c2 + scale2 * np.float32(d2)
+                    a3 = c3 + scale3 * np.float32(d3)
+                    lowers[0, r] = _distance_lower_bound(metric, a0, margin0, sq0, aux_value)
+                    lowers[1, r] = _distance_lower_bound(metric, a1, margin1, sq1, aux_value)
+                    lowers[2, r] = _distance_lower_bound(metric, a2, margin2, sq2, aux_value)
+                    lowers[3, r] = _distance_lower_bound(metric, a3, margin3, sq3, aux_value)
+                    uppers[0, r] = _distance_upper_bound(metric, a0, below0, sq0, aux_value)
+                    uppers[1, r] = _distance_upper_bound(metric, a1, below1, sq1, aux_value)
+                    uppers[2, r] = _distance_upper_bound(metric, a2, below2, sq2, aux_value)
+                    uppers[3, r] = _distance_upper_bound(metric, a3, below3, sq3, aux_value)
+                for m in range(n_block):
+                    q = pair_queries[block + m]
+                    _score_bounded(
+                        weights[q], heap_distances[q], heap_ids[q], k, metric,
+                        pair_consts[block + m], codes, bits, start, stop - start,
+                        query_sq_norms[q], aux, ids, emit_rows, lowers[m], uppers[m], counts,
+                    )
+                continue
             for row in range(start, stop):
                 if use_filter and not _is_kept(keep_words, ids[row]):
                     continue
@@ -987,8 +1192,13 @@ def search_few(
     probe_scores = np.empty(n_probes, dtype=np.float32)
     probe_lists = np.empty(n_probes, dtype=np.int64)
     weights = np.zeros(dim if bits == 8 else 2 * code_size, dtype=np.float32)
-    int_params = np.zeros((1, 2), dtype=np.float32)
+    int_params = np.zeros((1, INT_PARAMS), dtype=np.float32)
     levels = np.empty(weights.shape[0], dtype=np.float32)
+    bounded = int_weights.shape[1] > 0
+    longest = list_sizes.max() if bounded and list_sizes.shape[0] > 0 else 0
+    lowers = np.empty(longest, dtype=np.float32)
+    uppers = np.empty(longest, dtype=np.float32)
+    counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
         if given_probes.shape[0] > 0:
@@ -999,9 +1209,12 @@ def search_few(
             _select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists)
         _weights_row(query, delta, bits, code_size, weights)
         if int_weights.shape[1] > 0:
-            scale, bound = _int_weights_row(weights, bits, code_size, int_weights[0], levels)
+            scale, above, below = _int_weights_row(
+                weights, bits, code_size, int_weights[0], levels
+            )
             int_params[0, 0] = scale
-            int_params[0, 1] = bound
+            int_params[0, 1] = above
+            int_params[0, 2] = below
         q_sq = np.float32(_dot64(query, query)) if use_l2 else np.float32(0.0)
         offset = _dot64(query, vmin)
         heap_d = out_distances[i]
@@ -1010,6 +1223,14 @@ def search_few(
         for p in range(n_probes):
             lst = probe_lists[p]
             base = _list_constant(query, centers, lst, offset, by_residual)
+            if p == 0 and bounded:
+                # The nearest list first, in two phases (its heap is empty).
+                _scan_list_bounded(
+                    weights, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric,
+                    bits, keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights,
+                    int_params, 0, lowers, uppers, counts,
+                )
+                continue
             _scan_list(
                 weights, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric,
                 bits, keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights,
@@ -1072,10 +1293,11 @@ def _int_weights_row(weights, bits, code_size, out, levels):
     :func:`query_weights` layout, ``code_size >= simd.CHUNK_BYTES[bits]``).
 
     ``weights ~ scale * out`` with ``|out| <= simd.weight_limit(bits,
-    code_size)``. Returns ``scale`` and a bound on ``weights . u - scale *
+    code_size)``. Returns ``scale``, a bound on ``weights . u - scale *
     (out . u)`` (how much the exact score can exceed the integer one) for any
     codes ``u``: the largest code times the summed positive rounding errors,
-    plus a little for float32 rounding in the two dot products. ``levels``
+    plus a little for float32 rounding in the two dot products; and the same
+    bound the other way (the negative rounding errors). ``levels``
     (float32, one per weight) is a workspace.
     """
     if bits == 4:
@@ -1097,6 +1319,7 @@ def _int_weights_row(weights, bits, code_size, out, levels):
     # float32 sums: their rounding is far inside the allowance below), then
     # copied into the chunk layout, where each weight appears once.
     rounding = np.float32(0.0)
+    rounding_below = np.float32(0.0)
     magnitude = np.float32(0.0)
     for j in range(weights.shape[0]):
         weight = weights[j]
@@ -1105,6 +1328,7 @@ def _int_weights_row(weights, bits, code_size, out, levels):
         # Codes lie in [0, max_code]: the exact dot exceeds the integer one
         # by at most max_code times the positive rounding errors.
         rounding += max(weight - level * scale, np.float32(0.0))
+        rounding_below += max(level * scale - weight, np.float32(0.0))
         magnitude += abs(weight)
     out[:] = 0
     n_chunks = out.shape[0] // per_chunk
@@ -1137,18 +1361,22 @@ def _int_weights_row(weights, bits, code_size, out, levels):
     # float32 sums of up to a few thousand terms (these two and the scan's
     # dot products): 1e-5 of the absolute sum is many times their worst
     # rounding error.
-    bound = np.float64(max_code) * (np.float64(rounding) + 1e-5 * np.float64(magnitude))
-    return scale, np.float32(bound * 1.001)
+    allowance = 1e-5 * np.float64(magnitude)
+    above = np.float64(max_code) * (np.float64(rounding) + allowance)
+    below = np.float64(max_code) * (np.float64(rounding_below) + allowance)
+    return scale, np.float32(above * 1.001), np.float32(below * 1.001)
 
 
 @njit(fastmath=_FAST, **_JIT)
 def query_int_weights(weights, bits, code_size, out, out_params):
-    """:func:`_int_weights_row` for each row: ``out_params[i] = (scale, bound)``."""
+    """:func:`_int_weights_row` for each row: ``out_params[i] = (scale, bound
+    above, bound below)``."""
     levels = np.empty(weights.shape[1], dtype=np.float32)
     for i in range(weights.shape[0]):
-        scale, bound = _int_weights_row(weights[i], bits, code_size, out[i], levels)
+        scale, above, below = _int_weights_row(weights[i], bits, code_size, out[i], levels)
         out_params[i, 0] = scale
-        out_params[i, 1] = bound
+        out_params[i, 1] = above
+        out_params[i, 2] = below
 
 
 @njit(**_JIT)
