@@ -665,7 +665,7 @@ class IvfSqEngine:
                 active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
                 pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                use_filter, emit_rows, int_weights, int_params, part_d, part_i, False,
+                use_filter, emit_rows, int_weights, int_params, part_d, part_i,
             )
 
         _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,
@@ -688,17 +688,16 @@ class IvfSqEngine:
             heap_i = np.empty((stop - start, k), dtype=np.int64)
             kernels.init_heaps(heap_d, heap_i)
             is_lead = np.arange(part_probes.size) % n_probes == 0
-            for first_lists, pairs in ((True, np.flatnonzero(is_lead)),
-                                       (False, np.flatnonzero(~is_lead))):
+            for kernel, pairs in ((kernels.scan_first_lists_grouped, np.flatnonzero(is_lead)),
+                                  (kernels.scan_lists_grouped, np.flatnonzero(~is_lead))):
                 pair_offsets, pair_queries, pair_consts = _pair_groups(
                     part_probes, list_consts[rows], pairs, n_lists
                 )
-                kernels.scan_lists_grouped(
+                kernel(
                     np.flatnonzero(np.diff(pair_offsets)), pair_offsets, pair_queries,
                     pair_consts, weights[rows], query_sq_norms[rows], lists.codes, lists.ids,
                     lists.aux, lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
                     use_filter, emit_rows, int_weights[rows], int_params[rows], heap_d, heap_i,
-                    first_lists,
                 )
             kernels.merge_topk(heap_d, heap_i, True, out_distances[rows], out_ids[rows])
 

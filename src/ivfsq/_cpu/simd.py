@@ -226,27 +226,6 @@ def _row_dots_ir(n_queries, bits):
     return intrinsic(typer)
 
 
-# -------------------------------------------------------------- prefetching
-@intrinsic
-def prefetch(typingctx, array, byte_offset):
-    """Ask the CPU to start loading the cache line at ``byte_offset`` bytes
-    from the start of ``array``'s data (``llvm.prefetch``: a hint, on every
-    target; an address past the array does not fault)."""
-
-    def codegen(context, builder, signature, args):
-        array_value, offset = args
-        data = context.make_array(signature.args[0])(context, builder, array_value)
-        pointer = builder.gep(builder.bitcast(data.data, _I8.as_pointer()), [offset])
-        function = _declare(
-            builder.module, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]
-        )
-        builder.call(function, [pointer, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
-                                ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-
-    return types.none(array, byte_offset), codegen
-
-
 # ----------------------------------------------- portable stand-ins (no AVX2)
 @njit(inline="always")
 def _portable_dot(codes, row, weights, query, n_chunks, bits):
