@@ -408,6 +408,7 @@ def test_one_dimension(metric):
         assert set(neighbors[0]) == {0, 1, 2}
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("scale", [1e-12, 1e-6, 1e6, 1e17])
 @pytest.mark.parametrize("metric", METRICS)
 def test_huge_and_tiny_magnitudes(scale, metric):
@@ -423,6 +424,7 @@ def test_huge_and_tiny_magnitudes(scale, metric):
     assert recall_at_k(neighbors, truth) > 0.9
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean", "inner_product"])
 def test_magnitudes_beyond_float32_distances_are_refused(metric):
     # Values whose squares underflow or whose distances overflow float32
@@ -447,9 +449,11 @@ def test_magnitudes_beyond_float32_distances_are_refused(metric):
     assert neighbors[:, 0].tolist() == list(range(5))
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an error, not a warning
 def test_values_beyond_float32_are_refused():
     data = np.full((100, 4), 1e300)
-    with pytest.raises(ValueError, match="dataset"):
+    data[:7] = 1.0
+    with pytest.raises(ValueError, match="dataset has values too large for float32.*row 7"):
         ivf_sq.build(ivf_sq.IndexParams(n_lists=4), data)
 
 
