@@ -157,8 +157,14 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
     centers = rng.standard_normal((20, dim)) * 3
     data = (centers[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, dim))).astype(np.float32)
     queries = (centers[rng.integers(0, 20, 300)] + rng.standard_normal((300, dim))).astype(np.float32)
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, metric=metric, quantizer=quantizer), data)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=64, metric=metric, quantizer=quantizer), data)
     assert index._engine.quantizer.n_int_weights > 0
+    # At 300-d most first lists (about 47 rows) are scanned in two phases
+    # at k = 10 (the list-major path too), and in one at k = 1.
+    code_size = index._engine.lists.codes.shape[1]
+    typical = int(np.median(index._engine.lists.list_sizes))
+    assert kernels.two_phase_pays(10, code_size, typical) == (dim == 300)
+    assert not kernels.two_phase_pays(1, code_size, typical)
     kept_ids = np.flatnonzero(rng.random(3000) < 0.7)
     bitset = np.zeros(-(-3000 // 32), np.uint32)
     np.bitwise_or.at(bitset, kept_ids // 32, (1 << (kept_ids % 32)).astype(np.uint32))

@@ -634,7 +634,8 @@ class IvfSqEngine:
         list is scanned first (its *lead* pair, a group of its own), so its
         k-th distance is tight early and fewer candidates pass the filter.
         Fashion-mnist SQ4, 2,000 queries, 1 thread, lead pairs first: 1.1x
-        faster at 16-32 probes, even at 4-8. The lead lists are scanned in
+        faster at 16-32 probes, even at 4-8. Where
+        :func:`kernels.two_phase_pays`, the lead lists are scanned in
         two phases (bounds of every row, then exact scores for the rows
         the k-th smallest upper bound leaves in). On fashion-mnist at 4
         probes, a replay of the scan counts 17 exact scores per query in
@@ -680,6 +681,10 @@ class IvfSqEngine:
         n_queries, n_probes = probes.shape
         n_lists = self.centers.shape[0]
         k = out_distances.shape[1]
+        mean_rows = lists.size / max(1, n_lists)
+        first_kernel = kernels.scan_lists_grouped
+        if kernels.two_phase_pays(k, lists.codes.shape[1], mean_rows):
+            first_kernel = kernels.scan_first_lists_grouped
 
         def task(start, stop):
             rows = slice(start, stop)
@@ -688,7 +693,7 @@ class IvfSqEngine:
             heap_i = np.empty((stop - start, k), dtype=np.int64)
             kernels.init_heaps(heap_d, heap_i)
             is_lead = np.arange(part_probes.size) % n_probes == 0
-            for kernel, pairs in ((kernels.scan_first_lists_grouped, np.flatnonzero(is_lead)),
+            for kernel, pairs in ((first_kernel, np.flatnonzero(is_lead)),
                                   (kernels.scan_lists_grouped, np.flatnonzero(~is_lead))):
                 pair_offsets, pair_queries, pair_consts = _pair_groups(
                     part_probes, list_consts[rows], pairs, n_lists
