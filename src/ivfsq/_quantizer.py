@@ -259,9 +259,9 @@ class ScalarQuantizer:
         return np.zeros((n_queries, n_columns), dtype=simd.WEIGHT_DTYPE[self.bits])
 
     def int_weights(self, weights, enabled=True, n_threads=1):
-        """The integer filter's weights and ``(scale, error bound)`` per query,
-        from :meth:`weights`' output; arrays with no columns when it is off
-        (or not ``enabled`` by the caller)."""
+        """The integer filter's weights and ``(scale, error bound above, error
+        bound below)`` per query, from :meth:`weights`' output; arrays with no
+        columns when it is off (or not ``enabled`` by the caller)."""
         n_queries = weights.shape[0]
         out = self.int_weights_buffer(n_queries, enabled)
         params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)

@@ -271,8 +271,9 @@ def _scan_list(
     A vector scores ``base + w . u``; see :func:`scan_lists`. With integer
     weights (row ``query`` of ``int_weights``, see :mod:`ivfsq._cpu.simd`),
     the integer dot ``scale * (w8 . u)`` first gives a lower bound of the
-    distance (``int_params[query] = (scale, error bound)``); only vectors
-    whose bound passes are scored exactly.
+    distance (``int_params[query] = (scale, error bound above, error bound
+    below)``, see :func:`_int_weights_row`; the bound above serves here);
+    only vectors whose bound passes are scored exactly.
 
     ``HANDLE_TOPK``: the threshold is the max-heap's root (the k-th
     distance), and winners are pushed into ``heap_*``. ``HANDLE_RANGE``: the
