@@ -72,7 +72,8 @@ def _oracle_levels(codes, bits, dim):
 def _int_weights(weights, bits, code_size, use_int):
     """The integer filter's weights (see ivfsq._cpu.simd), or none."""
     if not use_int:
-        return np.zeros((weights.shape[0], 0), np.int8), np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32)
+        return (np.zeros((weights.shape[0], 0), np.int8),
+                np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32))
     out = np.zeros((weights.shape[0], simd.n_int_weights(bits, code_size)),
                    simd.WEIGHT_DTYPE[bits])
     params = np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32)

@@ -210,7 +210,8 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
                 kth = abs(float(d_float[row, -1]))
                 for ids, dists, others in ((i_int, d_int, i_float), (i_float, d_float, i_int)):
                     only = ~np.isin(ids[row], others[row])
-                    assert np.all(np.abs(dists[row][only] - d_float[row, -1]) <= 1e-5 * max(kth, 1.0))
+                    gaps = np.abs(dists[row][only] - d_float[row, -1])
+                    assert np.all(gaps <= 1e-5 * max(kth, 1.0))
 
 
 def test_switching_the_filter_off_does_not_change_the_compiled_dots():

@@ -506,11 +506,12 @@ def _score_bounded(w, heap_d, heap_i, k, metric, base, codes, bits, start, n_row
                    ids, emit_rows, lowers, uppers, counts):
     """Score exactly, into one query's max-heap ``heap_*``, the rows ``start
     + r`` of one list whose distance lower bound ``lowers[r]`` (+inf for a
-    row to skip) the threshold cannot rule out. The threshold is the heap's root or, when lower, a value
-    at or above the k-th smallest upper bound ``uppers[r]``: k rows of the
-    list lie within it, so the final k-th distance does too. The heap's
-    first k entries then cost about k exact scores, not the 2-3k that
-    scoring rows as they come takes while the heap fills."""
+    row to skip) the threshold cannot rule out. The threshold is the heap's
+    root or, when lower, a value at or above the k-th smallest upper bound
+    ``uppers[r]``: k rows of the list lie within it, so the final k-th
+    distance does too. The heap's first k entries then cost about k exact
+    scores, not the 2-3k that scoring rows as they come takes while the
+    heap fills."""
     cutoff = np.float32(np.inf)
     if n_rows >= k:
         cutoff = _kth_smallest_cover(uppers, n_rows, k, counts)
@@ -562,7 +563,8 @@ def _scan_list_bounded(
             lowers[r] = np.inf
             uppers[r] = np.inf
             continue
-        approx = base + scale * np.float32(_int_dot(codes, row, int_weights, query, n_chunks, bits))
+        dot = _int_dot(codes, row, int_weights, query, n_chunks, bits)
+        approx = base + scale * np.float32(dot)
         lowers[r] = _distance_lower_bound(metric, approx, margin, q_sq, aux[row])
         uppers[r] = _distance_upper_bound(metric, approx, below, q_sq, aux[row])
     _score_bounded(w, heap_d, heap_i, heap_d.shape[0], metric, base, codes, bits, start, n_rows,
