@@ -571,6 +571,25 @@ def _scan_list_bounded(
                    q_sq, aux, ids, emit_rows, lowers, uppers, counts)
 
 
+@njit(inline="always")
+def _block_members(pair_queries, pair_consts, query_sq_norms, block, n_block):
+    """The query rows, list constants and ``|q|^2`` of a block of up to four
+    pairs of one list; missing members repeat the first."""
+    q0 = pair_queries[block]
+    q1 = pair_queries[block + 1] if n_block > 1 else q0
+    q2 = pair_queries[block + 2] if n_block > 2 else q0
+    q3 = pair_queries[block + 3] if n_block > 3 else q0
+    c0 = pair_consts[block]
+    c1 = pair_consts[block + 1] if n_block > 1 else c0
+    c2 = pair_consts[block + 2] if n_block > 2 else c0
+    c3 = pair_consts[block + 3] if n_block > 3 else c0
+    return (
+        (q0, q1, q2, q3),
+        (c0, c1, c2, c3),
+        (query_sq_norms[q0], query_sq_norms[q1], query_sq_norms[q2], query_sq_norms[q3]),
+    )
+
+
 @njit(fastmath=_FAST, **_JIT)
 def scan_lists_grouped(
     lists_to_scan,
@@ -617,10 +636,9 @@ def scan_lists_grouped(
         for block in range(first, last, 4):
             n_block = min(4, last - block)
             # Missing block members repeat the first query; their scores are dropped.
-            q0 = pair_queries[block]
-            q1 = pair_queries[block + 1] if n_block > 1 else q0
-            q2 = pair_queries[block + 2] if n_block > 2 else q0
-            q3 = pair_queries[block + 3] if n_block > 3 else q0
+            (q0, q1, q2, q3), (c0, c1, c2, c3), (sq0, sq1, sq2, sq3) = _block_members(
+                pair_queries, pair_consts, query_sq_norms, block, n_block
+            )
             # Each member's current k-th distance, kept in registers: most
             # candidates lose to it, and only winners touch the heap.
             # Missing members get -inf, which no distance beats.
@@ -628,14 +646,6 @@ def scan_lists_grouped(
             worst1 = heap_distances[q1, 0] if n_block > 1 else -np.inf
             worst2 = heap_distances[q2, 0] if n_block > 2 else -np.inf
             worst3 = heap_distances[q3, 0] if n_block > 3 else -np.inf
-            c0 = pair_consts[block]
-            c1 = pair_consts[block + 1] if n_block > 1 else c0
-            c2 = pair_consts[block + 2] if n_block > 2 else c0
-            c3 = pair_consts[block + 3] if n_block > 3 else c0
-            sq0 = query_sq_norms[q0]
-            sq1 = query_sq_norms[q1]
-            sq2 = query_sq_norms[q2]
-            sq3 = query_sq_norms[q3]
             low0, high0 = weights[q0, :code_size], weights[q0, code_size:]
             low1, high1 = weights[q1, :code_size], weights[q1, code_size:]
             low2, high2 = weights[q2, :code_size], weights[q2, code_size:]
@@ -781,18 +791,9 @@ def scan_first_lists_grouped(
         for block in range(first, last, 4):
             n_block = min(4, last - block)
             # Missing block members repeat the first query; their bounds go unused.
-            q0 = pair_queries[block]
-            q1 = pair_queries[block + 1] if n_block > 1 else q0
-            q2 = pair_queries[block + 2] if n_block > 2 else q0
-            q3 = pair_queries[block + 3] if n_block > 3 else q0
-            c0 = pair_consts[block]
-            c1 = pair_consts[block + 1] if n_block > 1 else c0
-            c2 = pair_consts[block + 2] if n_block > 2 else c0
-            c3 = pair_consts[block + 3] if n_block > 3 else c0
-            sq0 = query_sq_norms[q0]
-            sq1 = query_sq_norms[q1]
-            sq2 = query_sq_norms[q2]
-            sq3 = query_sq_norms[q3]
+            (q0, q1, q2, q3), (c0, c1, c2, c3), (sq0, sq1, sq2, sq3) = _block_members(
+                pair_queries, pair_consts, query_sq_norms, block, n_block
+            )
             scale0, scale1 = int_params[q0, 0], int_params[q1, 0]
             scale2, scale3 = int_params[q2, 0], int_params[q3, 0]
             above0, below0 = _int_margin(int_params, q0, c0), _int_margin_below(int_params, q0, c0)
