@@ -92,6 +92,60 @@ def test_bounded_selection_is_the_exact_selection(inner_product, n_probes, n_lis
     assert all(len(set(row)) == n_probes for row in probes.tolist())
 
 
+def lexicographic_best(scores, n_probes):
+    """The n_probes lists of smallest (score, list number), best first."""
+    numbers = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.lexsort((numbers, scores), axis=1)[:, :n_probes]
+
+
+@pytest.mark.parametrize("inner_product", [False, True])
+@pytest.mark.parametrize("n_probes", [1, 2, 5, 17, 19, 40, 300])
+def test_bounded_selection_breaks_ties_by_list_number(inner_product, n_probes):
+    # Integer centers and queries, so that every float32 score is exact,
+    # and a third of the centers repeated, so that scores tie: the pick is
+    # the n_probes smallest (score, list number) whichever way the kernel
+    # groups the lists (groups of 8 up to 18 probes of 300 lists, one list
+    # per group beyond).
+    centers = np.round(30 * low_rank_centers(seed=3)).astype(np.float32)
+    centers[200:] = centers[:100]
+    bound = CoarseBound.build(centers, inner_product)
+    assert bound is not None
+    rng = np.random.default_rng(5)
+    queries = centers[rng.integers(0, 300, 30)] + rng.integers(-3, 4, (30, centers.shape[1]))
+    queries = np.vstack([queries, np.zeros((1, centers.shape[1]))]).astype(np.float32)
+    scores, probes = bounded_selection(bound, queries, centers, inner_product, n_probes)
+    exact = exact_scores(queries, centers, inner_product)
+    np.testing.assert_array_equal(probes, lexicographic_best(exact, n_probes))
+    np.testing.assert_array_equal(scores, np.take_along_axis(exact, probes, axis=1))
+
+
+@pytest.mark.parametrize("use_l2", [True, False])
+@pytest.mark.parametrize("n_lists", [3, 8, 100, 1001])
+def test_probe_selection_breaks_ties_by_list_number(n_lists, use_l2):
+    # Scores from a few integers, so that most of them tie; list counts
+    # with and without whole groups of 8, and n_probes from 1 to all lists.
+    rng = np.random.default_rng(n_lists)
+    dots = rng.integers(-20, 21, (40, n_lists)).astype(np.float32)
+    sq_norms = rng.integers(0, 41, n_lists).astype(np.float32)
+    scores = sq_norms - np.float32(2.0) * dots if use_l2 else -dots
+    for n_probes in sorted({1, 2, 5, max(1, n_lists // 16), max(1, n_lists // 2), n_lists}):
+        if n_probes > n_lists:
+            continue
+        out_scores = np.empty((40, n_probes), np.float32)
+        out_lists = np.empty((40, n_probes), np.int64)
+        kernels.select_probes(dots, sq_norms, use_l2, out_scores, out_lists)
+        best = lexicographic_best(scores, n_probes)
+        np.testing.assert_array_equal(out_lists, best)
+        np.testing.assert_array_equal(out_scores, np.take_along_axis(scores, best, axis=1))
+        small_scores = np.empty_like(out_scores)
+        small_lists = np.empty_like(out_lists)
+        # The same dots, computed by the kernel: query i picks column i.
+        queries = np.eye(40, dtype=np.float32)
+        kernels.select_probes_small(queries, np.ascontiguousarray(dots.T), sq_norms, use_l2,
+                                    small_scores, small_lists)
+        np.testing.assert_array_equal(small_lists, best)
+
+
 @pytest.mark.parametrize("inner_product", [False, True])
 @pytest.mark.parametrize("n_probes", [1, 5, 17])
 def test_few_query_kernel_selects_as_the_batch_kernel(inner_product, n_probes):

@@ -211,20 +211,24 @@ def test_small_batch_probe_selection_matches_blas_path(use_l2):
     np.testing.assert_allclose(small_scores, np.sort(oracle, axis=1)[:, :6], rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("use_l2", [True, False])
 @pytest.mark.parametrize("by_residual", [True, False])
-def test_list_constants_match_numpy(by_residual):
+def test_list_constants_match_numpy(by_residual, use_l2):
     rng = np.random.default_rng(5)
     queries = rng.standard_normal((7, 24)).astype(np.float32)
     centers = rng.standard_normal((10, 24)).astype(np.float32)
     vmin = rng.standard_normal(24).astype(np.float32)
     probes = rng.integers(0, 10, (7, 3))
     out = np.empty((7, 3), np.float32)
-    kernels.list_constants(queries, centers, probes, vmin, by_residual, out)
+    sq_norms = np.full(7, np.nan, np.float32)
+    kernels.list_constants(queries, centers, probes, vmin, by_residual, use_l2, out, sq_norms)
     q = queries.astype(np.float64)
     expected = (q @ vmin.astype(np.float64))[:, None] + np.zeros((7, 3))
     if by_residual:
         expected += np.einsum("ij,ipj->ip", q, centers[probes].astype(np.float64))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    expected_norms = (q**2).sum(axis=1) if use_l2 else np.zeros(7)
+    np.testing.assert_allclose(sq_norms, expected_norms, rtol=1e-6)
 
 
 def test_normalize_rows_kernel():

@@ -410,23 +410,27 @@ class IvfSqEngine:
         return bound
 
     def list_constants(self, queries, probes, n_threads):
-        """``q . x_hat - weights . u`` for each probed list: ``q.c + q.vmin``.
+        """``q . x_hat - weights . u`` for each probed list: ``q.c + q.vmin``;
+        and ``|q|^2`` per query for L2 (zeros otherwise).
 
         ``q . c`` is recomputed in float64 for the probed lists only, so a
         query's constants do not depend on which other queries share its
-        batch (BLAS blocking would); it is absent without residuals.
+        batch (BLAS blocking would); it is absent without residuals. The
+        norms are float64 sums as well, the same as a single query's.
         """
         out = np.empty(probes.shape, dtype=np.float32)
+        sq_norms = np.empty(probes.shape[0], dtype=np.float32)
+        use_l2 = self.metric in ("sqeuclidean", "euclidean")
 
         def task(start, stop):
             rows = slice(start, stop)
             kernels.list_constants(
                 queries[rows], self.centers, probes[rows], self.quantizer.vmin,
-                self.by_residual, out[rows],
+                self.by_residual, use_l2, out[rows], sq_norms[rows],
             )
 
         run_chunks(task, probes.shape[0], n_threads, min_chunk=64, chunks_per_thread=1)
-        return out
+        return out, sq_norms
 
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0):
         """Internal (smaller is better) distances and ids, (nq, k).
@@ -480,7 +484,7 @@ class IvfSqEngine:
                 return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
             return distances, neighbors
         probes = self.coarse_probes(queries, n_probes, n_threads)
-        list_consts = self.list_constants(queries, probes, n_threads)
+        list_consts, query_sq_norms = self.list_constants(queries, probes, n_threads)
         weights = self.quantizer.weights(queries, n_threads)
         grouped = n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]
         int_weights, int_params = self.quantizer.int_weights(
@@ -488,7 +492,6 @@ class IvfSqEngine:
             enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES[bits],
             n_threads=n_threads,
         )
-        query_sq_norms = self._query_sq_norms(queries)
 
         def scan(query_rows, probe_cols, out_d, out_i):
             kernels.scan_lists(
@@ -568,10 +571,9 @@ class IvfSqEngine:
                     radius, precise, half_bits, half_table,
                 )
         else:
-            list_consts = self.list_constants(queries, probes, n_threads)
+            list_consts, query_sq_norms = self.list_constants(queries, probes, n_threads)
             weights = self.quantizer.weights(queries, n_threads)
             int_weights, int_params = self.quantizer.int_weights(weights, n_threads=n_threads)
-            query_sq_norms = self._query_sq_norms(queries)
 
             def task(start, stop):
                 rows = slice(start, stop)
@@ -593,12 +595,6 @@ class IvfSqEngine:
         owner = np.repeat(np.arange(n_queries), counts)
         order = np.lexsort((ids, distances, owner))
         return offsets, ids[order], distances[order]
-
-    def _query_sq_norms(self, queries):
-        """``|q|^2`` per query for L2 (float64 sums), zeros otherwise."""
-        if self.metric in ("sqeuclidean", "euclidean"):
-            return np.einsum("ij,ij->i", queries, queries, dtype=np.float64).astype(np.float32)
-        return np.zeros(queries.shape[0], dtype=np.float32)
 
     def _precise_views(self, lists, dim):
         """The precise store as the exact kernels take it: float32 rows, or
