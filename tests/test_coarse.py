@@ -104,7 +104,7 @@ def test_bounded_selection_breaks_ties_by_list_number(inner_product, n_probes):
     # Integer centers and queries, so that every float32 score is exact,
     # and a third of the centers repeated, so that scores tie: the pick is
     # the n_probes smallest (score, list number) whichever way the kernel
-    # groups the lists (groups of 8 up to 18 probes of 300 lists, one list
+    # groups the lists (groups of 8 up to 19 probes of 300 lists, one list
     # per group beyond).
     centers = np.round(30 * low_rank_centers(seed=3)).astype(np.float32)
     centers[200:] = centers[:100]
@@ -123,7 +123,8 @@ def test_bounded_selection_breaks_ties_by_list_number(inner_product, n_probes):
 @pytest.mark.parametrize("n_lists", [3, 8, 100, 1001])
 def test_probe_selection_breaks_ties_by_list_number(n_lists, use_l2):
     # Scores from a few integers, so that most of them tie; list counts
-    # with and without whole groups of 8, and n_probes from 1 to all lists.
+    # with and without whole groups of 8, and n_probes from 1 to all lists
+    # (groups up to a thirty-second of the lists, sort keys beyond).
     rng = np.random.default_rng(n_lists)
     dots = rng.integers(-20, 21, (40, n_lists)).astype(np.float32)
     sq_norms = rng.integers(0, 41, n_lists).astype(np.float32)
@@ -229,3 +230,33 @@ def test_cost_model_prefers_full_search_for_many_probes():
     # full at 256 (the exact scores would outweigh the saving).
     assert _coarse._cost(1024, 784, 64, 8) <= _coarse.MAX_COST_SHARE * 1024 * 784
     assert _coarse._cost(1024, 784, 64, 256) > _coarse.MAX_COST_SHARE * 1024 * 784
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 1000])
+def test_partial_selection_of_keys(n):
+    # Quickselect on distinct keys in orders that trouble simple pivots.
+    rng = np.random.default_rng(n)
+    patterns = {
+        "random": rng.permutation(n),
+        "sorted": np.arange(n),
+        "reversed": np.arange(n)[::-1],
+        "organ pipe": np.concatenate([np.arange(0, n, 2), np.arange(n - 1 - n % 2, 0, -2)]),
+    }
+    for name, order in patterns.items():
+        keys_in = (order.astype(np.int64) - n // 2) * 7
+        for p in sorted({1, max(1, n // 3), n}):
+            keys = keys_in.copy()
+            kernels._partition_smallest(keys, n, p)
+            assert sorted(keys[:p].tolist()) == sorted(keys_in.tolist())[:p], (name, p)
+            assert sorted(keys.tolist()) == sorted(keys_in.tolist())  # a permutation
+
+
+def test_ordered_bits_follow_float_order():
+    values = np.array([-np.inf, -3.5, -1e-40, -0.0, 0.0, 1e-40, 2.0, np.inf, np.nan],
+                      dtype=np.float32)
+    ordered = [kernels._ordered_bits(b) for b in values.view(np.int32)]
+    assert ordered == sorted(ordered)
+    assert ordered[3] == ordered[4] == 0  # -0.0 and +0.0 tie, as floats do
+    assert ordered[-1] > ordered[-2]  # NaN after +inf
+    negative_nan = np.array([0xFFC00000], dtype=np.uint32).view(np.int32)[0]
+    assert kernels._ordered_bits(negative_nan) > ordered[-2]
