@@ -1033,16 +1033,15 @@ def _ordered_bits(bits):
 @njit(inline="always")
 def _partition_smallest(keys, n, p):
     """Reorder ``keys[:n]`` (distinct) so that ``keys[:p]`` are the ``p``
-    smallest: quickselect with a median-of-three pivot, the range a full
-    sort once it has taken 64 rounds (no quadratic worst case)."""
+    smallest: quickselect with a median-of-three pivot. False when it gives
+    up after 64 rounds (no quadratic worst case: the caller sorts)."""
     low = 0
     high = n - 1
     rounds = 0
     while high > low:
         rounds += 1
         if rounds > 64:
-            keys[low : high + 1].sort()
-            return
+            return False
         a, b, c = keys[low], keys[(low + high) >> 1], keys[high]
         pivot = max(min(a, b), min(max(a, b), c))
         i = low
@@ -1062,28 +1061,30 @@ def _partition_smallest(keys, n, p):
         elif p - 1 >= i:
             low = i
         else:
-            return
+            break
+    return True
 
 
 @njit(inline="always")
 def _select_by_keys(scores, n_values, heap_d, heap_i, keys):
     """The ``p`` smallest ``(score, index)`` of ``scores[:n_values]``, in
     order, into ``heap_*`` (``p`` their length): one int64 key per value
-    (ordered score bits, then the index), quickselect and a sort of the
-    first ``p``. Where ``p`` is more than a thirty-second of the values this
-    beats a heap: pypi-minilm's 512 lists, 64-128 probes, 7-11 us per query
-    instead of 13-25; fashion-mnist's 1,024 lists, 128 probes, 12 us
-    instead of 26."""
+    (ordered score bits, then the index), a quickselect (a sort where it
+    gives up) and a sort of the first ``p``. Where ``p`` is more than a
+    thirty-second of the values this beats a heap over every value:
+    pypi-minilm's 512 lists, 64-128 probes, 7-11 us per query instead of
+    13-25; fashion-mnist's 1,024 lists, 128 probes, 12 us instead of 26."""
     p = heap_d.shape[0]
     bits = scores.view(np.int32)
     for t in range(n_values):
         keys[t] = (np.int64(_ordered_bits(bits[t])) << 32) | t
-    _partition_smallest(keys, n_values, p)
+    if not _partition_smallest(keys, n_values, p):
+        keys[:n_values].sort()
     keys[:p].sort()
     for t in range(p):
-        key = keys[t]
-        heap_i[t] = key & 0xFFFFFFFF
-        heap_d[t] = scores[heap_i[t]]
+        lst = keys[t] & 0xFFFFFFFF
+        heap_i[t] = lst
+        heap_d[t] = scores[lst]
 
 
 @njit(inline="always")
@@ -1094,7 +1095,10 @@ def _group_minima(values, n_values, n_groups, out):
     values instead of 0.1). ``values`` is padded to whole groups with
     +inf (:func:`_selection_workspace`)."""
     if n_groups == n_values:
-        out[:n_values] = values[:n_values]
+        # A loop: an array-to-slice copy brings numba's shape-error
+        # formatting along, seconds of compiling in each kernel.
+        for g in range(n_values):
+            out[g] = values[g]
         return
     for g in range(n_groups):
         a = min(values[g], values[g + n_groups])
@@ -1120,11 +1124,15 @@ def _groups_cover(group_minima, n_groups, seed_d, seed_i):
     return cover
 
 
-@njit(inline="always")
+@njit(fastmath=_FAST, **_JIT)
 def _select_row(dots, center_sq_norms, use_l2, heap_d, heap_i, workspace):
     # Only the lists at or below the groups' cover can be among the best,
     # and only those are offered to the heap (1-2 x n_probes of them
-    # instead of every list). ``workspace``: _selection_workspace's.
+    # instead of every list). ``workspace``: _selection_workspace's. A
+    # function of its own, not inlined: inlined into the three kernels that
+    # select probes, it added about 10 s to their first compile. (fastmath
+    # leaves the scores as they were: 2 * dot is exact, so the fused
+    # multiply-add rounds once, as the subtraction did.)
     scores, group_minima, seed_d, seed_i, keys = workspace
     n_lists = dots.shape[0]
     n_probes = heap_d.shape[0]
