@@ -354,22 +354,26 @@ class IvfSqEngine:
             )
 
     # ------------------------------------------------------------ searching
+    @property
+    def _use_l2(self):
+        """Whether the kernels score with (squared) L2 distances."""
+        return KERNEL_METRIC[self.metric] == kernels.METRIC_L2
+
     def coarse_probes(self, queries, n_probes, n_threads):
         """Probed lists (best first) per query, int64 (n_queries, n_probes)."""
         n_queries = queries.shape[0]
         probes = np.empty((n_queries, n_probes), dtype=np.int64)
         scores = np.empty((n_queries, n_probes), dtype=np.float32)
-        use_l2 = self.metric in ("sqeuclidean", "euclidean")
 
         bound = self.coarse_bound(n_probes)
         if n_queries <= SMALL_BATCH_QUERIES:
             # One kernel call, no BLAS (the bound's dots included).
             if bound is None:
                 kernels.select_probes_small(
-                    queries, self.centers, self.center_sq_norms, use_l2, scores, probes
+                    queries, self.centers, self.center_sq_norms, self._use_l2, scores, probes
                 )
             else:
-                bound.select_few(queries, self.centers, self.center_sq_norms, use_l2, scores,
+                bound.select_few(queries, self.centers, self.center_sq_norms, self._use_l2, scores,
                                  probes)
             return probes
 
@@ -382,12 +386,12 @@ class IvfSqEngine:
                 if bound is None:
                     dots = queries[rows] @ self.centers.T
                     kernels.select_probes(
-                        dots, self.center_sq_norms, use_l2, scores[rows], probes[rows]
+                        dots, self.center_sq_norms, self._use_l2, scores[rows], probes[rows]
                     )
                     continue
                 query_aug, query_terms = bound.query_parts(queries[rows])
                 kernels.select_probes_bounded(
-                    queries[rows], self.centers, self.center_sq_norms, use_l2,
+                    queries[rows], self.centers, self.center_sq_norms, self._use_l2,
                     query_aug @ bound.center_aug.T, query_terms, bound.center_terms,
                     bound.scale, scores[rows], probes[rows],
                 )
@@ -420,13 +424,12 @@ class IvfSqEngine:
         """
         out = np.empty(probes.shape, dtype=np.float32)
         sq_norms = np.empty(probes.shape[0], dtype=np.float32)
-        use_l2 = self.metric in ("sqeuclidean", "euclidean")
 
         def task(start, stop):
             rows = slice(start, stop)
             kernels.list_constants(
                 queries[rows], self.centers, probes[rows], self.quantizer.vmin,
-                self.by_residual, use_l2, out[rows], sq_norms[rows],
+                self.by_residual, self._use_l2, out[rows], sq_norms[rows],
             )
 
         run_chunks(task, probes.shape[0], n_threads, min_chunk=64, chunks_per_thread=1)

@@ -1088,18 +1088,12 @@ def _select_by_keys(scores, n_values, heap_d, heap_i, keys):
 
 
 @njit(inline="always")
-def _group_minima(values, n_values, n_groups, out):
+def _group_minima(values, n_groups, out):
     """Group ``g`` holds ``values[g::n_groups]``: with ``SELECT_GROUP`` (8)
     of them, rows of groups, so that the minima vectorize (a loop over the
     members, storing into ``out`` each time, did not: 1-2 us per 1,024
     values instead of 0.1). ``values`` is padded to whole groups with
     +inf (:func:`_selection_workspace`)."""
-    if n_groups == n_values:
-        # A loop: an array-to-slice copy brings numba's shape-error
-        # formatting along, seconds of compiling in each kernel.
-        for g in range(n_values):
-            out[g] = values[g]
-        return
     for g in range(n_groups):
         a = min(values[g], values[g + n_groups])
         b = min(values[g + 2 * n_groups], values[g + 3 * n_groups])
@@ -1147,7 +1141,7 @@ def _select_row(dots, center_sq_norms, use_l2, heap_d, heap_i, workspace):
         _select_by_keys(scores, n_lists, heap_d, heap_i, keys)
         return
     _heap_init(heap_d, heap_i)
-    _group_minima(scores, n_lists, n_groups, group_minima)
+    _group_minima(scores, n_groups, group_minima)
     cover = _groups_cover(group_minima, n_groups, seed_d, seed_i)
     for g in range(n_groups):
         if group_minima[g] <= cover:
@@ -1225,7 +1219,10 @@ def _select_row_bounded(query, centers, center_sq_norms, use_l2, heap_d, heap_i,
     n_lists = centers.shape[0]
     n_probes = heap_d.shape[0]
     n_groups = _n_select_groups(n_lists, n_probes, SELECT_RATIO_BOUNDED)
-    _group_minima(lower, n_lists, n_groups, group_minima)
+    if n_groups == n_lists:
+        group_minima = lower  # one list per group: the bounds themselves
+    else:
+        _group_minima(lower, n_groups, group_minima)
     cover = _groups_cover(group_minima, n_groups, seed_d, seed_i)
     _heap_init(heap_d, heap_i)
     for g in range(n_groups):
