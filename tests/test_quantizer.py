@@ -260,3 +260,21 @@ def test_merge_topk_from_a_first_heap_matches_oracle():
         valid = cand_i[0] >= 0
         expected = np.lexsort((cand_i[0][valid], cand_d[0][valid]))[:k]
         np.testing.assert_array_equal(out_i[0], cand_i[0][valid][expected])
+
+
+def test_quantization_mse_matches_numpy_oracle():
+    # The kernel rounds with the inverse step; values half-way between two
+    # levels (the 0.5 offsets) may go either way at the same error.
+    rng = np.random.default_rng(5)
+    dim, levels = 9, 15.0
+    lo = rng.standard_normal(dim) - 3.0
+    delta = rng.random(dim) * 0.7 + 0.01
+    codes = rng.integers(-3, 19, size=(400, dim))
+    offsets = rng.choice([0.0, 0.5, 0.25, -0.499], size=(400, dim))
+    values = (lo + (codes + offsets) * delta).astype(np.float32)
+    out = np.empty(dim)
+    kernels.quantization_mse(values, lo, delta, levels, out)
+    wide = values.astype(np.float64)
+    levels_taken = np.clip(np.floor((wide - lo) / delta + 0.5), 0, levels)
+    expected = ((lo + levels_taken * delta - wide) ** 2).mean(axis=0)
+    np.testing.assert_allclose(out, expected, rtol=1e-9)
