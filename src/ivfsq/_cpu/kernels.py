@@ -143,8 +143,8 @@ def quantization_mse(values, lo, delta, levels, out):
     n_rows, dim = values.shape
     # Multiplying by the inverse step instead of dividing by it: 6x faster
     # (16,384 x 384 float32, eight calls: 153 -> 26 ms). Where the two round
-    # a value to different levels it lies half-way between them, at the
-    # same error from either.
+    # a value to different levels it lies half-way between them (to within
+    # a rounding error), at the same distance from either.
     inverse = np.empty(dim, dtype=np.float64)
     for j in range(dim):
         out[j] = 0.0
