@@ -28,6 +28,7 @@ from common import (
     default_n_lists,
     format_table,
     hardware_info,
+    load_benchmark_data,
     measure_batch_qps,
     measure_latency,
     parse_int_list,
@@ -39,13 +40,7 @@ from common import (
 
 import faiss
 from ivfsq.common import Resources
-from ivfsq.datasets import (
-    brute_force_knn,
-    find_shared_dataset,
-    load_dataset_dir,
-    make_blobs_lowrank,
-    recall_at_k,
-)
+from ivfsq.datasets import recall_at_k
 from ivfsq.neighbors import ivf_sq
 
 KMEANS_N_ITERS = 20
@@ -94,42 +89,6 @@ def parse_args(argv=None):
                              "and lowest p50 of the rounds are kept, so a transient load on a "
                              "shared machine hits both libraries alike (default: 2)")
     return parser.parse_args(argv)
-
-
-def load_benchmark_data(dataset, max_queries):
-    """Load base, queries, ground-truth ids and metric for ``--dataset``.
-
-    The base and queries are returned as float32 (both libraries get the
-    same float32 arrays; the conversion is not timed).
-    """
-    if dataset == "synthetic" or dataset.startswith("synthetic:"):
-        # "synthetic" is 100,000 x 96; "synthetic:ROWS:DIM" sets both.
-        parts = dataset.split(":")
-        n_rows, dim = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (100_000, 96)
-        base, queries = make_blobs_lowrank(n_rows, dim, n_queries=1000)
-        metric = "sqeuclidean"
-        _, gt = brute_force_knn(base, queries, 100, metric)
-        name = f"synthetic-{n_rows}x{dim}"
-    else:
-        folder = pathlib.Path(dataset) if os.path.isdir(dataset) else find_shared_dataset(dataset)
-        if folder is None:
-            raise SystemExit(f"data set {dataset!r} not found (not a folder, and no shared "
-                             f"data set of that name)")
-        data = load_dataset_dir(folder)
-        if data["gt"] is None:
-            raise SystemExit(f"data set folder {str(folder)!r} has no ground truth file")
-        base, queries, gt, metric = data["base"], data["queries"], data["gt"], data["metric"]
-        name = data["name"]
-    if max_queries is not None:
-        queries, gt = queries[:max_queries], gt[:max_queries]
-    return {
-        "name": name,
-        "base": np.ascontiguousarray(base, dtype=np.float32),
-        "queries": np.ascontiguousarray(queries, dtype=np.float32),
-        "gt": np.asarray(gt),
-        "metric": metric,
-        "source_dtype": str(base.dtype),
-    }
 
 
 def training_rows(n_rows, n_lists, seed=TRAIN_SEED):

@@ -31,13 +31,13 @@ from bench_faiss import (
     KMEANS_N_ITERS,
     TRAIN_POINTS_PER_LIST,
     TRAIN_SEED,
-    load_benchmark_data,
     normalized,
     training_rows,
 )
 from common import (
     RESULTS_DIR,
     default_n_lists,
+    load_benchmark_data,
     format_table,
     hardware_info,
     measure_batch_qps,

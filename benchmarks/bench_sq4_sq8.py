@@ -18,7 +18,6 @@ Run from the repository root::
 
 import argparse
 import os
-import pathlib
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from common import (
     RESULTS_DIR,
     format_table,
     hardware_info,
+    load_benchmark_data,
     measure_batch_qps,
     measure_latency,
     parse_int_list,
@@ -35,13 +35,14 @@ from common import (
 )
 
 from ivfsq.common import Resources
-from ivfsq.datasets import find_shared_dataset, load_dataset_dir, recall_at_k
+from ivfsq.datasets import recall_at_k
 from ivfsq.neighbors import ivf_sq
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="fashion-mnist", help="shared data set name or folder")
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="shared data set name, folder, or 'synthetic:ROWS:DIM'")
     parser.add_argument("--n-lists", type=int, default=1024, help="inverted lists (default 1024)")
     parser.add_argument("--n-probes", type=parse_int_list, default=[4, 8, 16, 32],
                         help="comma-separated n_probes (default 4,8,16,32)")
@@ -75,15 +76,8 @@ def _measure(index, n_probes, queries, gt, args, batch, single):
 
 def main(argv=None):
     args = parse_args(argv)
-    folder = pathlib.Path(args.dataset)
-    if not folder.is_dir():
-        folder = find_shared_dataset(args.dataset)
-    if folder is None:
-        raise SystemExit(f"data set {args.dataset!r} not found")
-    data = load_dataset_dir(folder)
-    base = np.ascontiguousarray(data["base"], dtype=np.float32)
-    queries = np.ascontiguousarray(data["queries"][:args.max_queries], dtype=np.float32)
-    gt = np.asarray(data["gt"][:args.max_queries])
+    data = load_benchmark_data(args.dataset, args.max_queries)
+    base, queries, gt = data["base"], data["queries"], data["gt"]
     batch, single = Resources(n_threads=args.threads), Resources(n_threads=1)
     indexes, builds = {}, {}
     for quantizer in ("sq8", "sq4"):
@@ -121,10 +115,15 @@ def main(argv=None):
                      f"{sq4['qps']:,.0f}", f"{sq4['qps_ratio_best']:.2f}",
                      f"{sq4['qps_ratio_round_median']:.2f}",
                      f"{sq8['latency_p50_ms']:.3f}", f"{sq4['latency_p50_ms']:.3f}"])
+    # The integer filter's weights for the 4-bit codes (chosen on the data).
+    sq4_quantizer = indexes["sq4"]._engine.quantizer
+    sq4_weights = "none" if sq4_quantizer.n_int_weights == 0 else (
+        "int16" if sq4_quantizer.wide_int_weights else "int8")
     print(f"{data['name']}: {base.shape[0]} x {base.shape[1]}, {queries.shape[0]} queries, "
           f"{args.n_lists} lists, {args.threads} threads (p50: 1 thread), "
           f"best of {max(1, args.rounds)} alternating round(s), "
-          f"IVFSQ_INT_DOTS={os.environ.get('IVFSQ_INT_DOTS', '1')}")
+          f"IVFSQ_INT_DOTS={os.environ.get('IVFSQ_INT_DOTS', '1')}, "
+          f"sq4 filter weights {sq4_weights}")
     print(format_table(["n_probes", "sq8 recall", "sq4 recall", "sq8 QPS", "sq4 QPS",
                         "QPS sq4/sq8 (best)", "sq4/sq8 (median of rounds)", "sq8 p50 ms",
                         "sq4 p50 ms"], rows))
@@ -132,6 +131,7 @@ def main(argv=None):
                      "threads": args.threads, "rounds": max(1, args.rounds),
                      "timestamp": utc_timestamp(),
                      "int_dots": os.environ.get("IVFSQ_INT_DOTS", "1") != "0",
+                     "sq4_filter_weights": sq4_weights,
                      "hardware": hardware_info(("numpy", "numba", "ivfsq"))}
     records = [dict(common_fields, quantizer=quantizer, n_probes=n_probes, **result)
                for (quantizer, n_probes), result in results.items()]

@@ -189,3 +189,48 @@ def at_recall(results, recall, key):
     low = below[-1]
     fraction = (recall - low[0]) / (high[0] - low[0])
     return float(math.exp(math.log(low[1]) + fraction * (math.log(high[1]) - math.log(low[1]))))
+
+
+def load_benchmark_data(dataset, max_queries):
+    """Load base, queries, ground-truth ids and metric for ``--dataset``: a
+    shared data set's name, a data set folder, ``synthetic`` (100,000 x 96)
+    or ``synthetic:ROWS:DIM`` (``make_blobs_lowrank``, exact ground truth).
+
+    The base and queries are returned as float32 (both libraries get the
+    same float32 arrays; the conversion is not timed).
+    """
+    from ivfsq.datasets import (
+        brute_force_knn,
+        find_shared_dataset,
+        load_dataset_dir,
+        make_blobs_lowrank,
+    )
+
+    if dataset == "synthetic" or dataset.startswith("synthetic:"):
+        # "synthetic" is 100,000 x 96; "synthetic:ROWS:DIM" sets both.
+        parts = dataset.split(":")
+        n_rows, dim = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (100_000, 96)
+        base, queries = make_blobs_lowrank(n_rows, dim, n_queries=1000)
+        metric = "sqeuclidean"
+        _, gt = brute_force_knn(base, queries, 100, metric)
+        name = f"synthetic-{n_rows}x{dim}"
+    else:
+        folder = pathlib.Path(dataset) if os.path.isdir(dataset) else find_shared_dataset(dataset)
+        if folder is None:
+            raise SystemExit(f"data set {dataset!r} not found (not a folder, and no shared "
+                             f"data set of that name)")
+        data = load_dataset_dir(folder)
+        if data["gt"] is None:
+            raise SystemExit(f"data set folder {str(folder)!r} has no ground truth file")
+        base, queries, gt, metric = data["base"], data["queries"], data["gt"], data["metric"]
+        name = data["name"]
+    if max_queries is not None:
+        queries, gt = queries[:max_queries], gt[:max_queries]
+    return {
+        "name": name,
+        "base": np.ascontiguousarray(base, dtype=np.float32),
+        "queries": np.ascontiguousarray(queries, dtype=np.float32),
+        "gt": np.asarray(gt),
+        "metric": metric,
+        "source_dtype": str(base.dtype),
+    }

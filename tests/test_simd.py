@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from ivfsq import _ivf
 from ivfsq._cpu import kernels, simd
 from ivfsq.common import Resources
 from ivfsq.neighbors import filters, ivf_sq
@@ -53,16 +54,21 @@ IMPLEMENTATIONS = {
 }
 
 
+# (bits, weight dtype): 4-bit codes take int8 weights, or int16 ones on
+# short rows (simd.SQ4_WIDE_MAX_CODE_BYTES); both are tested at every size.
+WEIGHT_KINDS = [(8, np.int16), (4, np.int8), (4, np.int16)]
+
+
 @pytest.mark.parametrize("implementation", ["portable", "native"])
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits, dtype", WEIGHT_KINDS)
 @pytest.mark.parametrize("code_size", [16, 27, 32, 50, 64, 100, 392, 8000])
-def test_row_dots_match_oracle(implementation, bits, code_size):
+def test_row_dots_match_oracle(implementation, bits, dtype, code_size):
     if implementation == "native" and not simd.HAS_AVX2_DOTS:
         pytest.skip("no AVX2 integer dots on this CPU")
     if code_size < simd.CHUNK_BYTES[bits]:
         pytest.skip("rows shorter than one chunk take the float path")
     rng = np.random.default_rng(code_size)
-    limit = simd.weight_limit(bits, code_size)
+    limit = simd.weight_limit(bits, code_size, dtype)
     n_chunks = -(-code_size // simd.CHUNK_BYTES[bits])
     codes = rng.integers(0, 256, size=(40, code_size), dtype=np.uint8)
     # The extremes: no 16-bit pair sum may saturate, no 32-bit sum overflow.
@@ -77,7 +83,7 @@ def test_row_dots_match_oracle(implementation, bits, code_size):
     for half in range(per_chunk // chunk_bytes):
         first = (n_chunks - 1) * per_chunk + half * chunk_bytes
         weights[:, first:first + skip] = 0
-    weights = weights.astype(simd.WEIGHT_DTYPE[bits])
+    weights = weights.astype(dtype)
     out_one = np.zeros(40, np.int32)
     out_four = np.zeros((40, 4), np.int32)
     _row_dots(*IMPLEMENTATIONS[implementation][bits])(codes, weights, n_chunks, out_one, out_four)
@@ -86,9 +92,9 @@ def test_row_dots_match_oracle(implementation, bits, code_size):
     np.testing.assert_array_equal(out_four, expected[:, [0, 3, 1, 3]])
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits, dtype", WEIGHT_KINDS)
 @pytest.mark.parametrize("code_size", [16, 32, 77, 392])
-def test_int_weights_bound_the_exact_dot(bits, code_size):
+def test_int_weights_bound_the_exact_dot(bits, dtype, code_size):
     """scale * (w_int . u) + above >= w . u >= scale * (w_int . u) - below
     for all codes u, the worst included."""
     if code_size < simd.CHUNK_BYTES[bits]:
@@ -97,17 +103,19 @@ def test_int_weights_bound_the_exact_dot(bits, code_size):
     n_weights = code_size if bits == 8 else 2 * code_size
     weights = (rng.standard_normal((5, n_weights)) * rng.random((5, 1)) * 100).astype(np.float32)
     weights[4] = 0.0  # an all-zero query
-    int_weights = np.zeros((5, simd.n_int_weights(bits, code_size)), simd.WEIGHT_DTYPE[bits])
+    int_weights = np.zeros((5, simd.n_int_weights(bits, code_size)), dtype)
     params = np.zeros((5, kernels.INT_PARAMS), np.float32)
     kernels.query_int_weights(weights, bits, code_size, int_weights, params)
-    limit = simd.weight_limit(bits, code_size)
+    limit = simd.weight_limit(bits, code_size, dtype)
     assert np.abs(int_weights.astype(int)).max() == limit  # the largest weight uses the range
     assert params[4, 1] == 0.0 and params[4, 2] == 0.0
     max_code = 255 if bits == 8 else 15
     # Back in the float layout: every float weight has exactly one int8 weight.
     levels = _float_layout(int_weights, bits, code_size)
     approx_weights = levels * params[:, :1].astype(np.float64)
-    assert np.all(np.abs(approx_weights - weights) <= params[:, :1] / 2 + 1e-6)
+    # Nearest levels, up to float32 rounding of weight / scale (a few
+    # thousandths of a level at 15 bits); the bounds below use the actual errors.
+    assert np.all(np.abs(approx_weights - weights) <= params[:, :1] * (0.5 + 2.0**-8) + 1e-6)
     codes = rng.integers(0, max_code + 1, size=(200, n_weights)).astype(np.float64)
     exact_weights = weights.astype(np.float64)
     excess = codes @ exact_weights.T - codes @ approx_weights.T
@@ -158,7 +166,10 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
     data = (centers[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, dim))).astype(np.float32)
     queries = (centers[rng.integers(0, 20, 300)] + rng.standard_normal((300, dim))).astype(np.float32)
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=64, metric=metric, quantizer=quantizer), data)
-    assert index._engine.quantizer.n_int_weights > 0
+    engine = index._engine
+    assert engine.quantizer.n_int_weights > 0
+    # sq4 70-d (35-byte rows) may take int16 weights: both are checked.
+    wide_choices = [False, True] if quantizer == "sq4" and dim == 70 else [False]
     # At 300-d most first lists (about 47 rows) are scanned in two phases
     # at k = 10 (the list-major path too), and in one at k = 1.
     code_size = index._engine.lists.codes.shape[1]
@@ -184,18 +195,30 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
     ]:
         params = ivf_sq.SearchParams(n_probes=n_probes)
         cases.append((params, queries[:n_queries], keep_filter, k))
-    with_filter = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
-    # Filtered list-major scans split the queries among threads: any count
-    # gives the same results.
-    for n_threads in (1, 3):
-        again = ivf_sq.search(cases[0][0], index, queries, 10,
-                              resources=Resources(n_threads=n_threads))
-        np.testing.assert_array_equal(again[1], with_filter[0][1])
+    runs = []
+    for wide in wide_choices:
+        engine._int_weights_chosen = True
+        engine.quantizer.wide_int_weights = wide
+        expected = np.int16 if wide or quantizer == "sq8" else np.int8
+        assert engine.quantizer.int_weights_buffer(1).dtype == expected
+        with_filter = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
+        # Filtered list-major scans split the queries among threads (or the
+        # lists, with int16 weights for 4-bit codes): any count gives the
+        # same results.
+        for n_threads in (1, 3):
+            again = ivf_sq.search(cases[0][0], index, queries, 10,
+                                  resources=Resources(n_threads=n_threads))
+            np.testing.assert_array_equal(again[1], with_filter[0][1])
+        assert set(np.unique(with_filter[-2][1])) == {-1, 5, 500, 1500, 2999}
+        runs.append(with_filter)
     monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
     assert index._engine.quantizer.n_int_weights == 0
     without = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
-    assert set(np.unique(with_filter[-2][1])) == {-1, 5, 500, 1500, 2999}
-    for (d_int, i_int), (d_float, i_float), case in zip(with_filter, without, cases):
+    for (d_int, i_int), (d_float, i_float), case in (
+        (run, float_run, case)
+        for with_filter in runs
+        for run, float_run, case in zip(with_filter, without, cases)
+    ):
         # Same float arithmetic, summed in another order: float32 rounding
         # only. It is absolute (scores of thousands cancel to the small
         # distances of the far vectors the sparse filter leaves).
@@ -212,6 +235,33 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
                     only = ~np.isin(ids[row], others[row])
                     gaps = np.abs(dists[row][only] - d_float[row, -1])
                     assert np.all(gaps <= 1e-5 * max(kth, 1.0))
+
+
+@pytest.mark.skipif(not simd.HAS_INT_DOTS, reason="no AVX2 integer dots on this CPU")
+@pytest.mark.parametrize("spread, wide", [(1.0, False), (30.0, True)])
+def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(spread, wide):
+    # A few dimensions of a wide range: their int8 weights set the scale,
+    # and the rounding of all the others loosens the bound.
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((8, 128)) * 2
+    data = (centers[rng.integers(0, 8, 6000)] + rng.standard_normal((6000, 128))).astype(np.float32)
+    data[:, :4] *= spread
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4"), data)
+    engine = index._engine
+    excess = engine._int8_excess(engine.lists)
+    assert (excess >= _ivf.SQ4_WIDE_MIN_EXCESS) == wide
+    # Chosen on the first search.
+    assert not engine.quantizer.wide_int_weights
+    ivf_sq.search(ivf_sq.SearchParams(n_probes=1), index, data[:1], 10)
+    assert engine.quantizer.wide_int_weights == wide
+    expected = np.int16 if wide else np.int8
+    assert engine.quantizer.int_weights_buffer(1).dtype == expected
+    # Longer rows keep int8 weights whatever the data.
+    wider = np.concatenate([data, data[:, :4]], axis=1)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4"), wider)
+    ivf_sq.search(ivf_sq.SearchParams(n_probes=1), index, wider[:1], 10)
+    assert index._engine.lists.codes.shape[1] > simd.SQ4_WIDE_MAX_CODE_BYTES
+    assert not index._engine.quantizer.wide_int_weights
 
 
 def test_switching_the_filter_off_does_not_change_the_compiled_dots():

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from ivfsq._coarse import CoarseBound
-from ivfsq._cpu import kernels
+from ivfsq._cpu import kernels, simd
 from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq._lists import ListStorage
 from ivfsq._progress import report
@@ -45,6 +45,10 @@ GROUPED_MIN_PAIRS_PER_LIST = 2
 # (784) 1.2-1.3x at 16-32; 1M x 128 (128 bytes) 1.1x slower at 4 probes.
 # Per-query scans use it at every length.
 GROUPED_INT_MIN_CODE_BYTES = {4: 128, 8: 256}
+# 4-bit codes take int16 weights for the filter (on short rows) where the
+# int8 ones let this share of a list's rows more than k through (see
+# IvfSqEngine.choose_int_weights).
+SQ4_WIDE_MIN_EXCESS = 0.1
 # Up to SMALL_BATCH_QUERIES queries whose scan reads fewer code bytes than
 # this are searched on the calling thread in one kernel call: handing such a
 # scan to the pool costs more than it saves.
@@ -154,6 +158,7 @@ class IvfSqEngine:
         self._extend_lock = threading.Lock()
         self._half_table = None
         self._coarse_bound = None  # CoarseBound, False when it does not pay
+        self._int_weights_chosen = False
 
     @property
     def has_precise(self):
@@ -444,6 +449,7 @@ class IvfSqEngine:
         in blocks of queries, all against one snapshot of the lists.
         """
         lists = self.lists  # one snapshot for the whole search
+        self.choose_int_weights(lists)
         n_queries = prepared.shape[0]
         if n_queries <= SEARCH_BLOCK_QUERIES:
             return self._search_block(
@@ -492,7 +498,8 @@ class IvfSqEngine:
         grouped = n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]
         int_weights, int_params = self.quantizer.int_weights(
             weights,
-            enabled=not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES[bits],
+            enabled=(not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES[bits]
+                     or self.quantizer.wide_int_weights),
             n_threads=n_threads,
         )
 
@@ -555,6 +562,7 @@ class IvfSqEngine:
         distances are used instead, as re-ranking does.
         """
         lists = self.lists  # one snapshot
+        self.choose_int_weights(lists)
         queries = self.internal(prepared, n_threads)
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
@@ -599,6 +607,66 @@ class IvfSqEngine:
         order = np.lexsort((ids, distances, owner))
         return offsets, ids[order], distances[order]
 
+    def choose_int_weights(self, lists):
+        """Once per engine (with rows stored): int16 integer weights for
+        4-bit codes of at most ``simd.SQ4_WIDE_MAX_CODE_BYTES`` bytes where
+        the int8 ones leave too many rows for exact scoring.
+
+        Which pays depends on the data, not only on the row length: on a
+        1M x 128 synthetic set the int8 bound let through 29 % of the rows
+        of a query's lists (305 per query at 1 probe, against 57 with int16
+        weights), on siftsmall (128-d too) 12 % (50 against 41). The share
+        is estimated on the index's own vectors (:meth:`_int8_excess`);
+        results are the same either way.
+        """
+        if self._int_weights_chosen or lists.size == 0:
+            return
+        quantizer = self.quantizer
+        if (quantizer.bits == 4 and quantizer.n_int_weights > 0
+                and quantizer.code_size <= simd.SQ4_WIDE_MAX_CODE_BYTES):
+            quantizer.wide_int_weights = self._int8_excess(lists) >= SQ4_WIDE_MIN_EXCESS
+        self._int_weights_chosen = True
+
+    def _int8_excess(self, lists, k=10, n_samples=32):
+        """Past the ``k`` that must be scored exactly, the share of a list's
+        rows whose int8-filter bound does not rule them out at the final
+        k-th distance, averaged over queries that are stored vectors (evenly
+        spaced rows, decoded) and their nearest lists."""
+        quantizer = self.quantizer
+        rows = lists.valid_rows()
+        labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
+        picked = np.linspace(0, rows.shape[0] - 1, min(n_samples, rows.shape[0])).astype(int)
+        rows = rows[picked]
+        centers, labels = self._code_reference(labels[picked])
+        queries = quantizer.decode(lists.codes[rows], centers, labels)
+        if self.metric == "cosine":
+            queries, _ = normalize_rows(queries)
+        probes = self.coarse_probes(queries, 1, 1)
+        consts, query_sq_norms = self.list_constants(queries, probes, 1)
+        weights = quantizer.weights(queries)
+        # The int8 weights' scale and bound (the scan's, see simd).
+        params = quantizer.int_weights(weights)[1]
+        excess = []
+        for i, lst in enumerate(probes[:, 0]):
+            start, size = lists.list_offsets[lst], lists.list_sizes[lst]
+            codes = lists.codes[start:start + size]
+            levels = np.concatenate([codes & 15, codes >> 4], axis=1).astype(np.float64)
+            scale = np.float64(params[i, 0])
+            int_weights = np.clip(np.floor(weights[i] / scale + 0.5), -simd.SQ4_WEIGHT_LIMIT,
+                                  simd.SQ4_WEIGHT_LIMIT)
+            exact = consts[i, 0] + levels @ weights[i].astype(np.float64)
+            best = consts[i, 0] + scale * (levels @ int_weights) + params[i, 1]
+            aux = lists.aux[start:start + size].astype(np.float64)
+            if self.metric == "sqeuclidean":
+                distance, bound = (query_sq_norms[i] + aux - 2 * s for s in (exact, best))
+            elif self.metric == "inner_product":
+                distance, bound = -exact, -best
+            else:
+                distance, bound = 1 - aux * exact, 1 - aux * best
+            kth = np.partition(distance, min(k, size) - 1)[min(k, size) - 1]
+            excess.append(max(int(np.sum(bound <= kth)) - k, 0) / size)
+        return float(np.mean(excess))
+
     def _precise_views(self, lists, dim):
         """The precise store as the exact kernels take it: float32 rows, or
         (no rows and) float16 bit patterns with their float32 table."""
@@ -641,7 +709,10 @@ class IvfSqEngine:
         the lead list instead of 31 (SQ4), and 10 instead of 28 (SQ8); the
         lead pass took a quarter less time.
         """
-        if int_weights.shape[1] > 0:
+        # int16 weights for 4-bit codes give a bound as tight as 8-bit codes':
+        # the lists are then cut among threads as without the filter.
+        wide = bits == 4 and int_weights.dtype.itemsize == 2
+        if int_weights.shape[1] > 0 and not wide:
             self._scan_grouped_by_queries(
                 probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
                 metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids,

@@ -165,6 +165,8 @@ class ScalarQuantizer:
         self.delta = np.ascontiguousarray(delta, dtype=np.float32)
         # Where the AVX2 dots can run these codes (IVFSQ_INT_DOTS aside).
         self._int_weights_if_on = simd.n_int_weights(self.bits, self.code_size)
+        # int16 integer weights for 4-bit codes (see IvfSqEngine.choose_int_weights).
+        self.wide_int_weights = False
 
     @property
     def dim(self):
@@ -248,7 +250,8 @@ class ScalarQuantizer:
 
         It is on where :mod:`ivfsq._cpu.simd` has its AVX2 dots and a code
         row holds at least one chunk: ``dim >= 16`` for 8-bit codes (int16
-        weights), ``dim >= 64`` for 4-bit codes (int8 weights).
+        weights), ``dim >= 64`` for 4-bit codes (int8 weights, or int16 ones
+        where :attr:`wide_int_weights`).
         """
         return self._int_weights_if_on if simd.HAS_INT_DOTS else 0
 
@@ -256,7 +259,8 @@ class ScalarQuantizer:
         """Zeroed integer weights for ``n_queries`` queries (no columns when
         the filter is off or not ``enabled``)."""
         n_columns = self.n_int_weights if enabled else 0
-        return np.zeros((n_queries, n_columns), dtype=simd.WEIGHT_DTYPE[self.bits])
+        dtype = simd.weight_dtype(self.bits, self.wide_int_weights)
+        return np.zeros((n_queries, n_columns), dtype=dtype)
 
     def int_weights(self, weights, enabled=True, n_threads=1):
         """The integer filter's weights and ``(scale, error bound above, error

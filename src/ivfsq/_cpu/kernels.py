@@ -1537,7 +1537,10 @@ def _int_weights_row(weights, bits, code_size, out, levels):
     (float32, one per weight) is a workspace.
     """
     if bits == 4:
-        limit = np.float32(simd.SQ4_WEIGHT_LIMIT)
+        if out.itemsize == 1:
+            limit = np.float32(simd.SQ4_WEIGHT_LIMIT)
+        else:
+            limit = np.float32(simd.sq4_wide_weight_limit(code_size))
         max_code = np.float32(15.0)
         chunk_bytes = simd.SQ4_CHUNK_BYTES
     else:

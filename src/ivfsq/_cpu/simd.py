@@ -9,6 +9,10 @@ do more per instruction:
   8-lane FMA. Codes (at most 15) times int8 weights in [-127, 127] add up to
   at most 3,810 per pair: no saturation. ``vpmaddwd`` against ones then
   widens the pairs into 32-bit accumulators.
+  On short rows (``SQ4_WIDE_MAX_CODE_BYTES``) the weights are int16
+  instead: the nibbles are zero-extended to 16-bit lanes and ``vpmaddwd``
+  multiplies them, twice the multiplies but a bound as tight as the 8-bit
+  codes' (up to 15-bit weights).
 - 8-bit codes: 16 bytes are zero-extended to 16-bit lanes and ``vpmaddwd``
   multiplies them by int16 weights, adding pairs into 32-bit lanes (twice the
   work of one FMA, with no int -> float conversions). The weights have up to
@@ -31,13 +35,13 @@ one: after editing the IR here, touch ``kernels.py`` (an installed upgrade
 rewrites both).
 
 Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
-weights of dtype ``WEIGHT_DTYPE``): a code row of ``code_size >=
+weights of dtype :func:`weight_dtype`): a code row of ``code_size >=
 CHUNK_BYTES`` bytes is read in ``n_chunks = ceil(code_size / CHUNK_BYTES)``
 chunks; chunk ``c`` starts at byte ``min(CHUNK_BYTES c, code_size -
 CHUNK_BYTES)``, so the last one may overlap the one before it, and the
 weights of the bytes it re-reads are zero. For 4-bit codes a chunk is 32
-bytes with 64 int8 weights, those of the 32 low nibbles then those of the 32
-high nibbles; for 8-bit codes a chunk is 16 bytes with 16 int16 weights.
+bytes with 64 int8 (or int16) weights, those of the 32 low nibbles then those
+of the 32 high nibbles; for 8-bit codes a chunk is 16 bytes with 16 int16 weights.
 """
 
 import os
@@ -53,7 +57,6 @@ SQ4_CHUNK_BYTES = 32
 SQ8_CHUNK_BYTES = 16
 CHUNK_BYTES = {4: SQ4_CHUNK_BYTES, 8: SQ8_CHUNK_BYTES}
 WEIGHTS_PER_CHUNK = {4: 2 * SQ4_CHUNK_BYTES, 8: SQ8_CHUNK_BYTES}
-WEIGHT_DTYPE = {4: np.int8, 8: np.int16}
 # Largest |weight| that cannot saturate vpmaddubsw's 16-bit pair sums.
 SQ4_WEIGHT_LIMIT = 127
 # 8-bit codes: int16 weights, and no 32-bit sum of code_size products of a
@@ -61,6 +64,32 @@ SQ4_WEIGHT_LIMIT = 127
 # is too coarse to pay (code rows past 33,000 bytes).
 SQ8_MAX_WEIGHT_LIMIT = 32767
 SQ8_MIN_WEIGHT_LIMIT = 255
+
+
+# 4-bit codes take int8 weights by default. On rows of at most this many
+# bytes they may take int16 ones instead (the nibbles widened to 16-bit
+# lanes for ``vpmaddwd``): twice the multiplies of ``vpmaddubsw``, but a
+# bound as tight as the 8-bit codes'. Past it the dots cost too much more
+# (one query, rows in cache: 128-d 3.3 -> 6.9 ns, 384-d 9.5 -> 19.2,
+# 784-d 11.9 -> 37.7). Which one an index takes is measured on its own
+# data (``IvfSqEngine.choose_int_weights``).
+SQ4_WIDE_MAX_CODE_BYTES = 64
+
+
+def weight_dtype(bits, wide=False):
+    """dtype of the integer weights: int16 for 8-bit codes, int8 for 4-bit
+    ones (int16 where ``wide``)."""
+    return np.dtype(np.int16 if bits == 8 or wide else np.int8)
+
+
+def _sq4_wide_weight_limit(code_size):
+    """Largest |int16 weight| for 4-bit code rows of ``code_size`` bytes:
+    no 32-bit sum of ``2 code_size`` products of a nibble (at most 15) and a
+    weight may overflow."""
+    return min(SQ8_MAX_WEIGHT_LIMIT, 2147483647 // (30 * code_size))
+
+
+sq4_wide_weight_limit = njit(inline="always")(_sq4_wide_weight_limit)
 
 
 def _sq8_weight_limit(code_size):
@@ -71,9 +100,16 @@ def _sq8_weight_limit(code_size):
 sq8_weight_limit = njit(inline="always")(_sq8_weight_limit)  # for the kernels
 
 
-def weight_limit(bits, code_size):
-    """Largest |integer weight| of the filter for these codes."""
-    return SQ4_WEIGHT_LIMIT if bits == 4 else _sq8_weight_limit(code_size)
+def weight_limit(bits, code_size, dtype=None):
+    """Largest |integer weight| of the filter for these codes (with weights
+    of ``dtype``, by default :func:`weight_dtype`'s)."""
+    if dtype is None:
+        dtype = weight_dtype(bits)
+    if bits == 4:
+        if np.dtype(dtype).itemsize == 1:
+            return SQ4_WEIGHT_LIMIT
+        return _sq4_wide_weight_limit(code_size)
+    return _sq8_weight_limit(code_size)
 
 
 def n_int_weights(bits, code_size):
@@ -132,10 +168,13 @@ def _row_dots_ir(n_queries, bits):
     nibbles = bits == 4
     chunk_bytes = CHUNK_BYTES[bits]
     weights_per_chunk = WEIGHTS_PER_CHUNK[bits]
-    weight_type = _I8 if nibbles else _I16
 
     def codegen(context, builder, signature, args):
         codes_value, row, weights_value, queries, n_chunks = args
+        # 4-bit codes take int8 weights (vpmaddubsw) or int16 ones (the
+        # nibbles widened to 16-bit lanes, vpmaddwd): see SQ4_WIDE_MAX_CODE_BYTES.
+        wide_nibbles = nibbles and signature.args[2].dtype.bitwidth == 16
+        weight_type = _I8 if nibbles and not wide_nibbles else _I16
         module = builder.module
         pmaddubsw = _declare(module, "llvm.x86.avx2.pmadd.ub.sw", _V16I16, [_V32I8, _V32I8])
         pmaddwd = _declare(module, "llvm.x86.avx2.pmadd.wd", _V8I32, [_V16I16, _V16I16])
@@ -159,6 +198,8 @@ def _row_dots_ir(n_queries, bits):
         ones = ir.Constant(_V16I16, [1] * 16)
         low_mask = ir.Constant(_V32I8, [15] * 32)
         four = ir.Constant(_V32I8, [4] * 32)
+        first_half = ir.Constant(ir.VectorType(_I32, 16), list(range(16)))
+        second_half = ir.Constant(ir.VectorType(_I32, 16), list(range(16, 32)))
 
         entry = builder.block
         loop = builder.append_basic_block("dots.loop")
@@ -186,6 +227,13 @@ def _row_dots_ir(n_queries, bits):
             packed = builder.load(builder.bitcast(code_pointer, _V32I8.as_pointer()), align=1)
             low = builder.and_(packed, low_mask)
             high = builder.lshr(packed, four)
+            if wide_nibbles:
+                # The 64 nibbles in 16-bit lanes, in the weights' order.
+                nibble_lanes = [
+                    builder.zext(builder.shuffle_vector(half, half, order), _V16I16)
+                    for half in (low, high)
+                    for order in (first_half, second_half)
+                ]
         else:
             packed = builder.load(builder.bitcast(code_pointer, _V16I8.as_pointer()), align=1)
             wide = builder.zext(packed, _V16I16)
@@ -193,7 +241,17 @@ def _row_dots_ir(n_queries, bits):
         new_sums = []
         for member in range(n_queries):
             pointer = builder.gep(weight_bases[member], [weight_offset])
-            if nibbles:
+            if wide_nibbles:
+                products = None
+                for part, part_lanes in enumerate(nibble_lanes):
+                    part_pointer = builder.gep(pointer, [_const(16 * part)])
+                    part_weights = builder.load(
+                        builder.bitcast(part_pointer, _V16I16.as_pointer()), align=2
+                    )
+                    part_products = builder.call(pmaddwd, [part_lanes, part_weights])
+                    products = (part_products if products is None
+                                else builder.add(products, part_products))
+            elif nibbles:
                 first = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
                 pointer = builder.gep(pointer, [_const(chunk_bytes)])
                 second = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
