@@ -238,17 +238,19 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
 
 
 @pytest.mark.skipif(not simd.HAS_INT_DOTS, reason="no AVX2 integer dots on this CPU")
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("spread, wide", [(1.0, False), (30.0, True)])
-def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(spread, wide):
+def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(metric, spread, wide):
     # A few dimensions of a wide range: their int8 weights set the scale,
     # and the rounding of all the others loosens the bound.
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((8, 128)) * 2
     data = (centers[rng.integers(0, 8, 6000)] + rng.standard_normal((6000, 128))).astype(np.float32)
     data[:, :4] *= spread
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4"), data)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4", metric=metric), data)
     engine = index._engine
     excess = engine._int8_excess(engine.lists)
+    assert 0.0 <= excess <= 1.0
     assert (excess >= _ivf.SQ4_WIDE_MIN_EXCESS) == wide
     # Chosen on the first search.
     assert not engine.quantizer.wide_int_weights
@@ -258,7 +260,7 @@ def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(spread, wide):
     assert engine.quantizer.int_weights_buffer(1).dtype == expected
     # Longer rows keep int8 weights whatever the data.
     wider = np.concatenate([data, data[:, :4]], axis=1)
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4"), wider)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4", metric=metric), wider)
     ivf_sq.search(ivf_sq.SearchParams(n_probes=1), index, wider[:1], 10)
     assert index._engine.lists.codes.shape[1] > simd.SQ4_WIDE_MAX_CODE_BYTES
     assert not index._engine.quantizer.wide_int_weights
