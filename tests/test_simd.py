@@ -258,6 +258,15 @@ def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(metric, spread
     assert engine.quantizer.wide_int_weights == wide
     expected = np.int16 if wide else np.int8
     assert engine.quantizer.int_weights_buffer(1).dtype == expected
+    # The estimate is of the int8 weights whichever the index took.
+    assert engine._int8_excess(engine.lists) == excess
+    # Nearest lists left empty (their vectors removed) are passed over.
+    empty = np.zeros((32, 1), np.int64)
+    sizes = engine.lists.list_sizes.copy()
+    sizes[0] = 0
+    engine.lists.list_sizes = sizes
+    engine.coarse_probes = lambda queries, n_probes, n_threads: empty[:queries.shape[0]]
+    assert engine._int8_excess(engine.lists) == 0.0
     # Longer rows keep int8 weights whatever the data.
     wider = np.concatenate([data, data[:, :4]], axis=1)
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4", metric=metric), wider)

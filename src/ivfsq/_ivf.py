@@ -644,11 +644,17 @@ class IvfSqEngine:
         probes = self.coarse_probes(queries, 1, 1)
         consts, query_sq_norms = self.list_constants(queries, probes, 1)
         weights = quantizer.weights(queries)
-        # The int8 weights' scale and bound (the scan's, see simd).
-        params = quantizer.int_weights(weights)[1]
+        # The int8 weights' scale and bound, as the scan would take them.
+        params = np.zeros((queries.shape[0], kernels.INT_PARAMS), dtype=np.float32)
+        kernels.query_int_weights(
+            weights, 4, quantizer.code_size,
+            np.zeros((queries.shape[0], quantizer.n_int_weights), dtype=np.int8), params,
+        )
         excess = []
         for i, lst in enumerate(probes[:, 0]):
             start, size = lists.list_offsets[lst], lists.list_sizes[lst]
+            if size == 0:  # a center whose vectors were all removed
+                continue
             codes = lists.codes[start:start + size]
             levels = np.concatenate([codes & 15, codes >> 4], axis=1).astype(np.float64)
             scale = np.float64(params[i, 0])
@@ -665,7 +671,7 @@ class IvfSqEngine:
                 distance, bound = 1 - aux * exact, 1 - aux * best
             kth = np.partition(distance, min(k, size) - 1)[min(k, size) - 1]
             excess.append(max(int(np.sum(bound <= kth)) - k, 0) / size)
-        return float(np.mean(excess))
+        return float(np.mean(excess)) if excess else 0.0
 
     def _precise_views(self, lists, dim):
         """The precise store as the exact kernels take it: float32 rows, or
