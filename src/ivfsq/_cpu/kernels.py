@@ -1524,12 +1524,13 @@ def _weights_row(query, delta, bits, code_size, out):
 
 @njit(inline="always")
 def _int_weights_row(weights, bits, code_size, out, levels):
-    """One query's integer weights for :mod:`ivfsq._cpu.simd` (its layout and
-    dtype: int8 for 4-bit codes, int16 for 8-bit) from its float weights (the
-    :func:`query_weights` layout, ``code_size >= simd.CHUNK_BYTES[bits]``).
+    """One query's integer weights for :mod:`ivfsq._cpu.simd` (its layout,
+    in ``out``'s dtype: int8 or int16 for 4-bit codes, int16 for 8-bit) from
+    its float weights (the :func:`query_weights` layout, ``code_size >=
+    simd.CHUNK_BYTES[bits]``).
 
     ``weights ~ scale * out`` with ``|out| <= simd.weight_limit(bits,
-    code_size)``. Returns ``scale``, a bound on ``weights . u - scale *
+    code_size, out.dtype)``. Returns ``scale``, a bound on ``weights . u - scale *
     (out . u)`` (how much the exact score can exceed the integer one) for any
     codes ``u``: the largest code times the summed positive rounding errors,
     plus a little for float32 rounding in the two dot products; and the same
