@@ -644,34 +644,18 @@ class IvfSqEngine:
         probes = self.coarse_probes(queries, 1, 1)
         consts, query_sq_norms = self.list_constants(queries, probes, 1)
         weights = quantizer.weights(queries)
-        # The int8 weights' scale and bound, as the scan would take them.
-        params = np.zeros((queries.shape[0], kernels.INT_PARAMS), dtype=np.float32)
-        kernels.query_int_weights(
-            weights, 4, quantizer.code_size,
-            np.zeros((queries.shape[0], quantizer.n_int_weights), dtype=np.int8), params,
+        n_queries = queries.shape[0]
+        int_weights = np.zeros((n_queries, quantizer.n_int_weights), dtype=np.int8)
+        params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)
+        kernels.query_int_weights(weights, 4, quantizer.code_size, int_weights, params)
+        excess = np.empty(n_queries, dtype=np.float64)
+        kernels.int_filter_excess(
+            np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]), weights,
+            query_sq_norms, lists.codes, lists.aux, lists.list_offsets, lists.list_sizes,
+            KERNEL_METRIC[self.metric], 4, int_weights, params, k, excess,
         )
-        excess = []
-        for i, lst in enumerate(probes[:, 0]):
-            start, size = lists.list_offsets[lst], lists.list_sizes[lst]
-            if size == 0:  # a center whose vectors were all removed
-                continue
-            codes = lists.codes[start:start + size]
-            levels = np.concatenate([codes & 15, codes >> 4], axis=1).astype(np.float64)
-            scale = np.float64(params[i, 0])
-            int_weights = np.clip(np.floor(weights[i] / scale + 0.5), -simd.SQ4_WEIGHT_LIMIT,
-                                  simd.SQ4_WEIGHT_LIMIT)
-            exact = consts[i, 0] + levels @ weights[i].astype(np.float64)
-            best = consts[i, 0] + scale * (levels @ int_weights) + params[i, 1]
-            aux = lists.aux[start:start + size].astype(np.float64)
-            if self.metric == "sqeuclidean":
-                distance, bound = (query_sq_norms[i] + aux - 2 * s for s in (exact, best))
-            elif self.metric == "inner_product":
-                distance, bound = -exact, -best
-            else:
-                distance, bound = 1 - aux * exact, 1 - aux * best
-            kth = np.partition(distance, min(k, size) - 1)[min(k, size) - 1]
-            excess.append(max(int(np.sum(bound <= kth)) - k, 0) / size)
-        return float(np.mean(excess)) if excess else 0.0
+        excess = excess[excess >= 0]  # lists left empty by removals are passed over
+        return float(excess.mean()) if excess.size else 0.0
 
     def _precise_views(self, lists, dim):
         """The precise store as the exact kernels take it: float32 rows, or

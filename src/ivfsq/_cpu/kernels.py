@@ -1608,6 +1608,43 @@ def _int_weights_row(weights, bits, code_size, out, levels):
 
 
 @njit(fastmath=_FAST, **_JIT)
+def int_filter_excess(lists, list_consts, weights, query_sq_norms, codes, aux, list_offsets,
+                      list_sizes, metric, bits, int_weights, int_params, k, out):
+    """Per query ``i`` and its list ``lists[i]``: the share of the list's
+    rows past the first ``k`` whose integer-filter bound (the scan's, with
+    these integer weights) does not rule them out at the list's k-th exact
+    distance; -1 for an empty list. Arguments as in :func:`scan_lists`."""
+    n_chunks = _n_int_chunks(int_weights, bits)
+    code_size = codes.shape[1]
+    for i in range(lists.shape[0]):
+        lst = lists[i]
+        start = list_offsets[lst]
+        n_rows = list_sizes[lst]
+        if n_rows == 0:
+            out[i] = -1.0
+            continue
+        base = list_consts[i]
+        q_sq = query_sq_norms[i]
+        scale = int_params[i, 0]
+        margin = _int_margin(int_params, i, base)
+        distances = np.empty(n_rows, dtype=np.float32)
+        bounds = np.empty(n_rows, dtype=np.float32)
+        for r in range(n_rows):
+            row = start + r
+            approx = base + scale * np.float32(_int_dot(codes, row, int_weights, i, n_chunks, bits))
+            bounds[r] = _distance_lower_bound(metric, approx, margin, q_sq, aux[row])
+            score = _exact_score(weights[i], base, codes, row, bits, code_size)
+            distances[r] = _score_to_distance(metric, score, q_sq, aux[row])
+        kth = min(k, n_rows) - 1
+        cutoff = np.partition(distances, kth)[kth]
+        passed = 0
+        for r in range(n_rows):
+            if bounds[r] <= cutoff:
+                passed += 1
+        out[i] = max(passed - k, 0) / n_rows
+
+
+@njit(fastmath=_FAST, **_JIT)
 def query_int_weights(weights, bits, code_size, out, out_params):
     """:func:`_int_weights_row` for each row: ``out_params[i] = (scale, bound
     above, bound below)``."""
