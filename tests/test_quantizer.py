@@ -74,8 +74,9 @@ def _int_weights(weights, bits, code_size, use_int):
     if not use_int:
         return (np.zeros((weights.shape[0], 0), np.int8),
                 np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32))
-    out = np.zeros((weights.shape[0], simd.n_int_weights(bits, code_size)),
-                   simd.weight_dtype(bits))
+    dtype = simd.weight_dtype(bits)
+    out = np.zeros((weights.shape[0], simd.n_int_weights(bits, code_size)
+                    * simd.n_planes(bits, dtype)), dtype)
     params = np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32)
     kernels.query_int_weights(weights, bits, code_size, out, params)
     return out, params

@@ -92,32 +92,92 @@ def test_row_dots_match_oracle(implementation, bits, dtype, code_size):
     np.testing.assert_array_equal(out_four, expected[:, [0, 3, 1, 3]])
 
 
+@pytest.mark.parametrize("implementation", ["portable", "native"])
+@pytest.mark.parametrize("code_size", [32, 50, 392])
+def test_plane_dots_read_the_plane_at_their_column(implementation, code_size):
+    """dot_nibbles_at: the dot with the weights that start at a column (the
+    second and third int8 planes of 4-bit codes)."""
+    if implementation == "native" and not simd.HAS_AVX2_DOTS:
+        pytest.skip("no AVX2 integer dots on this CPU")
+    dot_at = simd._portable_row_dots(1, 4, True) if implementation == "portable" else (
+        simd.dot_nibbles_at)
+
+    @njit
+    def run(codes, weights, n_chunks, column, out):
+        for row in range(codes.shape[0]):
+            for query in range(weights.shape[0]):
+                out[row, query] = dot_at(codes, row, weights, query, n_chunks, column)
+
+    rng = np.random.default_rng(code_size)
+    n_chunks = -(-code_size // simd.SQ4_CHUNK_BYTES)
+    width = n_chunks * simd.WEIGHTS_PER_CHUNK[4]
+    codes = rng.integers(0, 256, size=(20, code_size), dtype=np.uint8)
+    weights = rng.integers(-127, 128, size=(3, simd.SQ4_PLANES * width)).astype(np.int8)
+    for plane in range(simd.SQ4_PLANES):
+        plane_weights = weights[:, plane * width:(plane + 1) * width]
+        # The weights of bytes that the last chunk re-reads are zero (the layout).
+        skip = n_chunks * simd.SQ4_CHUNK_BYTES - code_size
+        for half in range(2):
+            first = (n_chunks - 1) * width // n_chunks + half * simd.SQ4_CHUNK_BYTES
+            plane_weights[:, first:first + skip] = 0
+        out = np.zeros((20, 3), np.int32)
+        run(codes, weights, n_chunks, plane * width, out)
+        np.testing.assert_array_equal(out, _oracle(codes, plane_weights, 4))
+
+
 @pytest.mark.parametrize("bits, dtype", WEIGHT_KINDS)
 @pytest.mark.parametrize("code_size", [16, 32, 77, 392])
 def test_int_weights_bound_the_exact_dot(bits, dtype, code_size):
-    """scale * (w_int . u) + above >= w . u >= scale * (w_int . u) - below
-    for all codes u, the worst included."""
+    """scale * (w_int . u) + above >= exact >= scale * (w_int . u) - below
+    for all codes u, the worst included. The exact score is w . u, or, for
+    4-bit codes with int8 weights, the three planes' sum, which must be
+    within float32 rounding of w . u."""
     if code_size < simd.CHUNK_BYTES[bits]:
         pytest.skip("rows shorter than one chunk take the float path")
     rng = np.random.default_rng(7)
     n_weights = code_size if bits == 8 else 2 * code_size
     weights = (rng.standard_normal((5, n_weights)) * rng.random((5, 1)) * 100).astype(np.float32)
     weights[4] = 0.0  # an all-zero query
-    int_weights = np.zeros((5, simd.n_int_weights(bits, code_size)), dtype)
+    n_planes = simd.n_planes(bits, dtype)
+    width = simd.n_int_weights(bits, code_size)
+    # Not zeroed first: the kernel writes every weight, those of the bytes
+    # that the last chunk re-reads included (zeros, checked below).
+    int_weights = np.full((5, n_planes * width), 99, dtype)
     params = np.zeros((5, kernels.INT_PARAMS), np.float32)
     kernels.query_int_weights(weights, bits, code_size, int_weights, params)
     limit = simd.weight_limit(bits, code_size, dtype)
-    assert np.abs(int_weights.astype(int)).max() == limit  # the largest weight uses the range
+    # The largest weight uses the range.
+    assert np.abs(int_weights[:, :width].astype(int)).max() == limit
     assert params[4, 1] == 0.0 and params[4, 2] == 0.0
     max_code = 255 if bits == 8 else 15
-    # Back in the float layout: every float weight has exactly one int8 weight.
-    levels = _float_layout(int_weights, bits, code_size)
-    approx_weights = levels * params[:, :1].astype(np.float64)
+    # Back in the float layout: every float weight has exactly one level per plane.
+    planes = [_float_layout(int_weights[:, plane * width:(plane + 1) * width], bits, code_size)
+              for plane in range(n_planes)]
+    # The chunked dot (re-read bytes included) equals the dot in the float layout.
+    some_codes = rng.integers(0, 256, size=(30, code_size), dtype=np.uint8)
+    some_levels = _unpacked(some_codes, bits)
+    for plane in range(n_planes):
+        np.testing.assert_array_equal(
+            _oracle(some_codes, int_weights[:, plane * width:(plane + 1) * width], bits),
+            some_levels @ planes[plane].T,
+        )
+    approx_weights = planes[0] * params[:, :1].astype(np.float64)
     # Nearest levels, up to float32 rounding of weight / scale (a few
     # thousandths of a level at 15 bits); the bounds below use the actual errors.
     assert np.all(np.abs(approx_weights - weights) <= params[:, :1] * (0.5 + 2.0**-8) + 1e-6)
     codes = rng.integers(0, max_code + 1, size=(200, n_weights)).astype(np.float64)
     exact_weights = weights.astype(np.float64)
+    if n_planes == 1:
+        assert np.all(params[:, 3:] == 0.0)
+    else:
+        exact_weights = approx_weights + (planes[1] * params[:, 3:4].astype(np.float64)
+                                          + planes[2] * params[:, 4:5].astype(np.float64))
+        # Within float32 rounding of the largest weight, and closer than
+        # the first plane alone by far.
+        largest = np.abs(weights).max(axis=1, keepdims=True)
+        assert np.all(np.abs(exact_weights - weights) <= largest * 2.0**-23)
+        assert np.abs(exact_weights - weights)[:4].max() < 1e-4 * np.abs(
+            approx_weights - weights)[:4].max()
     excess = codes @ exact_weights.T - codes @ approx_weights.T
     assert np.all(excess <= params[:, 1] + 1e-9)
     adversarial = np.where(exact_weights > approx_weights, max_code, 0)
@@ -138,6 +198,13 @@ def test_int_weights_bound_the_exact_dot(bits, dtype, code_size):
     rounding_part = params[:, 2].astype(np.float64) / 1.001 - allowance
     assert np.all(rounding_part[:4] > 0)
     assert np.all(shortfall[:4] >= 0.999 * rounding_part[:4] - 1e-6 * params[:4, 2])
+
+
+def _unpacked(codes, bits):
+    """Code levels in the layout of kernels.query_weights (int64): bytes, or
+    low nibbles then high nibbles."""
+    codes = codes.astype(np.int64)
+    return codes if bits == 8 else np.hstack([codes & 15, codes >> 4])
 
 
 def _float_layout(int_weights, bits, code_size):

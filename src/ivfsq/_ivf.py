@@ -645,7 +645,8 @@ class IvfSqEngine:
         consts, query_sq_norms = self.list_constants(queries, probes, 1)
         weights = quantizer.weights(queries)
         n_queries = queries.shape[0]
-        int_weights = np.zeros((n_queries, quantizer.n_int_weights), dtype=np.int8)
+        int_weights = np.zeros((n_queries, quantizer.n_int_weights * simd.SQ4_PLANES),
+                               dtype=np.int8)
         params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)
         kernels.query_int_weights(weights, 4, quantizer.code_size, int_weights, params)
         excess = np.empty(n_queries, dtype=np.float64)

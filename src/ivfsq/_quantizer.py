@@ -256,11 +256,12 @@ class ScalarQuantizer:
         return self._int_weights_if_on if simd.HAS_INT_DOTS else 0
 
     def int_weights_buffer(self, n_queries, enabled=True):
-        """Zeroed integer weights for ``n_queries`` queries (no columns when
-        the filter is off or not ``enabled``)."""
-        n_columns = self.n_int_weights if enabled else 0
+        """Integer weights for ``n_queries`` queries, not initialized: the
+        kernels write every one (no columns when the filter is off or not
+        ``enabled``)."""
         dtype = simd.weight_dtype(self.bits, self.wide_int_weights)
-        return np.zeros((n_queries, n_columns), dtype=dtype)
+        n_columns = self.n_int_weights * simd.n_planes(self.bits, dtype) if enabled else 0
+        return np.empty((n_queries, n_columns), dtype=dtype)
 
     def int_weights(self, weights, enabled=True, n_threads=1):
         """The integer filter's weights and ``(scale, error bound above, error

@@ -27,9 +27,10 @@ METRIC_COSINE = 2
 HANDLE_TOPK = 0
 HANDLE_RANGE = 1
 
-# Per query, the integer filter's (scale, bound above, bound below): see
+# Per query, the integer filter's (scale, bound above, bound below) and the
+# scales of the int8 planes past the first (4-bit codes, else 0): see
 # _int_weights_row.
-INT_PARAMS = 3
+INT_PARAMS = 5
 # Buckets of the histogram that picks a list's cutoff (_kth_smallest_cover).
 HISTOGRAM_BUCKETS = 64
 # A first list is scanned in two phases when k * code bytes is at least this
@@ -270,7 +271,30 @@ def _int_dot(codes, row, int_weights, query, n_chunks, bits):
 def _n_int_chunks(int_weights, bits):
     # 0 when the integer path is off (no int weights were made).
     per_chunk = 2 * simd.SQ4_CHUNK_BYTES if bits == 4 else simd.SQ8_CHUNK_BYTES
-    return int_weights.shape[1] // per_chunk
+    return int_weights.shape[1] // (per_chunk * _n_planes(int_weights, bits))
+
+
+@njit(inline="always")
+def _n_planes(int_weights, bits):
+    # simd.n_planes for the kernels.
+    return simd.SQ4_PLANES if bits == 4 and int_weights.itemsize == 1 else 1
+
+
+@njit(inline="always")
+def _filtered_score(w, base, codes, row, bits, int_weights, int_params, query, n_chunks, dot):
+    """The exact score of a row the integer filter let through, ``dot``
+    being its integer dot. 4-bit codes with int8 weights: from the weight
+    planes (``simd.SQ4_PLANES``), ``s1 dot + s2 (W2 . u) + s3 (W3 . u)``
+    summed in float64; other codes: :func:`_exact_score` (float weights)."""
+    if _n_planes(int_weights, bits) == 1:
+        return _exact_score(w, base, codes, row, bits, codes.shape[1])
+    plane = n_chunks * 2 * simd.SQ4_CHUNK_BYTES
+    second = simd.dot_nibbles_at(codes, row, int_weights, query, n_chunks, plane)
+    third = simd.dot_nibbles_at(codes, row, int_weights, query, n_chunks, 2 * plane)
+    total = (np.float64(int_params[query, 0]) * np.float64(dot)
+             + np.float64(int_params[query, 3]) * np.float64(second)
+             + np.float64(int_params[query, 4]) * np.float64(third))
+    return base + np.float32(total)
 
 
 @njit(inline="always")
@@ -286,7 +310,8 @@ def _scan_list(
     the integer dot ``scale * (w8 . u)`` first gives a lower bound of the
     distance (``int_params[query] = (scale, error bound above, error bound
     below)``, see :func:`_int_weights_row`; the bound above serves here);
-    only vectors whose bound passes are scored exactly.
+    only vectors whose bound passes are scored exactly
+    (:func:`_filtered_score`).
 
     ``HANDLE_TOPK``: the threshold is the max-heap's root (the k-th
     distance), and winners are pushed into ``heap_*``. ``HANDLE_RANGE``: the
@@ -308,12 +333,14 @@ def _scan_list(
         if use_filter and not _is_kept(keep_words, vid):
             continue
         if n_chunks > 0:
-            approx = base + int_scale * np.float32(
-                _int_dot(codes, row, int_weights, query, n_chunks, bits)
-            )
+            dot = _int_dot(codes, row, int_weights, query, n_chunks, bits)
+            approx = base + int_scale * np.float32(dot)
             if _distance_lower_bound(metric, approx, margin, q_sq, aux[row]) > worst:
                 continue
-        s = _exact_score(w, base, codes, row, bits, code_size)
+            s = _filtered_score(w, base, codes, row, bits, int_weights, int_params, query,
+                                n_chunks, dot)
+        else:
+            s = _exact_score(w, base, codes, row, bits, code_size)
         dist = _score_to_distance(metric, s, q_sq, aux[row])
         if dist <= worst:
             key = row if emit_rows else vid
@@ -370,6 +397,7 @@ def scan_lists(
     bounded = _n_int_chunks(int_weights, bits) > 0
     lowers = np.empty(0, dtype=np.float32)
     uppers = np.empty(0, dtype=np.float32)
+    row_dots = np.empty(0, dtype=np.int32)
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         heap_d = out_distances[i]
@@ -382,10 +410,12 @@ def scan_lists(
                 if list_sizes[lst] > lowers.shape[0]:
                     lowers = np.empty(list_sizes[lst], dtype=np.float32)
                     uppers = np.empty(list_sizes[lst], dtype=np.float32)
+                    row_dots = np.empty(list_sizes[lst], dtype=np.int32)
                 _scan_list_bounded(
                     weights[i], list_consts[i, p], query_sq_norms[i], lst, codes, ids, aux,
                     list_offsets, list_sizes, metric, bits, keep_words, use_filter, emit_rows,
                     heap_d, heap_i, int_weights, int_params, i, lowers, uppers, counts,
+                    row_dots,
                 )
             elif lst >= 0:
                 _scan_list(
@@ -449,9 +479,11 @@ def _push(heap_d, heap_i, query, k, dist, key):
 
 @njit(inline="always")
 def _offer_exact(heap_d, heap_i, query, k, metric, base, weights, codes, row, bits, q_sq,
-                 aux_value, key, worst):
-    """Score a vector exactly (float weights) and push it if it wins; the new worst."""
-    score = _exact_score(weights[query], base, codes, row, bits, codes.shape[1])
+                 aux_value, key, worst, int_weights, int_params, n_chunks, dot):
+    """Score a vector the filter let through exactly (:func:`_filtered_score`,
+    ``dot`` its integer dot) and push it if it wins; the new worst."""
+    score = _filtered_score(weights[query], base, codes, row, bits, int_weights, int_params,
+                            query, n_chunks, dot)
     dist = _score_to_distance(metric, score, q_sq, aux_value)
     if dist <= worst:
         return _push(heap_d, heap_i, query, k, dist, key)
@@ -516,7 +548,8 @@ def _bucket(value, low, inverse, n_buckets):
 
 @njit(inline="always")
 def _score_bounded(w, heap_d, heap_i, k, metric, base, codes, bits, start, n_rows, q_sq, aux,
-                   ids, emit_rows, lowers, uppers, counts):
+                   ids, emit_rows, lowers, uppers, counts, int_weights, int_params, query,
+                   dots):
     """Score exactly, into one query's max-heap ``heap_*``, the rows ``start
     + r`` of one list whose distance lower bound ``lowers[r]`` (+inf for a
     row to skip) the threshold cannot rule out. The threshold is the heap's
@@ -524,18 +557,20 @@ def _score_bounded(w, heap_d, heap_i, k, metric, base, codes, bits, start, n_row
     ``uppers[r]``: k rows of the list lie within it, so the final k-th
     distance does too. The heap's first k entries then cost about k exact
     scores, not the 2-3k that scoring rows as they come takes while the
-    heap fills."""
+    heap fills. ``dots[r]`` are the rows' integer dots with row ``query``
+    of ``int_weights`` (see :func:`_filtered_score`)."""
     cutoff = np.float32(np.inf)
     if n_rows >= k:
         cutoff = _kth_smallest_cover(uppers, n_rows, k, counts)
     worst = min(heap_d[0], cutoff)
-    code_size = codes.shape[1]
+    n_chunks = _n_int_chunks(int_weights, bits)
     for r in range(n_rows):
         # Rows the filter skipped have infinite bounds, which an empty
         # heap's root (+inf) would not rule out.
         if lowers[r] <= worst and lowers[r] < np.inf:
             row = start + r
-            score = _exact_score(w, base, codes, row, bits, code_size)
+            score = _filtered_score(w, base, codes, row, bits, int_weights, int_params, query,
+                                    n_chunks, dots[r])
             dist = _score_to_distance(metric, score, q_sq, aux[row])
             if dist <= heap_d[0]:
                 key = row if emit_rows else ids[row]
@@ -559,11 +594,12 @@ def two_phase_pays(k, code_size, n_rows):
 def _scan_list_bounded(
     w, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric, bits, keep_words,
     use_filter, emit_rows, heap_d, heap_i, int_weights, int_params, query, lowers, uppers,
-    counts,
+    counts, dots,
 ):
     """:func:`_scan_list` (top-k, integer filter on) in two phases: the
     bounds of every row, then :func:`_score_bounded`. For a query's first
-    list, where its heap starts empty."""
+    list, where its heap starts empty. ``lowers``, ``uppers`` and ``dots``
+    (int32) are workspaces of at least the list's length."""
     n_chunks = _n_int_chunks(int_weights, bits)
     start = list_offsets[lst]
     n_rows = list_sizes[lst]
@@ -577,11 +613,13 @@ def _scan_list_bounded(
             uppers[r] = np.inf
             continue
         dot = _int_dot(codes, row, int_weights, query, n_chunks, bits)
+        dots[r] = dot
         approx = base + scale * np.float32(dot)
         lowers[r] = _distance_lower_bound(metric, approx, margin, q_sq, aux[row])
         uppers[r] = _distance_upper_bound(metric, approx, below, q_sq, aux[row])
     _score_bounded(w, heap_d, heap_i, heap_d.shape[0], metric, base, codes, bits, start, n_rows,
-                   q_sq, aux, ids, emit_rows, lowers, uppers, counts)
+                   q_sq, aux, ids, emit_rows, lowers, uppers, counts, int_weights, int_params,
+                   query, dots)
 
 
 @njit(inline="always")
@@ -703,19 +741,23 @@ def scan_lists_grouped(
                     if pass0:
                         worst0 = _offer_exact(heap_distances, heap_ids, q0, k, metric, c0,
                                               weights, codes, row, bits, sq0, aux_value, key,
-                                              worst0)
+                                              worst0, int_weights,
+                                              int_params, n_chunks, d0)
                     if pass1:
                         worst1 = _offer_exact(heap_distances, heap_ids, q1, k, metric, c1,
                                               weights, codes, row, bits, sq1, aux_value, key,
-                                              worst1)
+                                              worst1, int_weights,
+                                              int_params, n_chunks, d1)
                     if pass2:
                         worst2 = _offer_exact(heap_distances, heap_ids, q2, k, metric, c2,
                                               weights, codes, row, bits, sq2, aux_value, key,
-                                              worst2)
+                                              worst2, int_weights,
+                                              int_params, n_chunks, d2)
                     if pass3:
                         worst3 = _offer_exact(heap_distances, heap_ids, q3, k, metric, c3,
                                               weights, codes, row, bits, sq3, aux_value, key,
-                                              worst3)
+                                              worst3, int_weights,
+                                              int_params, n_chunks, d3)
                     continue
                 # Float path: each code byte is loaded and converted once for
                 # the four queries (the reuse a GEMM gets from blocking).
@@ -794,6 +836,7 @@ def scan_first_lists_grouped(
         longest = max(longest, list_sizes[lists_to_scan[li]])
     lowers = np.empty((4, longest), dtype=np.float32)
     uppers = np.empty((4, longest), dtype=np.float32)
+    row_dots = np.empty((4, longest), dtype=np.int32)
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for li in range(lists_to_scan.shape[0]):
         lst = lists_to_scan[li]
@@ -829,6 +872,7 @@ def scan_first_lists_grouped(
                     d0, d1, d2, d3 = simd.dots4_nibbles(
                         codes, row, int_weights, (q0, q1, q2, q3), n_chunks
                     )
+                row_dots[0, r], row_dots[1, r], row_dots[2, r], row_dots[3, r] = d0, d1, d2, d3
                 a0 = c0 + scale0 * np.float32(d0)
                 a1 = c1 + scale1 * np.float32(d1)
                 a2 = c2 + scale2 * np.float32(d2)
@@ -846,7 +890,7 @@ def scan_first_lists_grouped(
                 _score_bounded(
                     weights[q], heap_distances[q], heap_ids[q], k, metric, pair_consts[block + m],
                     codes, bits, start, n_rows, query_sq_norms[q], aux, ids, emit_rows,
-                    lowers[m], uppers[m], counts,
+                    lowers[m], uppers[m], counts, int_weights, int_params, q, row_dots[m],
                 )
 
 
@@ -1427,6 +1471,7 @@ def search_few(
     bounded = int_weights.shape[1] > 0
     lowers = np.empty(0, dtype=np.float32)
     uppers = np.empty(0, dtype=np.float32)
+    row_dots = np.empty(0, dtype=np.int32)
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
@@ -1438,12 +1483,7 @@ def search_few(
             _select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists, workspace)
         _weights_row(query, delta, bits, code_size, weights)
         if int_weights.shape[1] > 0:
-            scale, above, below = _int_weights_row(
-                weights, bits, code_size, int_weights[0], levels
-            )
-            int_params[0, 0] = scale
-            int_params[0, 1] = above
-            int_params[0, 2] = below
+            _int_weights_row(weights, bits, code_size, int_weights[0], levels, int_params[0])
         q_sq = np.float32(_dot64(query, query)) if use_l2 else np.float32(0.0)
         offset = _dot64(query, vmin)
         heap_d = out_distances[i]
@@ -1457,10 +1497,11 @@ def search_few(
                 if list_sizes[lst] > lowers.shape[0]:
                     lowers = np.empty(list_sizes[lst], dtype=np.float32)
                     uppers = np.empty(list_sizes[lst], dtype=np.float32)
+                    row_dots = np.empty(list_sizes[lst], dtype=np.int32)
                 _scan_list_bounded(
                     weights, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric,
                     bits, keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights,
-                    int_params, 0, lowers, uppers, counts,
+                    int_params, 0, lowers, uppers, counts, row_dots,
                 )
                 continue
             _scan_list(
@@ -1523,89 +1564,187 @@ def _weights_row(query, delta, bits, code_size, out):
 
 
 @njit(inline="always")
-def _int_weights_row(weights, bits, code_size, out, levels):
+def _int_weights_row(weights, bits, code_size, out, levels, params):
     """One query's integer weights for :mod:`ivfsq._cpu.simd` (its layout,
     in ``out``'s dtype: int8 or int16 for 4-bit codes, int16 for 8-bit) from
     its float weights (the :func:`query_weights` layout, ``code_size >=
-    simd.CHUNK_BYTES[bits]``).
+    simd.CHUNK_BYTES[bits]``), and its ``params`` (``INT_PARAMS`` values).
 
-    ``weights ~ scale * out`` with ``|out| <= simd.weight_limit(bits,
-    code_size, out.dtype)``. Returns ``scale``, a bound on ``weights . u - scale *
-    (out . u)`` (how much the exact score can exceed the integer one) for any
-    codes ``u``: the largest code times the summed positive rounding errors,
-    plus a little for float32 rounding in the two dot products; and the same
-    bound the other way (the negative rounding errors). ``levels``
-    (float32, one per weight) is a workspace.
+    ``weights ~ scale * W1`` with ``|W1| <= simd.weight_limit(bits,
+    code_size, out.dtype)``. ``params`` = (``scale``, a bound on how much
+    the exact score can exceed ``scale * (W1 . u)`` for any codes ``u``,
+    the same bound the other way, ``scale2``, ``scale3``).
+
+    - int16 weights: the exact score is ``weights . u`` (float32); the
+      bounds are the largest code times the summed positive (negative)
+      rounding errors. ``scale2 = scale3 = 0``.
+    - 4-bit codes, int8 weights: ``out`` holds ``simd.SQ4_PLANES`` planes
+      one after the other, ``W2`` and ``W3`` the rounded residuals of the
+      planes before them (scales ``scale2``, ``scale3``), and the exact
+      score is ``scale W1.u + scale2 W2.u + scale3 W3.u``
+      (:func:`_filtered_score`); the bounds are 15 times the summed
+      positive (negative) parts of ``scale2 W2 + scale3 W3``.
+
+    Both bounds have a little more for float32 rounding in the scores.
+    ``levels`` (float32, ``simd.SQ4_PLANES`` per weight) is a workspace.
     """
+    n_weights = weights.shape[0]
+    planes = bits == 4 and out.itemsize == 1
     if bits == 4:
         if out.itemsize == 1:
             limit = np.float32(simd.SQ4_WEIGHT_LIMIT)
         else:
             limit = np.float32(simd.sq4_wide_weight_limit(code_size))
         max_code = np.float32(15.0)
-        chunk_bytes = simd.SQ4_CHUNK_BYTES
     else:
         limit = np.float32(simd.sq8_weight_limit(code_size))
         max_code = np.float32(255.0)
-        chunk_bytes = simd.SQ8_CHUNK_BYTES
-    n_halves = 2 if bits == 4 else 1
-    per_chunk = n_halves * chunk_bytes
     largest = np.float32(0.0)
-    for j in range(weights.shape[0]):
+    for j in range(n_weights):
         largest = max(largest, abs(weights[j]))
     scale = largest / limit if largest > 0 else np.float32(1.0)
     inverse = np.float32(1.0) / scale
-    # Levels in the weights' order first (a loop LLVM vectorizes, with
-    # float32 sums: their rounding is far inside the allowance below), then
-    # copied into the chunk layout, where each weight appears once.
-    rounding = np.float32(0.0)
-    rounding_below = np.float32(0.0)
-    magnitude = np.float32(0.0)
-    for j in range(weights.shape[0]):
-        weight = weights[j]
-        level = min(max(np.floor(weight * inverse + np.float32(0.5)), -limit), limit)
-        levels[j] = level
-        # Codes lie in [0, max_code]: the exact dot exceeds the integer one
-        # by at most max_code times the positive rounding errors.
-        rounding += max(weight - level * scale, np.float32(0.0))
-        rounding_below += max(level * scale - weight, np.float32(0.0))
-        magnitude += abs(weight)
-    out[:] = 0
-    n_chunks = out.shape[0] // per_chunk
-    if n_halves == 1:
+    scale2 = np.float32(0.0)
+    scale3 = np.float32(0.0)
+    if planes:
+        # The residuals in two more int8 planes. Rounding leaves at most
+        # half a step, so each plane's scale is half the one before over the
+        # limit.
+        scale2 = np.float32(scale * np.float32(0.5) / limit)
+        scale3 = np.float32(scale2 * np.float32(0.5) / limit)
+        magnitude, above_sum, below_sum = _sq4_planes(weights, code_size, out, scale, scale2,
+                                                      scale3, limit)
+    else:
+        # Levels in the weights' order first (a loop LLVM vectorizes, with
+        # float32 sums: their rounding is far inside the allowance below),
+        # then copied into the chunk layout, where each weight appears once.
+        magnitude = np.float32(0.0)
+        above_sum = np.float32(0.0)
+        below_sum = np.float32(0.0)
+        for j in range(n_weights):
+            weight = weights[j]
+            level = min(max(np.floor(weight * inverse + np.float32(0.5)), -limit), limit)
+            levels[j] = level
+            # Codes lie in [0, max_code]: the exact dot exceeds the integer
+            # one by at most max_code times the positive rounding errors.
+            above_sum += max(weight - level * scale, np.float32(0.0))
+            below_sum += max(level * scale - weight, np.float32(0.0))
+            magnitude += abs(weight)
+        out[:] = 0
+        _layout_levels(levels, bits, code_size, out)
+    # float32 sums of up to a few thousand terms (these and the scan's dot
+    # products): 1e-5 of the absolute sum is many times their worst
+    # rounding error.
+    allowance = 1e-5 * np.float64(magnitude)
+    params[0] = scale
+    params[1] = np.float32(np.float64(max_code) * (np.float64(above_sum) + allowance) * 1.001)
+    params[2] = np.float32(np.float64(max_code) * (np.float64(below_sum) + allowance) * 1.001)
+    params[3] = scale2
+    params[4] = scale3
+
+
+@njit(inline="always")
+def _layout_levels(levels, bits, code_size, out):
+    """Integer levels in the weights' order into ``out`` (zeroed), in the
+    chunk layout of :mod:`ivfsq._cpu.simd`."""
+    if bits == 8:
         # 8-bit codes: the weights' order up to the last chunk (one flat,
         # vectorized loop: per-chunk copies were 3x slower), then the last.
-        body = (n_chunks - 1) * chunk_bytes
+        chunk_bytes = simd.SQ8_CHUNK_BYTES
+        body = out.shape[0] - chunk_bytes
         for j in range(body):
             out[j] = levels[j]
         start = code_size - chunk_bytes
         for t in range(body - start, chunk_bytes):
             out[body + t] = levels[start + t]
-    else:
-        # 4-bit codes: each chunk's low-nibble weights, then its high-nibble
-        # ones. Loops of a constant trip count for all chunks but the last
-        # (2.4x faster than one loop over every chunk's range), which skips
-        # the bytes it shares with the one before.
-        for chunk in range(n_chunks - 1):
-            first = chunk * per_chunk
-            start = chunk * chunk_bytes
-            for t in range(chunk_bytes):
-                out[first + t] = levels[start + t]
-            for t in range(chunk_bytes):
-                out[first + chunk_bytes + t] = levels[code_size + start + t]
-        first = (n_chunks - 1) * per_chunk
-        start = code_size - chunk_bytes
-        for t in range((n_chunks - 1) * chunk_bytes - start, chunk_bytes):
+        return
+    # 4-bit codes: each chunk's low-nibble weights, then its high-nibble
+    # ones. Loops of a constant trip count for all chunks but the last
+    # (2.4x faster than one loop over every chunk's range), which skips
+    # the bytes it shares with the one before.
+    half = simd.SQ4_CHUNK_BYTES
+    n_chunks = out.shape[0] // (2 * half)
+    for chunk in range(n_chunks - 1):
+        first = 2 * half * chunk
+        start = half * chunk
+        for t in range(half):
             out[first + t] = levels[start + t]
-            out[first + chunk_bytes + t] = levels[code_size + start + t]
-    # float32 sums of up to a few thousand terms (these two and the scan's
-    # dot products): 1e-5 of the absolute sum is many times their worst
-    # rounding error.
-    allowance = 1e-5 * np.float64(magnitude)
-    above = np.float64(max_code) * (np.float64(rounding) + allowance)
-    below = np.float64(max_code) * (np.float64(rounding_below) + allowance)
-    return scale, np.float32(above * 1.001), np.float32(below * 1.001)
+        for t in range(half):
+            out[first + half + t] = levels[code_size + start + t]
+    first = 2 * half * (n_chunks - 1)
+    start = code_size - half
+    for t in range(half * (n_chunks - 1) - start, half):
+        out[first + t] = levels[start + t]
+        out[first + half + t] = levels[code_size + start + t]
 
+
+@njit(inline="always")
+def _sq4_planes(weights, code_size, out, scale, scale2, scale3, limit):
+    """The three int8 planes of 4-bit codes' weights (see
+    :func:`_int_weights_row`), written straight into their chunk layout:
+    ``out`` holds ``simd.SQ4_PLANES`` rows of it one after the other.
+    Returns float32 ``sum |w|`` and the sums of the positive and of the
+    negative parts of ``scale2 W2 + scale3 W3`` (what the last two planes
+    add per unit of code).
+
+    A level clamped by float rounding only leaves a little more to the next
+    plane, and the bounds come from the levels themselves, so the residuals
+    need not be exact; the sums, of terms of one sign, are within 1e-4 of
+    exact (the 1.001 of the caller). Each chunk's 32 low- then 32
+    high-nibble weights are one loop of constant length, but for the last
+    chunk, which skips the bytes it shares with the one before (their
+    weights stay 0). Indexes are unsigned, so that numba adds no wraparound
+    of negative ones (which kept these loops from vectorizing: 3x slower).
+    """
+    half = np.uint64(simd.SQ4_CHUNK_BYTES)
+    width = np.uint64(out.shape[0] // simd.SQ4_PLANES)
+    n_chunks = width // (np.uint64(2) * half)
+    size = np.uint64(code_size)
+    sums = (np.float32(0.0), np.float32(0.0), np.float32(0.0))
+    for chunk in range(n_chunks - np.uint64(1)):
+        for side in range(np.uint64(2)):
+            sums = _plane_levels(weights, side * size + half * chunk, out,
+                                 np.uint64(2) * half * chunk + side * half, width, half, scale,
+                                 scale2, scale3, limit, sums)
+    start = size - half
+    seen = half * (n_chunks - np.uint64(1)) - start
+    last = np.uint64(2) * half * (n_chunks - np.uint64(1))
+    for side in range(np.uint64(2)):
+        for plane in range(np.uint64(simd.SQ4_PLANES)):
+            for t in range(seen):
+                out[plane * width + last + side * half + t] = 0
+        sums = _plane_levels(weights, side * size + start + seen, out, last + side * half + seen,
+                             width, half - seen, scale, scale2, scale3, limit, sums)
+    return sums
+
+
+@njit(inline="always")
+def _plane_levels(weights, source, out, target, width, count, scale, scale2, scale3, limit,
+                  sums):
+    """``count`` weights from ``weights[source]`` into the three planes at
+    ``out[target]`` (planes ``width`` apart); adds to ``sums`` (see
+    :func:`_sq4_planes`)."""
+    magnitude, above, below = sums
+    inverse = np.float32(1.0) / scale
+    # (Scales that underflow to 0 leave their planes at 0.)
+    inverse2 = np.float32(1.0) / scale2 if scale2 > 0 else np.float32(0.0)
+    inverse3 = np.float32(1.0) / scale3 if scale3 > 0 else np.float32(0.0)
+    for t in range(count):
+        weight = weights[source + t]
+        level = min(max(np.floor(weight * inverse + np.float32(0.5)), -limit), limit)
+        rest = weight - level * scale
+        level2 = min(max(np.floor(rest * inverse2 + np.float32(0.5)), -limit), limit)
+        second = level2 * scale2
+        level3 = min(max(np.floor((rest - second) * inverse3 + np.float32(0.5)), -limit),
+                     limit)
+        out[target + t] = np.int8(level)
+        out[width + target + t] = np.int8(level2)
+        out[np.uint64(2) * width + target + t] = np.int8(level3)
+        added = second + level3 * scale3
+        above += max(added, np.float32(0.0))
+        below += max(-added, np.float32(0.0))
+        magnitude += abs(weight)
+    return magnitude, above, below
 
 @njit(fastmath=_FAST, **_JIT)
 def int_filter_excess(lists, list_consts, weights, query_sq_norms, codes, aux, list_offsets,
@@ -1615,7 +1754,6 @@ def int_filter_excess(lists, list_consts, weights, query_sq_norms, codes, aux, l
     these integer weights) does not rule them out at the list's k-th exact
     distance; -1 for an empty list. Arguments as in :func:`scan_lists`."""
     n_chunks = _n_int_chunks(int_weights, bits)
-    code_size = codes.shape[1]
     for i in range(lists.shape[0]):
         lst = lists[i]
         start = list_offsets[lst]
@@ -1631,9 +1769,11 @@ def int_filter_excess(lists, list_consts, weights, query_sq_norms, codes, aux, l
         bounds = np.empty(n_rows, dtype=np.float32)
         for r in range(n_rows):
             row = start + r
-            approx = base + scale * np.float32(_int_dot(codes, row, int_weights, i, n_chunks, bits))
+            dot = _int_dot(codes, row, int_weights, i, n_chunks, bits)
+            approx = base + scale * np.float32(dot)
             bounds[r] = _distance_lower_bound(metric, approx, margin, q_sq, aux[row])
-            score = _exact_score(weights[i], base, codes, row, bits, code_size)
+            score = _filtered_score(weights[i], base, codes, row, bits, int_weights, int_params,
+                                    i, n_chunks, dot)
             distances[r] = _score_to_distance(metric, score, q_sq, aux[row])
         kth = min(k, n_rows) - 1
         cutoff = np.partition(distances, kth)[kth]
@@ -1650,10 +1790,7 @@ def query_int_weights(weights, bits, code_size, out, out_params):
     above, bound below)``."""
     levels = np.empty(weights.shape[1], dtype=np.float32)
     for i in range(weights.shape[0]):
-        scale, above, below = _int_weights_row(weights[i], bits, code_size, out[i], levels)
-        out_params[i, 0] = scale
-        out_params[i, 1] = above
-        out_params[i, 2] = below
+        _int_weights_row(weights[i], bits, code_size, out[i], levels, out_params[i])
 
 
 @njit(**_JIT)

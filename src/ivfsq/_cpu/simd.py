@@ -19,9 +19,12 @@ do more per instruction:
   15 bits: at most ``(2**31 - 1) // (255 * code_size)`` in magnitude, so no
   32-bit sum can overflow (:func:`sq8_weight_limit`).
 
-The integer dot is only a filter: the kernels in :mod:`ivfsq._cpu.kernels`
-bound its error and score exactly, with the float weights, every vector that
-the bound cannot rule out. Search results do not depend on which path ran.
+The integer dot is a filter: the kernels in :mod:`ivfsq._cpu.kernels`
+bound its error and score exactly every vector that the bound cannot rule
+out: with the float weights, or, for 4-bit codes with int8 weights, with
+two more integer dots against the weights' rounding residuals
+(:data:`SQ4_PLANES`). Search results do not depend on which path ran, up to
+float32 rounding.
 
 numba has no vector types, so the loops are written in LLVM IR through
 ``numba.extending.intrinsic``. They are compiled only on x86-64 CPUs with
@@ -42,6 +45,8 @@ CHUNK_BYTES)``, so the last one may overlap the one before it, and the
 weights of the bytes it re-reads are zero. For 4-bit codes a chunk is 32
 bytes with 64 int8 (or int16) weights, those of the 32 low nibbles then those
 of the 32 high nibbles; for 8-bit codes a chunk is 16 bytes with 16 int16 weights.
+With int8 weights for 4-bit codes, a row holds :data:`SQ4_PLANES` such
+layouts one after the other (:func:`n_planes`).
 """
 
 import os
@@ -64,6 +69,16 @@ SQ4_WEIGHT_LIMIT = 127
 # is too coarse to pay (code rows past 33,000 bytes).
 SQ8_MAX_WEIGHT_LIMIT = 32767
 SQ8_MIN_WEIGHT_LIMIT = 255
+# 4-bit codes with int8 weights: each query's float weights ``w`` are split
+# into this many int8 planes, ``w ~ s1 W1 + s2 W2 + s3 W3``, each plane the
+# rounded residual of the ones before it (see kernels._int_weights_row).
+# The first is the filter's; the exact score of a row it lets through is
+# ``s1 (W1 . u) + s2 (W2 . u) + s3 (W3 . u)``, summed in float64: two more
+# integer dots instead of a float one, which cost 2-3 times as much on
+# fashion-mnist (784-d). It is within float32 rounding of ``w . u``: each
+# plane's step is 1/254 of the one before, and the last residual is about
+# ``max|w| / 2**24``.
+SQ4_PLANES = 3
 
 
 # 4-bit codes take int8 weights by default. On rows of at most this many
@@ -113,9 +128,16 @@ def weight_limit(bits, code_size, dtype=None):
     return _sq8_weight_limit(code_size)
 
 
+def n_planes(bits, dtype):
+    """Planes of integer weights per query: :data:`SQ4_PLANES` for 4-bit
+    codes with int8 weights, else 1."""
+    return SQ4_PLANES if bits == 4 and np.dtype(dtype).itemsize == 1 else 1
+
+
 def n_int_weights(bits, code_size):
-    """Integer weights per query for these codes, 0 where the AVX2 dots
-    cannot run them (rows shorter than one chunk, or too long for 8 bits)."""
+    """Integer weights per query and plane (:func:`n_planes`) for these
+    codes, 0 where the AVX2 dots cannot run them (rows shorter than one
+    chunk, or too long for 8 bits)."""
     if code_size < CHUNK_BYTES[bits]:
         return 0
     if bits == 8 and _sq8_weight_limit(code_size) < SQ8_MIN_WEIGHT_LIMIT:
@@ -162,16 +184,17 @@ def _const(value):
     return ir.Constant(_I64, value)
 
 
-def _row_dots_ir(n_queries, bits):
+def _row_dots_ir(n_queries, bits, at_column=False):
     """An intrinsic ``f(codes, row, weights, queries, n_chunks)``: the int32
     dots of code row ``row`` with weight rows ``queries`` (an int, or a tuple
-    of ``n_queries`` ints)."""
+    of ``n_queries`` ints). ``at_column``: one more argument, the column of
+    the weight rows where the weights start (a plane past the first)."""
     nibbles = bits == 4
     chunk_bytes = CHUNK_BYTES[bits]
     weights_per_chunk = WEIGHTS_PER_CHUNK[bits]
 
     def codegen(context, builder, signature, args):
-        codes_value, row, weights_value, queries, n_chunks = args
+        codes_value, row, weights_value, queries, n_chunks = args[:5]
         # 4-bit codes take int8 weights (vpmaddubsw) or int16 ones (the
         # nibbles widened to 16-bit lanes, vpmaddwd): see SQ4_WIDE_MAX_CODE_BYTES.
         wide_nibbles = nibbles and signature.args[2].dtype.bitwidth == 16
@@ -193,7 +216,10 @@ def _row_dots_ir(n_queries, bits):
         for member in range(n_queries):
             query = builder.extract_value(queries, member) if n_queries > 1 else queries
             base = builder.gep(weights_data, [builder.mul(query, weights_stride)])
-            weight_bases.append(builder.bitcast(base, weight_type.as_pointer()))
+            base = builder.bitcast(base, weight_type.as_pointer())
+            if at_column:
+                base = builder.gep(base, [args[5]])
+            weight_bases.append(base)
         last_offset = builder.sub(code_size, _const(chunk_bytes))
         last_chunk = builder.sub(n_chunks, _const(1))
         ones = ir.Constant(_V16I16, [1] * 16)
@@ -278,8 +304,14 @@ def _row_dots_ir(n_queries, bits):
             return results[0]
         return context.make_tuple(builder, signature.return_type, results)
 
+    return_type = types.int32 if n_queries == 1 else types.UniTuple(types.int32, n_queries)
+    if at_column:
+        def typer_at(typingctx, codes, row, weights, queries, n_chunks, column):
+            return return_type(codes, row, weights, queries, n_chunks, column), codegen
+
+        return intrinsic(typer_at)
+
     def typer(typingctx, codes, row, weights, queries, n_chunks):
-        return_type = types.int32 if n_queries == 1 else types.UniTuple(types.int32, n_queries)
         return return_type(codes, row, weights, queries, n_chunks), codegen
 
     return intrinsic(typer)
@@ -287,14 +319,14 @@ def _row_dots_ir(n_queries, bits):
 
 # ----------------------------------------------- portable stand-ins (no AVX2)
 @njit(inline="always")
-def _portable_dot(codes, row, weights, query, n_chunks, bits):
+def _portable_dot(codes, row, weights, query, n_chunks, bits, column=0):
     # The chunk layout of the module docstring, one code at a time.
     code_size = codes.shape[1]
     chunk_bytes = SQ4_CHUNK_BYTES if bits == 4 else SQ8_CHUNK_BYTES
     total = np.int32(0)
     for chunk in range(n_chunks):
         start = min(chunk * chunk_bytes, code_size - chunk_bytes)
-        base = chunk * (2 * chunk_bytes if bits == 4 else chunk_bytes)
+        base = column + chunk * (2 * chunk_bytes if bits == 4 else chunk_bytes)
         for t in range(chunk_bytes):
             byte = np.int32(codes[row, start + t])
             if bits == 4:
@@ -305,9 +337,16 @@ def _portable_dot(codes, row, weights, query, n_chunks, bits):
     return total
 
 
-def _portable_row_dots(n_queries, bits):
-    """The stand-in for ``_row_dots_ir(n_queries, bits)``: same arguments and
-    results, plain numba loops."""
+def _portable_row_dots(n_queries, bits, at_column=False):
+    """The stand-in for ``_row_dots_ir(n_queries, bits, at_column)``: same
+    arguments and results, plain numba loops."""
+    if at_column:
+        @njit(inline="always")
+        def dot_at(codes, row, weights, query, n_chunks, column):
+            return _portable_dot(codes, row, weights, query, n_chunks, bits, column)
+
+        return dot_at
+
     if n_queries == 1:
         @njit(inline="always")
         def dot(codes, row, weights, query, n_chunks):
@@ -333,4 +372,7 @@ dot_nibbles = _row_dots(1, 4)
 dot_bytes = _row_dots(1, 8)
 dots4_nibbles = _row_dots(4, 4)
 dots4_bytes = _row_dots(4, 8)
+# One query's dot with the weights that start at a given column (a plane of
+# the 4-bit codes' int8 weights, see SQ4_PLANES).
+dot_nibbles_at = _row_dots(1, 4, True)
 
