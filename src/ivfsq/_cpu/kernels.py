@@ -504,12 +504,17 @@ def _offer_exact(heap_d, heap_i, query, k, metric, base, weights, codes, row, bi
                  aux_value, key, worst):
     """Score a vector exactly (float weights) and push it if it wins; the new worst."""
     score = _exact_score(weights[query], base, codes, row, bits, codes.shape[1])
-    return _offer_score(heap_d, heap_i, query, k, metric, score, q_sq, aux_value, key, worst)
+    dist = _score_to_distance(metric, score, q_sq, aux_value)
+    if dist <= worst:
+        return _push(heap_d, heap_i, query, k, dist, key)
+    return worst
 
 
 @njit(inline="always")
 def _offer_score(heap_d, heap_i, query, k, metric, score, q_sq, aux_value, key, worst):
-    """Push a vector of this exact score if it wins; the new worst."""
+    """Push a vector of this exact score if it wins; the new worst. (Not
+    called by :func:`_offer_exact`: each level of inlined helpers that
+    passes the heaps on counts references to them once more.)"""
     dist = _score_to_distance(metric, score, q_sq, aux_value)
     if dist <= worst:
         return _push(heap_d, heap_i, query, k, dist, key)
