@@ -784,6 +784,9 @@ def scan_lists_grouped(
                     if not (pass0 or pass1 or pass2 or pass3):
                         continue
                     key = row if emit_rows else ids[row]
+                    # Written out per member: a helper that took the arrays
+                    # would count references to them on every call (see
+                    # _plane_score).
                     if pass0 and plane > 0:
                         score = _plane_score(
                             c0, scale0, planes0[0], planes0[1], d0,
