@@ -1667,7 +1667,7 @@ def _int_weights_row(weights, bits, code_size, out, levels, params):
       positive (negative) parts of ``scale2 W2 + scale3 W3``.
 
     Both bounds have a little more for float32 rounding in the scores.
-    ``levels`` (float32, ``simd.SQ4_PLANES`` per weight) is a workspace.
+    ``levels`` (float32, one per weight) is a workspace of the int16 case.
     """
     n_weights = weights.shape[0]
     planes = bits == 4 and out.itemsize == 1
