@@ -59,6 +59,18 @@ IMPLEMENTATIONS = {
 WEIGHT_KINDS = [(8, np.int16), (4, np.int8), (4, np.int16)]
 
 
+def _zero_reread_weights(weights, bits, code_size):
+    """Zero, in place, the weights of the bytes that a row's last chunk
+    re-reads (the layout of the module docstring of simd)."""
+    chunk_bytes = simd.CHUNK_BYTES[bits]
+    per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
+    n_chunks = -(-code_size // chunk_bytes)
+    skip = n_chunks * chunk_bytes - code_size
+    for half in range(per_chunk // chunk_bytes):
+        first = (n_chunks - 1) * per_chunk + half * chunk_bytes
+        weights[:, first:first + skip] = 0
+
+
 @pytest.mark.parametrize("implementation", ["portable", "native"])
 @pytest.mark.parametrize("bits, dtype", WEIGHT_KINDS)
 @pytest.mark.parametrize("code_size", [16, 27, 32, 50, 64, 100, 392, 8000])
@@ -76,13 +88,7 @@ def test_row_dots_match_oracle(implementation, bits, dtype, code_size):
     weights = rng.integers(-limit, limit + 1, size=(4, n_chunks * simd.WEIGHTS_PER_CHUNK[bits]))
     weights[3] = limit
     weights[1] = -limit
-    # The weights of bytes that the last chunk re-reads are zero (the layout).
-    chunk_bytes = simd.CHUNK_BYTES[bits]
-    skip = n_chunks * chunk_bytes - code_size
-    per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
-    for half in range(per_chunk // chunk_bytes):
-        first = (n_chunks - 1) * per_chunk + half * chunk_bytes
-        weights[:, first:first + skip] = 0
+    _zero_reread_weights(weights, bits, code_size)
     weights = weights.astype(dtype)
     out_one = np.zeros(40, np.int32)
     out_four = np.zeros((40, 4), np.int32)
@@ -115,11 +121,7 @@ def test_plane_dots_read_the_plane_at_their_column(implementation, code_size):
     weights = rng.integers(-127, 128, size=(3, simd.SQ4_PLANES * width)).astype(np.int8)
     for plane in range(simd.SQ4_PLANES):
         plane_weights = weights[:, plane * width:(plane + 1) * width]
-        # The weights of bytes that the last chunk re-reads are zero (the layout).
-        skip = n_chunks * simd.SQ4_CHUNK_BYTES - code_size
-        for half in range(2):
-            first = (n_chunks - 1) * width // n_chunks + half * simd.SQ4_CHUNK_BYTES
-            plane_weights[:, first:first + skip] = 0
+        _zero_reread_weights(plane_weights, 4, code_size)
         out = np.zeros((20, 3), np.int32)
         run(codes, weights, n_chunks, plane * width, out)
         np.testing.assert_array_equal(out, _oracle(codes, plane_weights, 4))

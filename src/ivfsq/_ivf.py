@@ -646,12 +646,8 @@ class IvfSqEngine:
         probes = self.coarse_probes(queries, 1, 1)
         consts, query_sq_norms = self.list_constants(queries, probes, 1)
         weights = quantizer.weights(queries)
-        n_queries = queries.shape[0]
-        int_weights = np.zeros((n_queries, quantizer.n_int_weights * simd.SQ4_PLANES),
-                               dtype=np.int8)
-        params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)
-        kernels.query_int_weights(weights, 4, quantizer.code_size, int_weights, params)
-        excess = np.empty(n_queries, dtype=np.float64)
+        int_weights, params = quantizer.int_weights(weights, wide=False)
+        excess = np.empty(queries.shape[0], dtype=np.float64)
         kernels.int_filter_excess(
             np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]), weights,
             query_sq_norms, lists.codes, lists.aux, lists.list_offsets, lists.list_sizes,

@@ -255,20 +255,24 @@ class ScalarQuantizer:
         """
         return self._int_weights_if_on if simd.HAS_INT_DOTS else 0
 
-    def int_weights_buffer(self, n_queries, enabled=True):
+    def int_weights_buffer(self, n_queries, enabled=True, wide=None):
         """Integer weights for ``n_queries`` queries, not initialized: the
         kernels write every one (no columns when the filter is off or not
-        ``enabled``)."""
-        dtype = simd.weight_dtype(self.bits, self.wide_int_weights)
+        ``enabled``). ``wide``: int16 weights for 4-bit codes; by default
+        :attr:`wide_int_weights`."""
+        wide = self.wide_int_weights if wide is None else wide
+        dtype = simd.weight_dtype(self.bits, wide)
         n_columns = self.n_int_weights * simd.n_planes(self.bits, dtype) if enabled else 0
         return np.empty((n_queries, n_columns), dtype=dtype)
 
-    def int_weights(self, weights, enabled=True, n_threads=1):
-        """The integer filter's weights and ``(scale, error bound above, error
-        bound below)`` per query, from :meth:`weights`' output; arrays with no
-        columns when it is off (or not ``enabled`` by the caller)."""
+    def int_weights(self, weights, enabled=True, n_threads=1, wide=None):
+        """The integer filter's weights and ``kernels.INT_PARAMS`` values per
+        query (scale, error bound above, error bound below, the other planes'
+        scales), from :meth:`weights`' output; arrays with no columns when it
+        is off (or not ``enabled`` by the caller). ``wide`` as in
+        :meth:`int_weights_buffer`."""
         n_queries = weights.shape[0]
-        out = self.int_weights_buffer(n_queries, enabled)
+        out = self.int_weights_buffer(n_queries, enabled, wide)
         params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)
         if out.shape[1]:
             def task(start, stop):
