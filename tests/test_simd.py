@@ -15,9 +15,9 @@ from ivfsq.common import Resources
 from ivfsq.neighbors import filters, ivf_sq
 
 
-def _row_dots(dot_one, dots_four):
+def _row_dots(dot_one, dots_four, dots_rows):
     @njit
-    def run(codes, weights, n_chunks, out_one, out_four):
+    def run(codes, weights, n_chunks, out_one, out_four, out_rows):
         for row in range(codes.shape[0]):
             out_one[row] = dot_one(codes, row, weights, 2, n_chunks)
             a, b, c, d = dots_four(codes, row, weights, (0, 3, 1, 3), n_chunks)
@@ -25,8 +25,33 @@ def _row_dots(dot_one, dots_four):
             out_four[row, 1] = b
             out_four[row, 2] = c
             out_four[row, 3] = d
+        for row in range(codes.shape[0] - 3):
+            a, b, c, d = dots_rows(codes, row, weights, 1, n_chunks)
+            out_rows[row, 0] = a
+            out_rows[row, 1] = b
+            out_rows[row, 2] = c
+            out_rows[row, 3] = d
 
     return run
+
+
+def _chunk_columns(bits, wide):
+    """Per byte t of a chunk, the columns (within the chunk's weights) of
+    its weights, as documented in simd: [byte] for 8-bit codes, [low
+    nibble, high nibble] for 4-bit ones."""
+    chunk_bytes = simd.CHUNK_BYTES[bits]
+    if bits == 8:
+        return [[t] for t in range(chunk_bytes)]
+    if wide:  # groups of 16: even bytes' low, high nibbles, odd bytes' low, high
+        return [[32 * (t % 2) + t // 2, 32 * (t % 2) + 16 + t // 2] for t in range(chunk_bytes)]
+    return [[t, chunk_bytes + t] for t in range(chunk_bytes)]
+
+
+def _nibble_values(block, bits):
+    """The code values of a chunk's bytes, one column per weight of
+    :func:`_chunk_columns` (int64)."""
+    block = block.astype(np.int64)
+    return [block] if bits == 8 else [block & 15, block >> 4]
 
 
 def _oracle(codes, weights, bits):
@@ -35,22 +60,23 @@ def _oracle(codes, weights, bits):
     chunk_bytes = simd.CHUNK_BYTES[bits]
     n_chunks = -(-code_size // chunk_bytes)
     per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
+    columns = np.array(_chunk_columns(bits, weights.dtype.itemsize == 2))
     out = np.zeros((n_rows, weights.shape[0]), np.int64)
     for chunk in range(n_chunks):
         start = min(chunk * chunk_bytes, code_size - chunk_bytes)
-        block = codes[:, start:start + chunk_bytes].astype(np.int64)
+        values = _nibble_values(codes[:, start:start + chunk_bytes], bits)
         w = weights[:, chunk * per_chunk:(chunk + 1) * per_chunk].astype(np.int64)
-        if bits == 8:
-            out += block @ w.T
-        else:
-            out += (block & 15) @ w[:, :chunk_bytes].T + (block >> 4) @ w[:, chunk_bytes:].T
+        for part, part_values in enumerate(values):
+            out += part_values @ w[:, columns[:, part]].T
     return out
 
 
 IMPLEMENTATIONS = {
-    "portable": {bits: (simd._portable_row_dots(1, bits), simd._portable_row_dots(4, bits))
+    "portable": {bits: (simd._portable_row_dots(1, bits), simd._portable_row_dots(4, bits),
+                        simd._portable_row_dots(1, bits, n_rows=4))
                  for bits in (8, 4)},
-    "native": {8: (simd.dot_bytes, simd.dots4_bytes), 4: (simd.dot_nibbles, simd.dots4_nibbles)},
+    "native": {8: (simd.dot_bytes, simd.dots4_bytes, simd.dots_4rows_bytes),
+               4: (simd.dot_nibbles, simd.dots4_nibbles, simd.dots_4rows_nibbles)},
 }
 
 
@@ -59,16 +85,17 @@ IMPLEMENTATIONS = {
 WEIGHT_KINDS = [(8, np.int16), (4, np.int8), (4, np.int16)]
 
 
-def _zero_reread_weights(weights, bits, code_size):
+def _zero_reread_weights(weights, bits, code_size, wide=False):
     """Zero, in place, the weights of the bytes that a row's last chunk
     re-reads (the layout of the module docstring of simd)."""
     chunk_bytes = simd.CHUNK_BYTES[bits]
     per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
     n_chunks = -(-code_size // chunk_bytes)
     skip = n_chunks * chunk_bytes - code_size
-    for half in range(per_chunk // chunk_bytes):
-        first = (n_chunks - 1) * per_chunk + half * chunk_bytes
-        weights[:, first:first + skip] = 0
+    first = (n_chunks - 1) * per_chunk
+    for t in range(skip):
+        for column in _chunk_columns(bits, wide)[t]:
+            weights[:, first + column] = 0
 
 
 @pytest.mark.parametrize("implementation", ["portable", "native"])
@@ -88,14 +115,19 @@ def test_row_dots_match_oracle(implementation, bits, dtype, code_size):
     weights = rng.integers(-limit, limit + 1, size=(4, n_chunks * simd.WEIGHTS_PER_CHUNK[bits]))
     weights[3] = limit
     weights[1] = -limit
-    _zero_reread_weights(weights, bits, code_size)
+    _zero_reread_weights(weights, bits, code_size, wide=np.dtype(dtype).itemsize == 2)
     weights = weights.astype(dtype)
     out_one = np.zeros(40, np.int32)
     out_four = np.zeros((40, 4), np.int32)
-    _row_dots(*IMPLEMENTATIONS[implementation][bits])(codes, weights, n_chunks, out_one, out_four)
+    out_rows = np.zeros((37, 4), np.int32)
+    _row_dots(*IMPLEMENTATIONS[implementation][bits])(
+        codes, weights, n_chunks, out_one, out_four, out_rows
+    )
     expected = _oracle(codes, weights, bits)
     np.testing.assert_array_equal(out_one, expected[:, 2])
     np.testing.assert_array_equal(out_four, expected[:, [0, 3, 1, 3]])
+    # Four consecutive rows against query 1: rows r .. r + 3.
+    np.testing.assert_array_equal(out_rows, np.stack([expected[m:37 + m, 1] for m in range(4)], 1))
 
 
 @pytest.mark.parametrize("implementation", ["portable", "native"])
@@ -215,12 +247,12 @@ def _float_layout(int_weights, bits, code_size):
     out = np.zeros((int_weights.shape[0], n_weights), np.int64)
     chunk_bytes = simd.CHUNK_BYTES[bits]
     per_chunk = simd.WEIGHTS_PER_CHUNK[bits]
+    columns = _chunk_columns(bits, int_weights.dtype.itemsize == 2)
     for chunk in range(-(-code_size // chunk_bytes)):
         start = min(chunk * chunk_bytes, code_size - chunk_bytes)
         for t in range(chunk * chunk_bytes - start, chunk_bytes):
-            for half in range(per_chunk // chunk_bytes):
-                column = chunk * per_chunk + half * chunk_bytes + t
-                out[:, start + t + half * code_size] = int_weights[:, column]
+            for half, column in enumerate(columns[t]):
+                out[:, start + t + half * code_size] = int_weights[:, chunk * per_chunk + column]
     return out
 
 
@@ -390,3 +422,4 @@ def test_kth_smallest_cover_is_a_value_at_or_above_the_kth(n_buckets):
             assert cover in values
             if n_buckets == 1:
                 assert cover == finite[-1]  # one bucket holds them all
+

@@ -10,9 +10,10 @@ do more per instruction:
   at most 3,810 per pair: no saturation. ``vpmaddwd`` against ones then
   widens the pairs into 32-bit accumulators.
   On short rows (``SQ4_WIDE_MAX_CODE_BYTES``) the weights are int16
-  instead: the nibbles are zero-extended to 16-bit lanes and ``vpmaddwd``
-  multiplies them, twice the multiplies but a bound as tight as the 8-bit
-  codes' (up to 15-bit weights).
+  instead: 32 code bytes are read as sixteen 16-bit lanes, whose four
+  nibbles shifts and masks set apart, and ``vpmaddwd`` multiplies them:
+  twice the multiplies, but a bound as tight as the 8-bit codes' (up to
+  15-bit weights).
 - 8-bit codes: 16 bytes are zero-extended to 16-bit lanes and ``vpmaddwd``
   multiplies them by int16 weights, adding pairs into 32-bit lanes (twice the
   work of one FMA, with no int -> float conversions). The weights have up to
@@ -43,8 +44,18 @@ CHUNK_BYTES`` bytes is read in ``n_chunks = ceil(code_size / CHUNK_BYTES)``
 chunks; chunk ``c`` starts at byte ``min(CHUNK_BYTES c, code_size -
 CHUNK_BYTES)``, so the last one may overlap the one before it, and the
 weights of the bytes it re-reads are zero. For 4-bit codes a chunk is 32
-bytes with 64 int8 (or int16) weights, those of the 32 low nibbles then those
-of the 32 high nibbles; for 8-bit codes a chunk is 16 bytes with 16 int16 weights.
+bytes with 64 weights: int8 ones are those of the 32 low nibbles then those
+of the 32 high nibbles; int16 ones come in four groups of 16, the low
+nibbles of the chunk's even bytes (0, 2, ..., 30), their high nibbles, the
+low nibbles of its odd bytes, their high nibbles (the order in which a
+16-bit lane ``byte[2t] + 256 byte[2t + 1]`` yields them). For 8-bit codes a
+chunk is 16 bytes with 16 int16 weights.
+
+Besides one row against one query's weights (``dot_*``) there are one row
+against four queries' (``dots4_*``, the list-major scan) and four
+consecutive rows against one query's (``dots_4rows_*``, the per-query scan
+of short rows: each weight is loaded once for the four, and the four sums
+reduced together).
 With int8 weights for 4-bit codes, a row holds :data:`SQ4_PLANES` such
 layouts one after the other (:func:`n_planes`).
 """
@@ -172,6 +183,7 @@ _V16I8 = ir.VectorType(_I8, 16)
 _V32I8 = ir.VectorType(_I8, 32)
 _V16I16 = ir.VectorType(_I16, 16)
 _V8I32 = ir.VectorType(_I32, 8)
+_V4I32 = ir.VectorType(_I32, 4)
 
 
 def _declare(module, name, return_type, arg_types):
@@ -185,12 +197,15 @@ def _const(value):
     return ir.Constant(_I64, value)
 
 
-def _row_dots_ir(n_queries, bits, at_column=False):
+def _row_dots_ir(n_queries, bits, at_column=False, n_rows=1):
     """An intrinsic ``f(codes, row, weights, queries, n_chunks)``: the int32
     dots of code row ``row`` with weight rows ``queries`` (an int, or a tuple
     of ``n_queries`` ints). ``at_column``: one more argument, the column of
-    the weight rows where the weights start (a plane past the first)."""
+    the weight rows where the weights start (a plane past the first).
+    ``n_rows`` > 1 (with one query): the dots of rows ``row .. row + n_rows
+    - 1`` with weight row ``queries`` (an int), a tuple."""
     nibbles = bits == 4
+    n_members = max(n_queries, n_rows)
     chunk_bytes = CHUNK_BYTES[bits]
     weights_per_chunk = WEIGHTS_PER_CHUNK[bits]
 
@@ -206,10 +221,14 @@ def _row_dots_ir(n_queries, bits, at_column=False):
         codes = context.make_array(signature.args[0])(context, builder, codes_value)
         weights = context.make_array(signature.args[2])(context, builder, weights_value)
         code_size = builder.extract_value(codes.shape, 1)
-        row_base = builder.gep(
-            builder.bitcast(codes.data, _I8.as_pointer()),
-            [builder.mul(row, builder.extract_value(codes.strides, 0))],
-        )
+        row_stride = builder.extract_value(codes.strides, 0)
+        row_bases = [
+            builder.gep(
+                builder.bitcast(codes.data, _I8.as_pointer()),
+                [builder.mul(builder.add(row, _const(member)), row_stride)],
+            )
+            for member in range(n_rows)
+        ]
         # Row strides are in bytes: the bases are byte pointers, cast per load.
         weights_data = builder.bitcast(weights.data, _I8.as_pointer())
         weights_stride = builder.extract_value(weights.strides, 0)
@@ -226,8 +245,8 @@ def _row_dots_ir(n_queries, bits, at_column=False):
         ones = ir.Constant(_V16I16, [1] * 16)
         low_mask = ir.Constant(_V32I8, [15] * 32)
         four = ir.Constant(_V32I8, [4] * 32)
-        wide_low_mask = ir.Constant(_V16I16, [15] * 16)
-        wide_four = ir.Constant(_V16I16, [4] * 16)
+        wide_mask = ir.Constant(_V16I16, [15] * 16)
+        wide_shifts = [ir.Constant(_V16I16, [shift] * 16) for shift in (4, 8, 12)]
 
         entry = builder.block
         loop = builder.append_basic_block("dots.loop")
@@ -238,7 +257,7 @@ def _row_dots_ir(n_queries, bits, at_column=False):
         chunk = builder.phi(_I64)
         chunk.add_incoming(_const(0), entry)
         sums = []
-        for _ in range(n_queries):
+        for _ in range(n_members):
             total = builder.phi(_V8I32)
             total.add_incoming(ir.Constant(_V8I32, [0] * 8), entry)
             sums.append(total)
@@ -250,34 +269,22 @@ def _row_dots_ir(n_queries, bits, at_column=False):
             last_offset,
             builder.mul(chunk, _const(chunk_bytes)),
         )
-        code_pointer = builder.gep(row_base, [offset])
-        if wide_nibbles:
-            # The 64 nibbles in 16-bit lanes, in the weights' order: each
-            # 16-byte half zero-extended as it is loaded (vpmovzxbw), then
-            # masked and shifted in 16-bit lanes. (Splitting the nibbles of
-            # all 32 bytes first and widening their halves took shuffles:
-            # about 1.5 times the instructions.)
-            halves = []
-            for half in range(2):
-                pointer = builder.gep(code_pointer, [_const(16 * half)])
-                halves.append(builder.zext(
-                    builder.load(builder.bitcast(pointer, _V16I8.as_pointer()), align=1),
-                    _V16I16,
-                ))
-            nibble_lanes = [builder.and_(lanes, wide_low_mask) for lanes in halves]
-            nibble_lanes += [builder.lshr(lanes, wide_four) for lanes in halves]
-        elif nibbles:
-            packed = builder.load(builder.bitcast(code_pointer, _V32I8.as_pointer()), align=1)
-            low = builder.and_(packed, low_mask)
-            high = builder.lshr(packed, four)
-        else:
-            packed = builder.load(builder.bitcast(code_pointer, _V16I8.as_pointer()), align=1)
-            wide = builder.zext(packed, _V16I16)
         weight_offset = builder.mul(chunk, _const(weights_per_chunk))
         new_sums = []
-        for member in range(n_queries):
-            pointer = builder.gep(weight_bases[member], [weight_offset])
+        for member in range(n_members):
+            code_pointer = builder.gep(row_bases[min(member, n_rows - 1)], [offset])
+            pointer = builder.gep(weight_bases[min(member, n_queries - 1)], [weight_offset])
+            # (Where members share their codes or weights, LLVM loads them once.)
             if wide_nibbles:
+                # Lane t holds bytes 2t and 2t + 1: its low 4 bits are the
+                # low nibble of byte 2t, and so on (the weights' order).
+                lanes = builder.load(builder.bitcast(code_pointer, _V16I16.as_pointer()), align=1)
+                nibble_lanes = [
+                    builder.and_(lanes, wide_mask),
+                    builder.and_(builder.lshr(lanes, wide_shifts[0]), wide_mask),
+                    builder.and_(builder.lshr(lanes, wide_shifts[1]), wide_mask),
+                    builder.lshr(lanes, wide_shifts[2]),
+                ]
                 products = None
                 for part, part_lanes in enumerate(nibble_lanes):
                     part_pointer = builder.gep(pointer, [_const(16 * part)])
@@ -288,6 +295,9 @@ def _row_dots_ir(n_queries, bits, at_column=False):
                     products = (part_products if products is None
                                 else builder.add(products, part_products))
             elif nibbles:
+                packed = builder.load(builder.bitcast(code_pointer, _V32I8.as_pointer()), align=1)
+                low = builder.and_(packed, low_mask)
+                high = builder.lshr(packed, four)
                 first = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
                 pointer = builder.gep(pointer, [_const(chunk_bytes)])
                 second = builder.load(builder.bitcast(pointer, _V32I8.as_pointer()), align=1)
@@ -296,8 +306,9 @@ def _row_dots_ir(n_queries, bits, at_column=False):
                 )
                 products = builder.call(pmaddwd, [pairs, ones])
             else:
+                packed = builder.load(builder.bitcast(code_pointer, _V16I8.as_pointer()), align=1)
                 lanes = builder.load(builder.bitcast(pointer, _V16I16.as_pointer()), align=2)
-                products = builder.call(pmaddwd, [wide, lanes])
+                products = builder.call(pmaddwd, [builder.zext(packed, _V16I16), lanes])
             new_sums.append(builder.add(sums[member], products))
         chunk.add_incoming(builder.add(chunk, _const(1)), body)
         for total, new in zip(sums, new_sums):
@@ -305,15 +316,27 @@ def _row_dots_ir(n_queries, bits, at_column=False):
         builder.branch(loop)
 
         builder.position_at_end(done)
-        # LLVM's reduction intrinsic: a shuffle tree (the lane-by-lane
-        # extracts it replaced compiled to about twice the instructions).
-        reduce_add = _declare(module, "llvm.vector.reduce.add.v8i32", _I32, [_V8I32])
-        results = [builder.call(reduce_add, [total]) for total in sums]
-        if n_queries == 1:
-            return results[0]
+        if n_members == 1:
+            # LLVM's reduction intrinsic: a shuffle tree (the lane-by-lane
+            # extracts it replaced compiled to about twice the instructions).
+            reduce_add = _declare(module, "llvm.vector.reduce.add.v8i32", _I32, [_V8I32])
+            return builder.call(reduce_add, [sums[0]])
+        # Four sums reduced together: two rounds of pairwise adds
+        # (vphaddd) leave each sum's two halves in lanes m and m + 4.
+        phadd = _declare(module, "llvm.x86.avx2.phadd.d", _V8I32, [_V8I32, _V8I32])
+        pairs = builder.call(phadd, [builder.call(phadd, [sums[0], sums[1]]),
+                                     builder.call(phadd, [sums[2], sums[3]])])
+        halves = [builder.shuffle_vector(pairs, pairs, ir.Constant(_V4I32, list(lanes)))
+                  for lanes in ((0, 1, 2, 3), (4, 5, 6, 7))]
+        totals = builder.add(halves[0], halves[1])
+        results = [builder.extract_element(totals, _const(member))
+                   for member in range(n_members)]
         return context.make_tuple(builder, signature.return_type, results)
 
-    return_type = types.int32 if n_queries == 1 else types.UniTuple(types.int32, n_queries)
+    if n_members not in (1, 4) or min(n_queries, n_rows) != 1:
+        raise ValueError(f"one or four dots per call, of one row or one query, "
+                         f"not {n_queries} queries x {n_rows} rows")
+    return_type = types.int32 if n_members == 1 else types.UniTuple(types.int32, n_members)
     if at_column:
         def typer_at(typingctx, codes, row, weights, queries, n_chunks, column):
             return return_type(codes, row, weights, queries, n_chunks, column), codegen
@@ -332,13 +355,19 @@ def _portable_dot(codes, row, weights, query, n_chunks, bits, column=0):
     # The chunk layout of the module docstring, one code at a time.
     code_size = codes.shape[1]
     chunk_bytes = SQ4_CHUNK_BYTES if bits == 4 else SQ8_CHUNK_BYTES
+    wide_nibbles = bits == 4 and weights.itemsize == 2
     total = np.int32(0)
     for chunk in range(n_chunks):
         start = min(chunk * chunk_bytes, code_size - chunk_bytes)
         base = column + chunk * (2 * chunk_bytes if bits == 4 else chunk_bytes)
         for t in range(chunk_bytes):
             byte = np.int32(codes[row, start + t])
-            if bits == 4:
+            if wide_nibbles:
+                # Groups of 16: even bytes' low, high nibbles; odd bytes' low, high.
+                position = base + 32 * (t & 1) + (t >> 1)
+                total += (byte & 15) * np.int32(weights[query, position])
+                total += (byte >> 4) * np.int32(weights[query, position + 16])
+            elif bits == 4:
                 total += (byte & 15) * np.int32(weights[query, base + t])
                 total += (byte >> 4) * np.int32(weights[query, base + chunk_bytes + t])
             else:
@@ -346,9 +375,21 @@ def _portable_dot(codes, row, weights, query, n_chunks, bits, column=0):
     return total
 
 
-def _portable_row_dots(n_queries, bits, at_column=False):
-    """The stand-in for ``_row_dots_ir(n_queries, bits, at_column)``: same
-    arguments and results, plain numba loops."""
+def _portable_row_dots(n_queries, bits, at_column=False, n_rows=1):
+    """The stand-in for ``_row_dots_ir(n_queries, bits, at_column,
+    n_rows)``: same arguments and results, plain numba loops."""
+    if n_rows == 4:
+        @njit(inline="always")
+        def dots_4rows(codes, row, weights, query, n_chunks):
+            return (
+                _portable_dot(codes, row, weights, query, n_chunks, bits),
+                _portable_dot(codes, row + 1, weights, query, n_chunks, bits),
+                _portable_dot(codes, row + 2, weights, query, n_chunks, bits),
+                _portable_dot(codes, row + 3, weights, query, n_chunks, bits),
+            )
+
+        return dots_4rows
+
     if at_column:
         @njit(inline="always")
         def dot_at(codes, row, weights, query, n_chunks, column):
@@ -381,6 +422,8 @@ dot_nibbles = _row_dots(1, 4)
 dot_bytes = _row_dots(1, 8)
 dots4_nibbles = _row_dots(4, 4)
 dots4_bytes = _row_dots(4, 8)
+dots_4rows_nibbles = _row_dots(1, 4, n_rows=4)
+dots_4rows_bytes = _row_dots(1, 8, n_rows=4)
 # One query's dot with the weights that start at a given column (a plane of
 # the 4-bit codes' int8 weights, see SQ4_PLANES).
 dot_nibbles_at = _row_dots(1, 4, True)
