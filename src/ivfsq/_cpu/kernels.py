@@ -36,6 +36,12 @@ HISTOGRAM_BUCKETS = 64
 # A first list is scanned in two phases when k * code bytes is at least this
 # many times its rows (see two_phase_pays).
 TWO_PHASE_MIN_RATIO = 16
+# The per-query scan takes the integer dots of four consecutive rows at a
+# time (simd.dots_4rows_*) on rows of two chunks up to this many bytes. One
+# query, rows in cache, per row: 64 B 1.2-1.4x faster (int8, int16 weights
+# for 4-bit codes, 8-bit codes), 128-192 B 1.2-1.35x; at 256 B and more it
+# was 0.9-1.15x, and one chunk is a single load (0.8x).
+FOUR_ROWS_MAX_CODE_BYTES = 192
 # The coarse selection's first cut (_n_select_groups): lists per group
 # (_group_minima is written for 8), and the fewest groups per probe for
 # exact scores (below it, _select_by_keys) and for lower bounds.
@@ -312,6 +318,25 @@ def _plane_width(int_weights, bits):
 
 
 @njit(inline="always")
+def _int_dots_4rows(codes, row, int_weights, query, n_chunks, bits):
+    if bits == 8:
+        return simd.dots_4rows_bytes(codes, row, int_weights, query, n_chunks)
+    return simd.dots_4rows_nibbles(codes, row, int_weights, query, n_chunks)
+
+
+@njit(inline="always")
+def _any_may_pass(metric, base, int_scale, margin, q_sq, worst, dots, aux_values):
+    """Whether any of four rows' distance lower bounds (integer dots
+    ``dots``, see :func:`_scan_list`) passes ``worst``."""
+    passes = False
+    for member in range(4):
+        approx = base + int_scale * np.float32(dots[member])
+        lower = _distance_lower_bound(metric, approx, margin, q_sq, aux_values[member])
+        passes |= lower <= worst
+    return passes
+
+
+@njit(inline="always")
 def _scan_list(
     w, base, q_sq, lst, codes, ids, aux, list_offsets, list_sizes, metric, bits,
     keep_words, use_filter, emit_rows, heap_d, heap_i, int_weights, int_params, query,
@@ -325,7 +350,10 @@ def _scan_list(
     distance (``int_params[query] = (scale, error bound above, error bound
     below)``, see :func:`_int_weights_row`; the bound above serves here);
     only vectors whose bound passes are scored exactly
-    (:func:`_plane_score` or :func:`_exact_score`).
+    (:func:`_plane_score` or :func:`_exact_score`). On rows of at most
+    ``FOUR_ROWS_MAX_CODE_BYTES`` the integer dots come four rows at a time
+    (a list's last four rows may overlap the block before; the rows done
+    already are passed over), and the rows are visited in the same order.
 
     ``HANDLE_TOPK``: the threshold is the max-heap's root (the k-th
     distance), and winners are pushed into ``heap_*``. ``HANDLE_RANGE``: the
@@ -339,42 +367,66 @@ def _scan_list(
     # The threshold, in a register: most candidates lose to it.
     worst = heap_d[0] if handler == HANDLE_TOPK else radius
     start = list_offsets[lst]
+    stop = start + list_sizes[lst]
     plane = _plane_width(int_weights, bits)
+    int_scale = margin = scale2 = scale3 = np.float32(0.0)
     if n_chunks > 0:
         int_scale = int_params[query, 0]
         margin = _int_margin(int_params, query, base)
         scale2, scale3 = int_params[query, 3], int_params[query, 4]
-    for row in range(start, start + list_sizes[lst]):
-        vid = ids[row]
-        if use_filter and not _is_kept(keep_words, vid):
-            continue
-        if n_chunks > 0:
-            dot = _int_dot(codes, row, int_weights, query, n_chunks, bits)
-            approx = base + int_scale * np.float32(dot)
-            if _distance_lower_bound(metric, approx, margin, q_sq, aux[row]) > worst:
+    n_block = 1
+    if n_chunks >= 2 and code_size <= FOUR_ROWS_MAX_CODE_BYTES and stop - start >= 4:
+        n_block = 4
+    row = start
+    while row < stop:
+        first = min(row, stop - n_block)
+        if n_block == 4:
+            dots = _int_dots_4rows(codes, first, int_weights, query, n_chunks, bits)
+            if first == row and not _any_may_pass(
+                    metric, base, int_scale, margin, q_sq, worst, dots,
+                    (aux[first], aux[first + 1], aux[first + 2], aux[first + 3])):
+                # The common case: one branch for the block (1.2x faster
+                # than a branch per row, 1M x 128 at 1 probe).
+                row = first + 4
                 continue
-            if plane > 0:
-                s = _plane_score(
-                    base, int_scale, scale2, scale3, dot,
-                    simd.dot_nibbles_at(codes, row, int_weights, query, n_chunks, plane),
-                    simd.dot_nibbles_at(codes, row, int_weights, query, n_chunks, 2 * plane),
-                )
-            else:
-                s = _exact_score(w, base, codes, row, bits, code_size)
+        elif n_chunks > 0:
+            dot = _int_dot(codes, first, int_weights, query, n_chunks, bits)
+            dots = (dot, dot, dot, dot)
         else:
-            s = _exact_score(w, base, codes, row, bits, code_size)
-        dist = _score_to_distance(metric, s, q_sq, aux[row])
-        if dist <= worst:
-            key = row if emit_rows else vid
-            if handler == HANDLE_TOPK:
-                if _greater(heap_d[0], heap_i[0], dist, key):
-                    _heap_push_replace(heap_d, heap_i, k, dist, key)
-                    worst = heap_d[0]
+            dots = (np.int32(0), np.int32(0), np.int32(0), np.int32(0))
+        for member in range(row - first, n_block):
+            current = first + member
+            if use_filter and not _is_kept(keep_words, ids[current]):
+                continue
+            if n_chunks > 0:
+                dot = dots[member]
+                approx = base + int_scale * np.float32(dot)
+                if _distance_lower_bound(metric, approx, margin, q_sq, aux[current]) > worst:
+                    continue
+                if plane > 0:
+                    s = _plane_score(
+                        base, int_scale, scale2, scale3, dot,
+                        simd.dot_nibbles_at(codes, current, int_weights, query, n_chunks, plane),
+                        simd.dot_nibbles_at(codes, current, int_weights, query, n_chunks,
+                                            2 * plane),
+                    )
+                else:
+                    s = _exact_score(w, base, codes, current, bits, code_size)
             else:
-                if position < k:
-                    heap_d[position] = dist
-                    heap_i[position] = key
-                position += 1
+                s = _exact_score(w, base, codes, current, bits, code_size)
+            dist = _score_to_distance(metric, s, q_sq, aux[current])
+            if dist <= worst:
+                key = current if emit_rows else ids[current]
+                if handler == HANDLE_TOPK:
+                    if _greater(heap_d[0], heap_i[0], dist, key):
+                        _heap_push_replace(heap_d, heap_i, k, dist, key)
+                        worst = heap_d[0]
+                else:
+                    if position < k:
+                        heap_d[position] = dist
+                        heap_i[position] = key
+                    position += 1
+        row = first + n_block
     return position
 
 
@@ -727,6 +779,19 @@ def scan_lists_grouped(
         stop = start + list_sizes[lst]
         for block in range(first, last, 4):
             n_block = min(4, last - block)
+            if n_block < 4 and n_chunks > 0:
+                # The last one to three queries: each scans the list alone
+                # (four rows per integer dot call where rows are short)
+                # rather than in a block padded with copies of the first.
+                for member in range(block, last):
+                    query = pair_queries[member]
+                    _scan_list(
+                        weights[query], pair_consts[member], query_sq_norms[query], lst, codes,
+                        ids, aux, list_offsets, list_sizes, metric, bits, keep_words,
+                        use_filter, emit_rows, heap_distances[query], heap_ids[query],
+                        int_weights, int_params, query, HANDLE_TOPK, np.float32(0.0), 0,
+                    )
+                continue
             # Missing block members repeat the first query; their scores are dropped.
             (q0, q1, q2, q3), (c0, c1, c2, c3), (sq0, sq1, sq2, sq3) = _block_members(
                 pair_queries, pair_consts, query_sq_norms, block, n_block
@@ -781,7 +846,8 @@ def scan_lists_grouped(
                     pass3 = _distance_lower_bound(
                         metric, c3 + scale3 * np.float32(d3), margin3, sq3, aux_value
                     ) <= worst3
-                    if not (pass0 or pass1 or pass2 or pass3):
+                    # (Bitwise: one branch, where ``or`` took four.)
+                    if not (pass0 | pass1 | pass2 | pass3):
                         continue
                     key = row if emit_rows else ids[row]
                     # Written out per member: a helper that took the arrays
