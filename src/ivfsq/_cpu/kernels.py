@@ -318,13 +318,6 @@ def _plane_width(int_weights, bits):
 
 
 @njit(inline="always")
-def _int_dots_4rows(codes, row, int_weights, query, n_chunks, bits):
-    if bits == 8:
-        return simd.dots_4rows_bytes(codes, row, int_weights, query, n_chunks)
-    return simd.dots_4rows_nibbles(codes, row, int_weights, query, n_chunks)
-
-
-@njit(inline="always")
 def _any_may_pass(metric, base, int_scale, margin, q_sq, worst, dots, aux_values):
     """Whether any of four rows' distance lower bounds (integer dots
     ``dots``, see :func:`_scan_list`) passes ``worst``."""
@@ -381,7 +374,10 @@ def _scan_list(
     while row < stop:
         first = min(row, stop - n_block)
         if n_block == 4:
-            dots = _int_dots_4rows(codes, first, int_weights, query, n_chunks, bits)
+            if bits == 8:
+                dots = simd.dots_4rows_bytes(codes, first, int_weights, query, n_chunks)
+            else:
+                dots = simd.dots_4rows_nibbles(codes, first, int_weights, query, n_chunks)
             if first == row and not _any_may_pass(
                     metric, base, int_scale, margin, q_sq, worst, dots,
                     (aux[first], aux[first + 1], aux[first + 2], aux[first + 3])):
