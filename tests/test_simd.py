@@ -449,7 +449,8 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
                             * simd.n_planes(bits, dtype)), dtype)
     params = np.zeros((n_queries, kernels.INT_PARAMS), np.float32)
     kernels.query_int_weights(weights, bits, code_size, int_weights, params)
-    no_int = (np.zeros((n_queries, 0), np.int8), params)
+    # No columns: the float path (the same dtype: no extra compilation).
+    no_int = (np.zeros((n_queries, 0), dtype), params)
     probes = np.stack([rng.permutation(sizes.shape[0])[:n_probes] for _ in range(n_queries)])
     consts = rng.standard_normal((n_queries, n_probes)).astype(np.float32)
     q_sq = (rng.random(n_queries) * 100).astype(np.float32)
