@@ -366,7 +366,7 @@ def _scan_list(
     if n_chunks > 0:
         int_scale = int_params[query, 0]
         margin = _int_margin(int_params, query, base)
-        scale2, scale3 = int_params[query, 3], int_params[query, 4]
+        scale2, scale3 = _plane_scales(int_params, query, plane)
     n_block = 1
     if n_chunks >= 2 and code_size <= FOUR_ROWS_MAX_CODE_BYTES and stop - start >= 4:
         n_block = 4
@@ -644,7 +644,8 @@ def _score_bounded(w, heap_d, heap_i, k, metric, base, codes, bits, start, n_row
     worst = min(heap_d[0], cutoff)
     n_chunks = _n_int_chunks(int_weights, bits)
     plane = _plane_width(int_weights, bits)
-    scale, scale2, scale3 = int_params[query, 0], int_params[query, 3], int_params[query, 4]
+    scale = int_params[query, 0]
+    scale2, scale3 = _plane_scales(int_params, query, plane)
     code_size = codes.shape[1]
     for r in range(n_rows):
         # Rows the filter skipped have infinite bounds, which an empty
@@ -1803,8 +1804,8 @@ def _layout_levels(levels, bits, code_size, out):
         return
     # 4-bit codes (int16 weights): each chunk's weights in four groups of
     # 16, even bytes' low and high nibbles, then odd bytes' (the module
-    # docstring of simd). Loops of a constant trip count for all chunks but
-    # the last, which skips the bytes it shares with the one before.
+    # docstring of simd). The last chunk skips the bytes it shares with the
+    # one before (their weights stay 0).
     half = simd.SQ4_CHUNK_BYTES
     n_chunks = out.shape[0] // (2 * half)
     for chunk in range(n_chunks - 1):
