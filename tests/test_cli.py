@@ -217,3 +217,37 @@ def test_help_has_examples(command):
 def test_no_command_prints_help():
     status, out, _ = run()
     assert status == 2 and "build" in out and "search" in out
+
+
+def test_library_imports_only_numpy_numba_and_threadpoolctl():
+    code = (
+        "import sys, numpy, numba, threadpoolctl\n"
+        "before = set(sys.modules)\n"
+        "import ivfsq.neighbors.ivf_sq, ivfsq.neighbors, ivfsq.datasets, ivfsq.distributed\n"
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    third_party = [name for name in eval(done.stdout) if name != "ivfsq"
+                   and name.lstrip("_") not in sys.stdlib_module_names
+                   and name not in sys.stdlib_module_names]
+    assert third_party == []
+
+
+def test_bench_without_the_cli_extra_names_it_and_goes_on(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None; sys.modules['rich'] = None\n"
+        "from ivfsq.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "bench", "--n-rows", "2000", "--dim", "16", "--n-queries",
+         "30", "--n-probes", "2,8", "--latency-queries", "0", "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'ivfsq[cli]'" in done.stderr
+    assert (tmp_path / "ivfsq_bench.jsonl").is_file()
+    assert not (tmp_path / "ivfsq_bench.png").exists()

@@ -286,6 +286,19 @@ def _index_params(args, metric):
     )
 
 
+def _optional(module, purpose):
+    """``module``, which only the command line uses (the ``cli`` extra), or
+    None after a note on stderr naming the extra when it is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        print(f"ivfsq: {purpose} needs {module.split('.')[0]}, which is not installed "
+              f"(pip install 'ivfsq[cli]'); going on without", file=sys.stderr)
+        return None
+
+
 class _ProgressBars:
     """rich progress bars fed by ivfsq's progress reports (one bar per stage)."""
 
@@ -297,11 +310,12 @@ class _ProgressBars:
     def __enter__(self):
         if not self.enabled:
             return self
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:<32}"), BarColumn(),
-            TextColumn("{task.percentage:>5.1f} %"), TimeElapsedColumn(),
+        progress = _optional("rich.progress", "showing progress bars")
+        if progress is None:
+            return self
+        self.progress = progress.Progress(
+            progress.TextColumn("{task.description:<32}"), progress.BarColumn(),
+            progress.TextColumn("{task.percentage:>5.1f} %"), progress.TimeElapsedColumn(),
             transient=False,
         )
         self.progress.start()
@@ -630,8 +644,9 @@ def _resources_single():
 
 
 def _plot(path, rows, title):
-    import matplotlib
-
+    matplotlib = _optional("matplotlib", f"writing the plot {path}")
+    if matplotlib is None:
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

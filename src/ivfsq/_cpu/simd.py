@@ -33,10 +33,9 @@ AVX2 (when numba targets the host CPU, or a CPU name with ``+avx2``
 features); elsewhere :data:`HAS_INT_DOTS` is false and the same names are
 plain numba loops, so that kernels referring to them still compile, though
 the scan then never calls them. ``IVFSQ_INT_DOTS=0`` turns the integer path
-off (without changing the compiled code). numba's disk cache of
-:mod:`ivfsq._cpu.kernels` is keyed on that file and the CPU, not on this
-one: after editing the IR here, touch ``kernels.py`` (an installed upgrade
-rewrites both).
+off (without changing the compiled code). numba's disk cache of the
+kernels that call these is keyed on every file of this package (see
+:mod:`ivfsq._cpu._cache`), so editing the IR here recompiles them.
 
 Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
 weights of dtype :func:`weight_dtype`): a code row of ``code_size >=
