@@ -18,6 +18,7 @@ from ivfsq._quantizer import ScalarQuantizer
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._transforms import random_orthogonal, rotate, unrotate
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
+from ivfsq import metrics
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
@@ -57,12 +58,6 @@ FEW_MAX_SCAN_BYTES = 1 << 20
 # search_few's "no probes given" (it runs the coarse step itself).
 _NO_PROBES = np.zeros((0, 0), dtype=np.int64)
 
-KERNEL_METRIC = {
-    "sqeuclidean": kernels.METRIC_L2,
-    "euclidean": kernels.METRIC_L2,
-    "inner_product": kernels.METRIC_IP,
-    "cosine": kernels.METRIC_COSINE,
-}
 
 
 def normalize_rows(vectors):
@@ -144,7 +139,8 @@ class IvfSqEngine:
         by_residual=True,
         rotation=None,
     ):
-        self.metric = metric
+        self.metric = metrics.get(metric) if isinstance(metric, str) else metric
+        self.kernel_metric = kernels.METRIC_CODES[self.metric.family]
         # Centers (like codes, queries and the precise store) live in the
         # rotated space when there is a rotation.
         self.centers = centers
@@ -194,19 +190,20 @@ class IvfSqEngine:
         else:
             sample = dataset
         converted = to_float32("dataset", sample)
-        if params.metric != "cosine":
+        metric = metrics.get(params.metric)
+        if not metric.normalized:
             check_magnitudes("dataset", converted, check_small=True)
         # The sample is modified below (normalized, residuals): copy it only
         # when the conversion returned the caller's memory.
         sample = converted.copy() if np.may_share_memory(converted, dataset) else converted
-        if params.metric == "cosine":
+        if metric.normalized:
             normalize_rows(sample)
         # The sample goes through the same steps as prepare() and internal().
         rotation = None
         if params.transform == "rom":
             rotation = random_orthogonal(sample.shape[1], params.seed)
             sample = rotate(sample, rotation, n_threads)
-        inner_product = params.metric in ("inner_product", "cosine")
+        inner_product = metric.by_inner_product
         centers = train_kmeans(
             sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product, n_threads
         )
@@ -225,7 +222,7 @@ class IvfSqEngine:
             params.n_lists, quantizer.code_size, sample.shape[1], precise_dtype
         )
         engine = cls(
-            params.metric,
+            metric,
             centers,
             quantizer,
             lists,
@@ -242,7 +239,7 @@ class IvfSqEngine:
             vectors,
             self.centers,
             self.center_sq_norms,
-            inner_product=self.metric in ("inner_product", "cosine"),
+            inner_product=self.metric.by_inner_product,
             n_threads=n_threads,
         )
         return labels
@@ -258,19 +255,10 @@ class IvfSqEngine:
             centers, references = self._code_reference(labels[start:stop])
             chunk_codes, decoded = self.quantizer.encode(vectors[start:stop], centers, references)
             codes[start:stop] = chunk_codes
-            aux[start:stop] = self._norm_terms(decoded)
+            aux[start:stop] = self.metric.side_values(decoded)
 
         run_chunks(task, n_rows, n_threads, min_chunk=1024, chunks_per_thread=1)
         return codes, aux
-
-    def _norm_terms(self, decoded):
-        sq_norms = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64)
-        if self.metric == "cosine":
-            norms = np.sqrt(sq_norms)
-            return np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        if self.metric == "inner_product":
-            return np.zeros_like(sq_norms)
-        return sq_norms
 
     def prepare(self, name, rows, start=0):
         """float32, finite, normalized for cosine; and the nonzero rows.
@@ -279,10 +267,11 @@ class IvfSqEngine:
         None. The caller's array is never modified. The vectors are still in
         the original space (the precise store's); :meth:`internal` rotates.
         """
-        # Cosine normalizes every row: no magnitude limit.
-        vectors = to_float32_checked(name, rows, start, magnitudes=self.metric != "cosine")
+        # Normalized rows have no magnitude limit.
+        normalized = self.metric.normalized
+        vectors = to_float32_checked(name, rows, start, magnitudes=not normalized)
         nonzero = None
-        if self.metric == "cosine":
+        if normalized:
             if np.may_share_memory(vectors, rows):
                 vectors = vectors.copy()  # never normalize the caller's array
             vectors, nonzero = normalize_rows(vectors)
@@ -362,7 +351,7 @@ class IvfSqEngine:
     @property
     def _use_l2(self):
         """Whether the kernels score with (squared) L2 distances."""
-        return KERNEL_METRIC[self.metric] == kernels.METRIC_L2
+        return self.kernel_metric == kernels.METRIC_L2
 
     def coarse_probes(self, queries, n_probes, n_threads):
         """Probed lists (best first) per query, int64 (n_queries, n_probes)."""
@@ -410,7 +399,7 @@ class IvfSqEngine:
         at ``n_probes``, else None. Built from the centers on first use."""
         if self._coarse_bound is None:
             built = CoarseBound.build(
-                self.centers, inner_product=self.metric in ("inner_product", "cosine")
+                self.centers, inner_product=self.metric.by_inner_product
             )
             self._coarse_bound = False if built is None else built
         bound = self._coarse_bound
@@ -470,7 +459,7 @@ class IvfSqEngine:
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
         n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
-        metric = KERNEL_METRIC[self.metric]
+        metric = self.kernel_metric
         bits = self.quantizer.bits
         keep_words, use_filter = _kernel_filter(keep_words)
         distances = np.empty((n_queries, n_candidates), dtype=np.float32)
@@ -566,7 +555,7 @@ class IvfSqEngine:
         queries = self.internal(prepared, n_threads)
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
-        metric = KERNEL_METRIC[self.metric]
+        metric = self.kernel_metric
         keep_words, use_filter = _kernel_filter(keep_words)
         probes = self.coarse_probes(queries, n_probes, n_threads)
         radius = np.float32(radius)
@@ -641,7 +630,7 @@ class IvfSqEngine:
         rows = rows[picked]
         centers, labels = self._code_reference(labels[picked])
         queries = quantizer.decode(lists.codes[rows], centers, labels)
-        if self.metric == "cosine":
+        if self.metric.normalized:
             queries, _ = normalize_rows(queries)
         probes = self.coarse_probes(queries, 1, 1)
         consts, query_sq_norms = self.list_constants(queries, probes, 1)
@@ -651,7 +640,7 @@ class IvfSqEngine:
         kernels.int_filter_excess(
             np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]), weights,
             query_sq_norms, lists.codes, lists.aux, lists.list_offsets, lists.list_sizes,
-            KERNEL_METRIC[self.metric], 4, int_weights, params, k, excess,
+            self.kernel_metric, 4, int_weights, params, k, excess,
         )
         excess = excess[excess >= 0]  # lists left empty by removals are passed over
         return float(excess.mean()) if excess.size else 0.0

@@ -22,8 +22,7 @@ def stored_ground_truth(engine, queries, k):
     if engine.has_precise:
         lists = engine.lists
         vectors = lists.precise[lists.valid_rows()].astype(np.float32)
-    metric = "sqeuclidean" if engine.metric == "euclidean" else engine.metric
-    _, rows = brute_force_knn(vectors, queries, min(k, ids.shape[0]), metric)
+    _, rows = brute_force_knn(vectors, queries, min(k, ids.shape[0]), engine.metric.name)
     return ids[rows]
 
 

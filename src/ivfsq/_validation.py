@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-METRICS = ("sqeuclidean", "euclidean", "inner_product", "cosine")
+from ivfsq.metrics import NAMES as METRICS  # noqa: F401 (the choices checked here)
 
 
 def _describe(value):

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from ivfsq import __version__
+from ivfsq.metrics import NAMES as METRIC_CHOICES
 
 # Exit statuses.
 EXIT_OK = 0
@@ -29,7 +30,6 @@ DATA_HELP = (
     "a .npy, .fvecs, .bvecs or .ivecs file, an ann-benchmarks .hdf5 file, or a data set "
     "folder (base.npy, query.npy, gt_<metric>.npy)"
 )
-METRIC_CHOICES = ("sqeuclidean", "euclidean", "inner_product", "cosine")
 
 MAIN_EXAMPLES = """examples:
   ivfsq bench                                      # built-in synthetic data

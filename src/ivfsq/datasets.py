@@ -25,6 +25,8 @@ import pathlib
 
 import numpy as np
 
+from ivfsq import metrics
+
 __all__ = [
     "make_blobs_lowrank",
     "brute_force_knn",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 #: Metrics understood by :func:`brute_force_knn`.
-METRICS = ("sqeuclidean", "euclidean", "inner_product", "cosine")
+METRICS = metrics.NAMES
 
 # Rows of base (and of generated data) handled per block: big enough for an
 # efficient GEMM, small enough that the float32 temporaries stay near 32 MB
@@ -60,12 +62,10 @@ _EXACT_IN_F32 = {np.dtype(t) for t in (np.bool_, np.int8, np.uint8, np.int16,
                                         np.uint16, np.float16, np.float32)}
 
 # Ground-truth file tags and the metric name each one maps to.
-_FILE_TAG = {
-    "l2": "l2", "sqeuclidean": "l2", "euclidean": "l2",
-    "ip": "ip", "inner_product": "ip",
-    "cosine": "cosine",
-}
-_TAG_METRIC = {"l2": "sqeuclidean", "ip": "inner_product", "cosine": "cosine"}
+# (A metric's family is its tag.)
+_FILE_TAG = {**{tag: tag for tag in metrics.FAMILIES},
+             **{name: metric.family for name, metric in metrics.METRICS.items()}}
+_TAG_METRIC = {tag: metrics.of_family(tag).name for tag in metrics.FAMILIES}
 _TAG_PREFERENCE = ("l2", "cosine", "ip")
 
 
@@ -339,6 +339,7 @@ def brute_force_knn(base, queries, k, metric="sqeuclidean", *, batch_size=None):
     if not isinstance(metric, str) or metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; "
                          f"got {metric!r}")
+    metric = metrics.get(metric)
     base = _as_real_2d("base", base)
     queries = _as_real_2d("queries", queries)
     n_base, dim = base.shape
@@ -358,7 +359,7 @@ def brute_force_knn(base, queries, k, metric="sqeuclidean", *, batch_size=None):
     # Smaller score = better for every metric: inner products are negated.
     q32 = _to_f32("queries", queries)
     q64 = queries.astype(np.float64)
-    if metric == "cosine":
+    if metric.normalized:
         qnorm = np.sqrt(np.einsum("ij,ij->i", q64, q64))
         # Zero queries stay zero: similarity 0, distance 1 to everything.
         q64 = q64 / np.where(qnorm > 0, qnorm, 1.0)[:, None]
@@ -381,9 +382,9 @@ def brute_force_knn(base, queries, k, metric="sqeuclidean", *, batch_size=None):
         src = b32 if exact_src else raw
         rows = stop - start
         n_cand = min(rows, k + pad)
-        if metric in ("sqeuclidean", "euclidean"):
+        if metric.family == "l2":
             bias = np.einsum("ij,ij->i", b32, b32)
-        elif metric == "cosine":
+        elif metric.family == "cosine":
             bnorm = np.sqrt(np.einsum("ij,ij->i", b32, b32))
             # Zero base rows get similarity 0 (distance 1), not a 0/0 NaN.
             inv_bnorm = np.divide(1.0, bnorm, out=np.zeros_like(bnorm), where=bnorm > 0)
@@ -391,11 +392,11 @@ def brute_force_knn(base, queries, k, metric="sqeuclidean", *, batch_size=None):
         for qs in range(0, n_q, q_step):
             qe = min(n_q, qs + q_step)
             scores = q32[qs:qe] @ b32.T
-            if metric in ("sqeuclidean", "euclidean"):
+            if metric.family == "l2":
                 # |q|^2 is the same for the whole row, so it is left out.
                 scores *= -2.0
                 scores += bias
-            elif metric == "cosine":
+            elif metric.family == "cosine":
                 scores *= inv_bnorm
                 np.negative(scores, out=scores)
             else:
@@ -413,25 +414,19 @@ def brute_force_knn(base, queries, k, metric="sqeuclidean", *, batch_size=None):
             best_key[qs:qe] = np.take_along_axis(all_key, order, axis=1)
             best_id[qs:qe] = np.take_along_axis(all_id, order, axis=1)
 
-    if metric == "euclidean":
-        dist = np.sqrt(best_key)
-    elif metric == "inner_product":
-        dist = -best_key
-    else:
-        dist = best_key
-    return dist.astype(np.float32), best_id
+    return metric.to_public(best_key).astype(np.float32), best_id
 
 
 def _exact_keys(metric, q, cand_rows):
     """float64 scores (smaller = better) of candidate rows (nq, c, d) for q (nq, d)."""
     cand_rows = cand_rows.astype(np.float64)
-    if metric in ("sqeuclidean", "euclidean"):
+    if metric.family == "l2":
         # Direct differences, not the |q|^2 - 2qb + |b|^2 expansion, so that
         # equal distances come out bit-equal and tie-break by id.
         cand_rows -= q[:, None, :]
         return np.einsum("ijk,ijk->ij", cand_rows, cand_rows)
     dots = np.einsum("ijk,ik->ij", cand_rows, q)
-    if metric == "inner_product":
+    if metric.family == "ip":
         return -dots
     # cosine: q is already unit (or zero) norm.
     norms = np.sqrt(np.einsum("ijk,ijk->ij", cand_rows, cand_rows))

@@ -31,6 +31,7 @@ import tempfile
 
 import numpy as np
 
+from ivfsq import metrics
 from ivfsq._cpu import kernels
 from ivfsq._validation import check_int
 from ivfsq.neighbors import ivf_sq
@@ -258,16 +259,14 @@ def _merge(results, k, metric):
     distances = np.concatenate([result[0] for result in results], axis=1)
     neighbors = np.concatenate([result[1] for result in results], axis=1)
     # Internal order: smaller is better, ties by id (as one index would).
-    internal = -distances if metric == "inner_product" else distances
-    internal = np.ascontiguousarray(internal, dtype=np.float32)
+    metric = metrics.get(metric)
+    internal = np.ascontiguousarray(metric.sort_key(distances), dtype=np.float32)
     pad = float("inf")
     internal[neighbors < 0] = pad
     out_d = np.empty((internal.shape[0], k), dtype=np.float32)
     out_i = np.empty((internal.shape[0], k), dtype=np.int64)
     kernels.merge_topk(internal, np.ascontiguousarray(neighbors), False, out_d, out_i)
-    if metric == "inner_product":
-        np.negative(out_d, out=out_d)
-    return out_d, out_i
+    return metric.sort_key(out_d), out_i
 
 
 def search(search_params, index, queries, k, filter=None, batch_size=SEARCH_BATCH_QUERIES):

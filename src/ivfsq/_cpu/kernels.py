@@ -16,12 +16,14 @@ from numba import njit
 
 from ivfsq._cpu import simd
 
-# Metric codes understood by the scan kernel. The per-vector auxiliary value
-# ``aux`` differs per metric: ||x_hat||^2 for L2, unused for inner product,
-# 1/||x_hat|| for cosine (0 for a zero vector, giving cosine distance 1).
+# Score cases of the kernels, one per metric family (ivfsq.metrics). The
+# per-vector auxiliary value ``aux`` differs per case: ||x_hat||^2 for L2,
+# unused for inner product, 1/||x_hat|| for cosine (0 for a zero vector,
+# giving cosine distance 1).
 METRIC_L2 = 0
 METRIC_IP = 1
 METRIC_COSINE = 2
+METRIC_CODES = {"l2": METRIC_L2, "ip": METRIC_IP, "cosine": METRIC_COSINE}
 # What the per-query scan (_scan_list) does with a vector that passes: keep
 # the top k in a heap, or collect every one within a radius.
 HANDLE_TOPK = 0

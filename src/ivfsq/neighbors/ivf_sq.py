@@ -324,7 +324,7 @@ class Index:
     @property
     def metric(self):
         """The distance metric name."""
-        return self._require_trained().metric
+        return self._require_trained().metric.name
 
     @property
     def quantizer(self):
@@ -798,12 +798,7 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
     radius = check_float("radius", radius)
     keep_words = _filter_words(filter, engine)
     metric = engine.metric
-    if metric == "euclidean":
-        internal = radius * radius if radius >= 0 else -1.0
-    elif metric == "inner_product":
-        internal = -radius
-    else:
-        internal = radius
+    internal = metric.radius_to_internal(radius)
     n_queries = queries.shape[0]
     if n_queries == 0 or engine.lists.size == 0:
         return (np.zeros(n_queries + 1, dtype=np.int64), np.zeros(0, dtype=np.int64),
@@ -812,13 +807,7 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
     offsets, neighbors, distances = engine.range_search(
         prepared, internal, search_params.n_probes, keep_words, resolve_n_threads(resources)
     )
-    if metric in ("sqeuclidean", "euclidean"):
-        np.maximum(distances, 0.0, out=distances)
-        if metric == "euclidean":
-            np.sqrt(distances, out=distances)
-    elif metric == "inner_product":
-        np.negative(distances, out=distances)
-    return offsets, neighbors, distances
+    return offsets, neighbors, metric.to_public(distances)
 
 
 def search(
@@ -907,13 +896,7 @@ def search(
     else:
         out_d = np.empty((0, k), dtype=np.float32)
         out_i = np.empty((0, k), dtype=np.int64)
-    metric = engine.metric
-    if metric in ("sqeuclidean", "euclidean"):
-        np.maximum(out_d, 0.0, out=out_d)  # rounding can dip below 0
-        if metric == "euclidean":
-            np.sqrt(out_d, out=out_d)
-    elif metric == "inner_product":
-        np.negative(out_d, out=out_d)
+    engine.metric.to_public(out_d)
     if neighbors is not None:
         neighbors[...] = out_i
         out_i = neighbors
@@ -948,7 +931,7 @@ def save(filename, index, resources=None):
         "kind": FILE_KIND,
         "index_version": INDEX_VERSION,
         "params": index._params._as_dict(),
-        "metric": engine.metric,
+        "metric": engine.metric.name,
         "quantizer": engine.quantizer.kind,
         "n_lists": int(engine.centers.shape[0]),
         "dim": int(engine.centers.shape[1]),

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ivfsq import metrics
 from ivfsq._cpu import kernels
 from ivfsq._threads import run_chunks
 from ivfsq._validation import (
@@ -14,14 +15,6 @@ from ivfsq._validation import (
     to_float32,
 )
 from ivfsq.common import resolve_n_threads
-
-_REFINE_METRIC = {
-    "sqeuclidean": kernels.METRIC_L2,
-    "euclidean": kernels.METRIC_L2,
-    "inner_product": kernels.METRIC_IP,
-    "cosine": kernels.METRIC_COSINE,
-}
-
 
 def refine(
     dataset,
@@ -69,7 +62,7 @@ def refine(
     >>> indices
     array([[1, 0]])
     """
-    check_choice("metric", metric, METRICS)
+    metric = metrics.get(check_choice("metric", metric, METRICS))
     dataset = check_matrix("dataset", dataset)
     queries = check_matrix("queries", queries, dim=dataset.shape[1], allow_empty=True)
     candidates = _as_host_array("candidates", candidates)
@@ -110,7 +103,7 @@ def refine(
             local,
             queries[start:stop],
             local_candidates[start:stop],
-            _REFINE_METRIC[metric],
+            kernels.METRIC_CODES[metric.family],
             out_d[start:stop],
             out_i[start:stop],
         )
@@ -118,10 +111,7 @@ def refine(
     run_chunks(task, n_queries, n_threads, min_chunk=16)
     found = out_i >= 0
     out_i[found] = used[out_i[found]]
-    if metric == "euclidean":
-        np.sqrt(np.maximum(out_d, 0.0), out=out_d)
-    elif metric == "inner_product":
-        np.negative(out_d, out=out_d)
+    metric.to_public(out_d)
     if indices is not None:
         check_output("indices", indices, (n_queries, k), np.int64)[...] = out_i
         out_i = indices
