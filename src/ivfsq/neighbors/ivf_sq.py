@@ -117,7 +117,7 @@ class IndexParams:
         range_quantile`` quantiles) or "mse" (per dimension, the quantile clip
         with the least quantization error). ``None``: "mse" for "sq8",
         "minmax" for "sq8_uniform", "quantile" for 4-bit quantizers (the best
-        measured; see the README).
+        measured; see the benchmark pages of the documentation).
     range_quantile : float, default = 0.001
         The clipped fraction on each side for ``range_stat="quantile"``.
     transform : str or None, default = None
