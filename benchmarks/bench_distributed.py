@@ -19,10 +19,8 @@ import time
 import tracemalloc
 
 import numpy as np
-
-from common import RESULTS_DIR, hardware_info, utc_timestamp, write_jsonl
-
 import ray
+from common import RESULTS_DIR, hardware_info, utc_timestamp, write_jsonl
 
 from ivfsq import distributed
 from ivfsq.common import Resources

@@ -20,8 +20,8 @@ import os
 import pathlib
 import tempfile
 
+import faiss
 import numpy as np
-
 from common import (
     RESULTS_DIR,
     at_recall,
@@ -38,7 +38,6 @@ from common import (
     write_jsonl,
 )
 
-import faiss
 from ivfsq.common import Resources
 from ivfsq.datasets import recall_at_k
 from ivfsq.neighbors import ivf_sq
@@ -94,7 +93,7 @@ def parse_args(argv=None):
 def training_rows(n_rows, n_lists, seed=TRAIN_SEED):
     """Row numbers of the k-means / quantizer training sample.
 
-    The same procedure as ``ivfsq._ivf.IvfSqEngine.train`` (seeded
+    The same procedure as ``ivfsq.ivf.engine.IvfSqEngine.train`` (seeded
     ``default_rng(seed).choice`` without replacement, sorted), so FAISS is
     trained on exactly the rows ivfsq samples internally while that code is
     unchanged.

@@ -13,7 +13,6 @@ import argparse
 import time
 
 import numpy as np
-
 from common import RESULTS_DIR, hardware_info, utc_timestamp, write_jsonl
 
 from ivfsq.common import Resources

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import pathlib
 
+import faiss
 import numpy as np
 
 # bench_faiss (through common) puts the source tree on sys.path when ivfsq is not
@@ -37,9 +38,9 @@ from bench_faiss import (
 from common import (
     RESULTS_DIR,
     default_n_lists,
-    load_benchmark_data,
     format_table,
     hardware_info,
+    load_benchmark_data,
     measure_batch_qps,
     time_call,
     utc_timestamp,
@@ -47,7 +48,6 @@ from common import (
     write_jsonl,
 )
 
-import faiss
 from ivfsq.common import Resources
 from ivfsq.datasets import recall_at_k
 from ivfsq.neighbors import ivf_sq

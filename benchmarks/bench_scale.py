@@ -30,7 +30,6 @@ import threading
 import time
 
 import numpy as np
-
 from common import RESULTS_DIR, hardware_info, utc_timestamp, write_jsonl
 
 

@@ -20,7 +20,6 @@ import argparse
 import os
 
 import numpy as np
-
 from common import (
     RESULTS_DIR,
     format_table,

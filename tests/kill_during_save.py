@@ -34,8 +34,7 @@ def _kill_self():
 def _instrument(point):
     """Make this (child) process die at ``point``: an int (bytes written) or
     the name of a step."""
-    from ivfsq import _format
-
+    from ivfsq.io import format as _format
     real_fdopen, real_fsync, real_replace = os.fdopen, os.fsync, os.replace
 
     if isinstance(point, int):

@@ -252,8 +252,7 @@ def test_failed_extend_in_a_later_batch_adds_nothing(index, data, monkeypatch):
     # Rows are assigned and checked batch by batch before anything is
     # stored: a bad row in the last batch leaves the index as it was, and a
     # good multi-batch extend equals a single-batch one.
-    from ivfsq import _ivf
-
+    from ivfsq.ivf import engine as _ivf
     before = fingerprint(index, data)
     monkeypatch.setattr(_ivf, "ENCODE_BATCH_ROWS", 100)
     rows = np.vstack([data, nan_rows(data)])

@@ -1,4 +1,4 @@
-"""The coarse lower bound (ivfsq._coarse): it never exceeds the exact score,
+"""The coarse lower bound (ivfsq.ivf.coarse): it never exceeds the exact score,
 the bounded selection picks the exact best lists, and search results do not
 change when it is used."""
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import METRICS
 
-from ivfsq import _coarse
-from ivfsq._coarse import CoarseBound
-from ivfsq._cpu import kernels
+from ivfsq.backends.cpu import kernels
 from ivfsq.common import Resources
 from ivfsq.datasets import make_blobs_lowrank
+from ivfsq.ivf import coarse as _coarse
+from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.neighbors import ivf_sq
 
 

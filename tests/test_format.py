@@ -1,4 +1,4 @@
-"""Tests of the index file container format (ivfsq._format)."""
+"""Tests of the index file container format (ivfsq.io.format)."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import zlib
 import numpy as np
 import pytest
 
-from ivfsq import _format
-from ivfsq._format import FORMAT_VERSION, MAGIC, IndexFileError, read_index_file, write_index_file
+from ivfsq.io import format as _format
+from ivfsq.io.format import FORMAT_VERSION, MAGIC, IndexFileError, read_index_file, write_index_file
 
 WHITELISTED_DTYPES = [
     "uint8",

@@ -440,8 +440,7 @@ def test_save_is_atomic_on_failure(blobs, indexes, tmp_path, monkeypatch):
     path = tmp_path / "index.ivfsq"
     ivf_sq.save(path, indexes["cosine"])
     before = path.read_bytes()
-    from ivfsq import _format
-
+    from ivfsq.io import format as _format
     def explode(*args, **kwargs):
         raise OSError("disk full")
 
@@ -615,8 +614,7 @@ def test_kmeans_splits_empty_clusters():
 def test_small_synthetic_recall_threshold_fails_for_broken_scan(blobs, monkeypatch):
     """The recall threshold used above really detects a broken codec."""
     base, queries = blobs
-    from ivfsq import _quantizer
-
+    from ivfsq.codecs import scalar as _quantizer
     original = _quantizer.ScalarQuantizer.weights
 
     def wrong_weights(self, q, n_threads=1):  # drops the per-dimension step: a classic bug
@@ -692,8 +690,7 @@ def test_build_reuses_training_lists_as_extend_would_assign(blobs, metric, monke
     # When the training sample is the whole dataset, build adds the rows to
     # the lists found while training; extend assigns them itself: same index
     # (in several encoding batches, each taking its share of the lists).
-    from ivfsq import _ivf
-
+    from ivfsq.ivf import engine as _ivf
     monkeypatch.setattr(_ivf, "ENCODE_BATCH_ROWS", 700)
     base, queries = blobs
     base = base[:3000]

@@ -6,8 +6,8 @@ from conftest import exact_knn, recall
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivfsq import _kmeans
-from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
+from ivfsq.ivf import kmeans as _kmeans
+from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq.neighbors import ivf_sq
 
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from ivfsq._cpu import kernels, simd
-from ivfsq._kmeans import assign_nearest, imbalance_factor
-from ivfsq._lists import ListStorage
-from ivfsq._quantizer import ScalarQuantizer
+from ivfsq.backends.cpu import kernels, simd
+from ivfsq.codecs.scalar import ScalarQuantizer
+from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor
+from ivfsq.ivf.lists import ListStorage
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def _oracle_levels(codes, bits, dim):
 
 
 def _int_weights(weights, bits, code_size, use_int):
-    """The integer filter's weights (see ivfsq._cpu.simd), or none."""
+    """The integer filter's weights (see ivfsq.backends.cpu.simd), or none."""
     if not use_int:
         return (np.zeros((weights.shape[0], 0), np.int8),
                 np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32))

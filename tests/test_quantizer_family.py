@@ -17,9 +17,9 @@ from conftest import (
     recall,
 )
 
-from ivfsq import _format
-from ivfsq._quantizer import ScalarQuantizer, train_range
-from ivfsq._transforms import random_orthogonal
+from ivfsq.codecs.scalar import ScalarQuantizer, train_range
+from ivfsq.io import format as _format
+from ivfsq.ivf.transforms import random_orthogonal
 from ivfsq.neighbors import filters, ivf_sq
 
 QUANTIZERS = ["sq8", "sq4", "sq8_uniform", "sq4_uniform"]

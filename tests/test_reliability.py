@@ -28,8 +28,8 @@ from conftest import METRICS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ivfsq import _format
 from ivfsq.datasets import brute_force_knn, recall_at_k
+from ivfsq.io import format as _format
 from ivfsq.neighbors import ivf_sq
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import METRICS
 
-from ivfsq import _ivf
 from ivfsq.common import Resources
+from ivfsq.ivf import engine as _ivf
 from ivfsq.neighbors import filters, ivf_sq
 
 N_LISTS = 24

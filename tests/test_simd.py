@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from ivfsq import _ivf
-from ivfsq._cpu import kernels, simd
+from ivfsq.backends.cpu import kernels, simd
 from ivfsq.common import Resources
+from ivfsq.ivf import engine as _ivf
 from ivfsq.neighbors import filters, ivf_sq
 
 
@@ -380,7 +380,7 @@ def test_switching_the_filter_off_does_not_change_the_compiled_dots():
     # The kernels' disk cache is keyed on the CPU, not on the environment: a
     # run with IVFSQ_INT_DOTS=0 must compile (and cache) the same dots.
     code = (
-        "from ivfsq._cpu import simd; "
+        "from ivfsq.backends.cpu import simd; "
         "print(simd._row_dots is simd._row_dots_ir, simd.HAS_AVX2_DOTS, simd.HAS_INT_DOTS)"
     )
     env = {**os.environ, "IVFSQ_INT_DOTS": "0"}

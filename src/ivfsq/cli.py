@@ -443,7 +443,7 @@ def _load_index(path, mmap=False):
 
 
 def _cmd_info(args):
-    from ivfsq import _format
+    from ivfsq.io import format as _format
     from ivfsq.neighbors import ivf_sq
 
     if not pathlib.Path(args.index).is_file():

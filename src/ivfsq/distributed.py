@@ -32,8 +32,8 @@ import tempfile
 import numpy as np
 
 from ivfsq import metrics
-from ivfsq._cpu import kernels
 from ivfsq._validation import check_int
+from ivfsq.backends.cpu import kernels
 from ivfsq.neighbors import ivf_sq
 from ivfsq.neighbors.filters import Filter
 

@@ -5,7 +5,7 @@ The API follows ``cuvs.neighbors.ivf_sq``: :class:`IndexParams`,
 :func:`search`, :func:`save` and :func:`load` take the same names, keyword
 arguments and defaults, so code written for cuVS runs by changing the import.
 This module validates input and dispatches; the work is done in
-:mod:`ivfsq._ivf` and the numba kernels.
+:mod:`ivfsq.ivf.engine` and the numba kernels.
 
 Examples
 --------
@@ -22,17 +22,6 @@ Examples
 
 import numpy as np
 
-from ivfsq import _format, _tune
-from ivfsq._ivf import IvfSqEngine
-from ivfsq._lists import ListStorage
-from ivfsq._quantizer import (
-    DEFAULT_RANGE_QUANTILE,
-    QUANTIZERS,
-    RANGE_STATS,
-    ScalarQuantizer,
-    default_range_stat,
-)
-from ivfsq._transforms import TRANSFORMS
 from ivfsq._validation import (
     METRICS,
     check_bool,
@@ -45,7 +34,19 @@ from ivfsq._validation import (
     check_matrix,
     check_output,
 )
+from ivfsq.codecs.scalar import (
+    DEFAULT_RANGE_QUANTILE,
+    QUANTIZERS,
+    RANGE_STATS,
+    ScalarQuantizer,
+    default_range_stat,
+)
 from ivfsq.common import resolve_n_threads
+from ivfsq.io import format as _format
+from ivfsq.ivf import tune as _tune
+from ivfsq.ivf.engine import IvfSqEngine
+from ivfsq.ivf.lists import ListStorage
+from ivfsq.ivf.transforms import TRANSFORMS
 from ivfsq.neighbors.filters import Filter
 
 __all__ = [
@@ -969,7 +970,7 @@ def load(filename, resources=None, *, mmap=False):
     ------
     ValueError
         If the file is truncated, corrupt, of another version, or not an
-        ivfsq index file (``ivfsq._format.IndexFileError``). No code from
+        ivfsq index file (``ivfsq.io.format.IndexFileError``). No code from
         the file is ever run.
     """
     check_bool("mmap", mmap)

@@ -3,7 +3,6 @@
 import numpy as np
 
 from ivfsq import metrics
-from ivfsq._cpu import kernels
 from ivfsq._threads import run_chunks
 from ivfsq._validation import (
     METRICS,
@@ -14,7 +13,9 @@ from ivfsq._validation import (
     check_output,
     to_float32,
 )
+from ivfsq.backends.cpu import kernels
 from ivfsq.common import resolve_n_threads
+
 
 def refine(
     dataset,

@@ -25,8 +25,8 @@ are clamped.
 
 import numpy as np
 
-from ivfsq._cpu import kernels, simd
 from ivfsq._threads import run_chunks
+from ivfsq.backends.cpu import kernels, simd
 
 # Queries per chunk when the weights are computed on several threads.
 WEIGHTS_MIN_CHUNK = 256
@@ -248,7 +248,7 @@ class ScalarQuantizer:
     def n_int_weights(self):
         """Integer weights per query of the scan filter, 0 when it is off.
 
-        It is on where :mod:`ivfsq._cpu.simd` has its AVX2 dots and a code
+        It is on where :mod:`ivfsq.backends.cpu.simd` has its AVX2 dots and a code
         row holds at least one chunk: ``dim >= 16`` for 8-bit codes (int16
         weights), ``dim >= 64`` for 4-bit codes (int8 weights, or int16 ones
         where :attr:`wide_int_weights`).

@@ -19,9 +19,9 @@ import threading
 
 import numpy as np
 
-from ivfsq._cpu import kernels
 from ivfsq._progress import report
 from ivfsq._threads import default_n_threads, run_chunks, single_threaded_blas
+from ivfsq.backends.cpu import kernels
 
 # A cluster smaller than this fraction of the mean size is re-seeded.
 SMALL_CLUSTER_FRACTION = 0.25

@@ -9,16 +9,16 @@ import threading
 
 import numpy as np
 
-from ivfsq._coarse import CoarseBound
-from ivfsq._cpu import kernels, simd
-from ivfsq._kmeans import assign_nearest, imbalance_factor, train_kmeans
-from ivfsq._lists import ListStorage
-from ivfsq._progress import report
-from ivfsq._quantizer import ScalarQuantizer
-from ivfsq._threads import run_chunks, single_threaded_blas
-from ivfsq._transforms import random_orthogonal, rotate, unrotate
-from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
 from ivfsq import metrics
+from ivfsq._progress import report
+from ivfsq._threads import run_chunks, single_threaded_blas
+from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
+from ivfsq.backends.cpu import kernels, simd
+from ivfsq.codecs.scalar import ScalarQuantizer
+from ivfsq.ivf.coarse import CoarseBound
+from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
+from ivfsq.ivf.lists import ListStorage
+from ivfsq.ivf.transforms import random_orthogonal, rotate, unrotate
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
@@ -37,7 +37,7 @@ SEARCH_BLOCK_QUERIES = 16384
 # at 2 pairs per list; at 1 the per-query scan was 1.4x faster, at 4 the
 # list-major one 1.4x.
 GROUPED_MIN_PAIRS_PER_LIST = 2
-# List-major scans use the integer filter (see ivfsq._cpu.simd) only for
+# List-major scans use the integer filter (see ivfsq.backends.cpu.simd) only for
 # code rows of at least this many bytes (by bits per code): on shorter rows
 # the per-vector work around the dots outweighs what they save. Measured
 # with 4-bit codes: 784-d (392 bytes) 1.2-1.4x faster at 16-32 probes;
@@ -395,7 +395,7 @@ class IvfSqEngine:
         return probes
 
     def coarse_bound(self, n_probes):
-        """The coarse lower bound (:mod:`ivfsq._coarse`) when it saves work
+        """The coarse lower bound (:mod:`ivfsq.ivf.coarse`) when it saves work
         at ``n_probes``, else None. Built from the centers on first use."""
         if self._coarse_bound is None:
             built = CoarseBound.build(

@@ -14,7 +14,7 @@ negated by the caller on the way out.
 import numpy as np
 from numba import njit
 
-from ivfsq._cpu import simd
+from ivfsq.backends.cpu import simd
 
 # Score cases of the kernels, one per metric family (ivfsq.metrics). The
 # per-vector auxiliary value ``aux`` differs per case: ||x_hat||^2 for L2,
@@ -340,7 +340,7 @@ def _scan_list(
     """Hand the vectors of list ``lst`` that pass the threshold to a handler.
 
     A vector scores ``base + w . u``; see :func:`scan_lists`. With integer
-    weights (row ``query`` of ``int_weights``, see :mod:`ivfsq._cpu.simd`),
+    weights (row ``query`` of ``int_weights``, see :mod:`ivfsq.backends.cpu.simd`),
     the integer dot ``scale * (w8 . u)`` first gives a lower bound of the
     distance (``int_params[query] = (scale, error bound above, error bound
     below)``, see :func:`_int_weights_row`; the bound above serves here);
@@ -456,7 +456,7 @@ def scan_lists(
     which is ``q . x_hat`` (DESIGN 4.1: ``q.c + q.vmin + (q*delta).u``). The
     distance is then ``|q|^2 + |x_hat|^2 - 2 s`` (L2), ``-s`` (inner product)
     or ``1 - s / |x_hat|`` (cosine). ``bits`` (8 or 4) says how codes are
-    packed (see ``ivfsq._quantizer``). Filtered-out ids are skipped before
+    packed (see ``ivfsq.codecs.scalar``). Filtered-out ids are skipped before
     scoring. Rows of ``out_*`` receive the ascending top-k, padded with
     (+inf, -1); ``out_ids`` holds ids, or storage row numbers when
     ``emit_rows`` (for re-ranking against the precise store). When
@@ -1445,7 +1445,7 @@ def _select_row_bounded(query, centers, center_sq_norms, use_l2, heap_d, heap_i,
 @njit(fastmath=_FAST, **_JIT)
 def bound_query_parts(queries, mean, projected_mean, inner_product, slack, slack_center,
                       slack_term, query_aug, out_terms):
-    """Finish ``q_aug`` and the per-query bound terms (:mod:`ivfsq._coarse`).
+    """Finish ``q_aug`` and the per-query bound terms (:mod:`ivfsq.ivf.coarse`).
 
     On entry ``query_aug[:, :r]`` holds ``q @ basis.T``; ``projected_mean``
     is ``mean @ basis.T``. Sums are in float64; the term has its slack
@@ -1484,7 +1484,7 @@ def select_probes_bounded(
     """:func:`select_probes` from lower bounds on the coarse scores.
 
     The bound of list ``l`` for query ``i`` is ``query_terms[i] +
-    center_terms[l] + scale * bound_dots[i, l]`` (see :mod:`ivfsq._coarse`);
+    center_terms[l] + scale * bound_dots[i, l]`` (see :mod:`ivfsq.ivf.coarse`);
     lists are scored exactly (as :func:`select_probes_small` does) only
     while their bound could beat the ``n_probes``-th exact score, so the
     selection equals the exact one.
@@ -1711,7 +1711,7 @@ def _weights_row(query, delta, bits, code_size, out):
 
 @njit(inline="always")
 def _int_weights_row(weights, bits, code_size, out, levels, params):
-    """One query's integer weights for :mod:`ivfsq._cpu.simd` (its layout,
+    """One query's integer weights for :mod:`ivfsq.backends.cpu.simd` (its layout,
     in ``out``'s dtype: int8 or int16 for 4-bit codes, int16 for 8-bit) from
     its float weights (the :func:`query_weights` layout, ``code_size >=
     simd.CHUNK_BYTES[bits]``), and its ``params`` (``INT_PARAMS`` values).
@@ -1792,7 +1792,7 @@ def _int_weights_row(weights, bits, code_size, out, levels, params):
 @njit(inline="always")
 def _layout_levels(levels, bits, code_size, out):
     """Integer levels in the weights' order into ``out`` (zeroed), in the
-    chunk layout of :mod:`ivfsq._cpu.simd`."""
+    chunk layout of :mod:`ivfsq.backends.cpu.simd`."""
     if bits == 8:
         # 8-bit codes: the weights' order up to the last chunk (one flat,
         # vectorized loop: per-chunk copies were 3x slower), then the last.

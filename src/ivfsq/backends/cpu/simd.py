@@ -20,7 +20,7 @@ do more per instruction:
   15 bits: at most ``(2**31 - 1) // (255 * code_size)`` in magnitude, so no
   32-bit sum can overflow (:func:`sq8_weight_limit`).
 
-The integer dot is a filter: the kernels in :mod:`ivfsq._cpu.kernels`
+The integer dot is a filter: the kernels in :mod:`ivfsq.backends.cpu.kernels`
 bound its error and score exactly every vector that the bound cannot rule
 out: with the float weights, or, for 4-bit codes with int8 weights, with
 two more integer dots against the weights' rounding residuals
@@ -35,7 +35,7 @@ plain numba loops, so that kernels referring to them still compile, though
 the scan then never calls them. ``IVFSQ_INT_DOTS=0`` turns the integer path
 off (without changing the compiled code). numba's disk cache of the
 kernels that call these is keyed on every file of this package (see
-:mod:`ivfsq._cpu._cache`), so editing the IR here recompiles them.
+:mod:`ivfsq.backends.cpu._cache`), so editing the IR here recompiles them.
 
 Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
 weights of dtype :func:`weight_dtype`): a code row of ``code_size >=

@@ -17,7 +17,7 @@ is avoidable without changing which lists are picked:
 
   each is ``query_term + center_term + scale * (q_aug . c_aug)`` with the
   dot replaced by its bound.
-- The kernel (:func:`ivfsq._cpu.kernels.select_probes_bounded`) scores a few
+- The kernel (:func:`ivfsq.backends.cpu.kernels.select_probes_bounded`) scores a few
   lists with the best bounds exactly, then every list whose bound could
   still beat the ``n_probes``-th exact score. A list it skips cannot be
   among the best, so the selection is that of the full computation (up to
@@ -29,7 +29,7 @@ files) and used only where it saves work (:meth:`CoarseBound.pays_off`).
 
 import numpy as np
 
-from ivfsq._cpu import kernels
+from ivfsq.backends.cpu import kernels
 
 # Smallest share of the centers' variance (about their mean) the subspace
 # keeps. Measured on fashion-mnist (1,024 lists): 0.981 at 64 dimensions,

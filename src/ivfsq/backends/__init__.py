@@ -1,0 +1,1 @@
+"""Compute backends: the CPU one (NumPy + numba kernels)."""

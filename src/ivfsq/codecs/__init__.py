@@ -1,0 +1,1 @@
+"""Codecs: how a vector is stored in a list row."""
