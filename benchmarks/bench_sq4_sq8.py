@@ -115,9 +115,7 @@ def main(argv=None):
                      f"{sq4['qps_ratio_round_median']:.2f}",
                      f"{sq8['latency_p50_ms']:.3f}", f"{sq4['latency_p50_ms']:.3f}"])
     # The integer filter's weights for the 4-bit codes (chosen on the data).
-    sq4_quantizer = indexes["sq4"]._engine.quantizer
-    sq4_weights = "none" if sq4_quantizer.n_int_weights == 0 else (
-        "int16" if sq4_quantizer.wide_int_weights else "int8")
+    sq4_weights = ivf_sq.search_plan(ivf_sq.SearchParams(n_probes=1), indexes["sq4"], 1).int_filter
     print(f"{data['name']}: {base.shape[0]} x {base.shape[1]}, {queries.shape[0]} queries, "
           f"{args.n_lists} lists, {args.threads} threads (p50: 1 thread), "
           f"best of {max(1, args.rounds)} alternating round(s), "

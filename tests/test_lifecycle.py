@@ -359,7 +359,7 @@ def test_range_search_with_a_precise_store_filter_and_few_probes(data):
 
 
 @pytest.mark.parametrize("quantizer", ["sq4", "sq8"])
-def test_range_search_integer_filter_changes_nothing(monkeypatch, quantizer):
+def test_range_search_integer_filter_changes_nothing(quantizer):
     # 96-d rows (48 bytes for SQ4, 96 for SQ8): the scan's integer filter is
     # on, with the radius as its threshold.
     from ivfsq.backends.cpu import simd
@@ -371,12 +371,14 @@ def test_range_search_integer_filter_changes_nothing(monkeypatch, quantizer):
     radius = float(np.median(distances[:, -1]))
     if not simd.HAS_INT_DOTS:
         pytest.skip("no AVX2 integer dots on this CPU")
-    assert index._engine.quantizer.n_int_weights > 0
-    with_filter = ivf_sq.range_search(search, index, queries, radius)
-    monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
-    assert index._engine.quantizer.n_int_weights == 0
-    without = ivf_sq.range_search(search, index, queries, radius)
-    np.testing.assert_array_equal(with_filter[0], without[0])
-    np.testing.assert_array_equal(with_filter[1], without[1])
-    np.testing.assert_allclose(with_filter[2], without[2], rtol=1e-5, atol=1e-5)
+    filters_run = ["int8", "int16"] if quantizer == "sq4" else ["int16"]
+    without = ivf_sq.range_search(ivf_sq.SearchParams(n_probes=5, int_filter="off"), index,
+                                  queries, radius)
+    for int_filter in ["auto", *filters_run]:
+        with_filter = ivf_sq.range_search(
+            ivf_sq.SearchParams(n_probes=5, int_filter=int_filter), index, queries, radius
+        )
+        np.testing.assert_array_equal(with_filter[0], without[0])
+        np.testing.assert_array_equal(with_filter[1], without[1])
+        np.testing.assert_allclose(with_filter[2], without[2], rtol=1e-5, atol=1e-5)
     assert with_filter[0][-1] > 5 * queries.shape[0]

@@ -259,7 +259,7 @@ def _float_layout(int_weights, bits, code_size):
 @pytest.mark.skipif(not simd.HAS_INT_DOTS, reason="no AVX2 integer dots on this CPU")
 @pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
 @pytest.mark.parametrize("quantizer, dim", [("sq4", 70), ("sq4", 300), ("sq8", 21), ("sq8", 300)])
-def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, quantizer, dim):
+def test_search_is_the_same_with_and_without_the_filter(metric, quantizer, dim):
     # 300-d: rows of at least 128 bytes, so big batches take the list-major
     # filter too; 21-d sq8: two overlapping 16-byte chunks.
     rng = np.random.default_rng(dim)
@@ -286,35 +286,39 @@ def test_search_is_the_same_with_and_without_the_filter(monkeypatch, metric, qua
     sparse = np.zeros(3000, bool)
     sparse[[5, 500, 1500, 2999]] = True
     sparse = filters.from_bitset(sparse)
-    cases = []
     # k = 1 and k past a list's size too: a first list is scanned in two
     # phases, with a cutoff only where it holds at least k rows.
-    for n_probes, n_queries, keep_filter, k in [
+    shapes = [
         (8, 300, None, 10), (2, 300, None, 10), (4, 1, None, 10), (3, 5, None, 10),
         (8, 300, keep, 10), (4, 1, keep, 10), (8, 300, None, 1), (3, 5, keep, 1),
         (2, 300, None, 250), (2, 1, None, 250), (16, 300, sparse, 10), (16, 1, sparse, 10),
-    ]:
-        params = ivf_sq.SearchParams(n_probes=n_probes)
-        cases.append((params, queries[:n_queries], keep_filter, k))
+    ]
+
+    def search_all(int_filter):
+        results = []
+        for n_probes, n_queries, keep_filter, k in shapes:
+            params = ivf_sq.SearchParams(n_probes=n_probes, int_filter=int_filter)
+            results.append(ivf_sq.search(params, index, queries[:n_queries], k,
+                                         filter=keep_filter))
+        return results
+
     runs = []
     for wide in wide_choices:
-        engine._int_weights_chosen = True
-        engine.quantizer.wide_int_weights = wide
-        expected = np.int16 if wide or quantizer == "sq8" else np.int8
-        assert engine.quantizer.int_weights_buffer(1).dtype == expected
-        with_filter = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
+        int_filter = "int16" if wide or quantizer == "sq8" else "int8"
+        params = ivf_sq.SearchParams(n_probes=8, int_filter=int_filter)
+        assert ivf_sq.search_plan(params, index, 300).int_filter == int_filter
+        with_filter = search_all(int_filter)
         # Filtered list-major scans split the queries among threads (or the
         # lists, with int16 weights for 4-bit codes): any count gives the
         # same results.
         for n_threads in (1, 3):
-            again = ivf_sq.search(cases[0][0], index, queries, 10,
+            again = ivf_sq.search(params, index, queries, 10,
                                   resources=Resources(n_threads=n_threads))
             np.testing.assert_array_equal(again[1], with_filter[0][1])
         assert set(np.unique(with_filter[-2][1])) == {-1, 5, 500, 1500, 2999}
         runs.append(with_filter)
-    monkeypatch.setattr(simd, "HAS_INT_DOTS", False)
-    assert index._engine.quantizer.n_int_weights == 0
-    without = [ivf_sq.search(p, index, q, k, filter=f) for p, q, f, k in cases]
+    without = search_all("off")
+    cases = [(None, None, keep_filter, k) for _, _, keep_filter, k in shapes]
     for (d_int, i_int), (d_float, i_float), case in (
         (run, float_run, case)
         for with_filter in runs
@@ -353,12 +357,11 @@ def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(metric, spread
     excess = engine._int8_excess(engine.lists)
     assert 0.0 <= excess <= 1.0
     assert (excess >= _ivf.SQ4_WIDE_MIN_EXCESS) == wide
-    # Chosen on the first search.
-    assert not engine.quantizer.wide_int_weights
-    ivf_sq.search(ivf_sq.SearchParams(n_probes=1), index, data[:1], 10)
-    assert engine.quantizer.wide_int_weights == wide
-    expected = np.int16 if wide else np.int8
-    assert engine.quantizer.int_weights_buffer(1).dtype == expected
+    # The planner takes the estimate's choice, computed once per snapshot.
+    params = ivf_sq.SearchParams(n_probes=1)
+    for _ in range(2):
+        assert ivf_sq.search_plan(params, index, 1).int_filter == ("int16" if wide else "int8")
+        assert engine.sq4_int16_pays(engine.lists) == wide
     # The estimate is of the int8 weights whichever the index took.
     assert engine._int8_excess(engine.lists) == excess
     # Nearest lists left empty (their vectors removed) are passed over.
@@ -371,9 +374,8 @@ def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(metric, spread
     # Longer rows keep int8 weights whatever the data.
     wider = np.concatenate([data, data[:, :4]], axis=1)
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4", metric=metric), wider)
-    ivf_sq.search(ivf_sq.SearchParams(n_probes=1), index, wider[:1], 10)
     assert index._engine.lists.codes.shape[1] > simd.SQ4_WIDE_MAX_CODE_BYTES
-    assert not index._engine.quantizer.wide_int_weights
+    assert ivf_sq.search_plan(params, index, 1).int_filter == "int8"
 
 
 def test_switching_the_filter_off_does_not_change_the_compiled_dots():

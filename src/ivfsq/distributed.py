@@ -107,8 +107,8 @@ class _Shard:
         ivf_sq.extend(self.index, self._rows(part), ids)
         return len(self.index)
 
-    def search(self, n_probes, refine_ratio, queries, k, keep_words, n_bits):
-        params = ivf_sq.SearchParams(n_probes=n_probes, refine_ratio=refine_ratio)
+    def search(self, plan_fields, queries, k, keep_words, n_bits):
+        params = ivf_sq.SearchParams(**plan_fields)
         search_filter = None
         if keep_words is not None:
             search_filter = Filter(keep_words, n_bits)
@@ -307,9 +307,11 @@ def search(search_params, index, queries, k, filter=None, batch_size=SEARCH_BATC
 
     # Up to SEARCH_BATCHES_IN_FLIGHT batches are out at once: the shards (or
     # replicas) work on the next batch while the driver merges one.
+    fields = dict(n_probes=search_params.n_probes, refine_ratio=search_params.refine_ratio,
+                  scan=search_params.scan, int_filter=search_params.int_filter)
     for start in range(0, n_queries, batch_size):
         batch = np.ascontiguousarray(queries[start:start + batch_size])
-        args = (search_params.n_probes, search_params.refine_ratio, batch, k, words_ref, n_bits)
+        args = (fields, batch, k, words_ref, n_bits)
         if index.mode == "replicated":
             shards = [index._turn % index.n_shards]
             index._turn += 1

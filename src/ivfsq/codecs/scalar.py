@@ -165,8 +165,6 @@ class ScalarQuantizer:
         self.delta = np.ascontiguousarray(delta, dtype=np.float32)
         # Where the AVX2 dots can run these codes (IVFSQ_INT_DOTS aside).
         self._int_weights_if_on = simd.n_int_weights(self.bits, self.code_size)
-        # int16 integer weights for 4-bit codes (see IvfSqEngine.choose_int_weights).
-        self.wide_int_weights = False
 
     @property
     def dim(self):
@@ -251,21 +249,20 @@ class ScalarQuantizer:
         It is on where :mod:`ivfsq.backends.cpu.simd` has its AVX2 dots and a code
         row holds at least one chunk: ``dim >= 16`` for 8-bit codes (int16
         weights), ``dim >= 64`` for 4-bit codes (int8 weights, or int16 ones
-        where :attr:`wide_int_weights`).
+        where the search plan says so: :mod:`ivfsq.ivf.planner`).
         """
         return self._int_weights_if_on if simd.HAS_INT_DOTS else 0
 
-    def int_weights_buffer(self, n_queries, enabled=True, wide=None):
+    def int_weights_buffer(self, n_queries, enabled=True, wide=False):
         """Integer weights for ``n_queries`` queries, not initialized: the
         kernels write every one (no columns when the filter is off or not
-        ``enabled``). ``wide``: int16 weights for 4-bit codes; by default
-        :attr:`wide_int_weights`."""
-        wide = self.wide_int_weights if wide is None else wide
+        ``enabled``). ``wide``: int16 weights for 4-bit codes (8-bit codes
+        always take int16 ones)."""
         dtype = simd.weight_dtype(self.bits, wide)
         n_columns = self.n_int_weights * simd.n_planes(self.bits, dtype) if enabled else 0
         return np.empty((n_queries, n_columns), dtype=dtype)
 
-    def int_weights(self, weights, enabled=True, n_threads=1, wide=None):
+    def int_weights(self, weights, enabled=True, n_threads=1, wide=False):
         """The integer filter's weights and ``kernels.INT_PARAMS`` values per
         query (scale, error bound above, error bound below, the other planes'
         scales), from :meth:`weights`' output; arrays with no columns when it

@@ -13,11 +13,13 @@ from ivfsq import metrics
 from ivfsq._progress import report
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
-from ivfsq.backends.cpu import kernels, simd
+from ivfsq.backends.cpu import kernels
+from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
 from ivfsq.codecs.scalar import ScalarQuantizer
 from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq.ivf.lists import ListStorage
+from ivfsq.ivf.planner import SMALL_BATCH_QUERIES, plan_search
 from ivfsq.ivf.transforms import random_orthogonal, rotate, unrotate
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
@@ -26,34 +28,10 @@ ENCODE_BATCH_ROWS = 65536
 # Queries per coarse-quantizer block and thread: bounds the (queries x
 # n_lists) matrix of dot products.
 COARSE_BLOCK_QUERIES = 2048
-# Batches up to this size compute their coarse dot products in a numba kernel
-# (cheaper than a BLAS call for a few queries).
-SMALL_BATCH_QUERIES = 8
-# Queries searched at a time: bounds the per-thread heaps of list-major scans.
-SEARCH_BLOCK_QUERIES = 16384
-# A batch is scanned list-major when its (query, probe) pairs are at least
-# this many times the number of lists (each list then serves several queries).
-# Measured on fashion-mnist (1,024 lists, 8 probes): the two paths break even
-# at 2 pairs per list; at 1 the per-query scan was 1.4x faster, at 4 the
-# list-major one 1.4x.
-GROUPED_MIN_PAIRS_PER_LIST = 2
-# List-major scans use the integer filter (see ivfsq.backends.cpu.simd) only for
-# code rows of at least this many bytes (by bits per code): on shorter rows
-# the per-vector work around the dots outweighs what they save. Measured
-# with 4-bit codes: 784-d (392 bytes) 1.2-1.4x faster at 16-32 probes;
-# 128-d (64 bytes) 1.3x slower at 2-4 probes. 8-bit codes (int16 weights):
-# pypi-minilm (384 bytes) 1.4-1.55x faster at 8-64 probes, fashion-mnist
-# (784) 1.2-1.3x at 16-32; 1M x 128 (128 bytes) 1.1x slower at 4 probes.
-# Per-query scans use it at every length.
-GROUPED_INT_MIN_CODE_BYTES = {4: 128, 8: 256}
 # 4-bit codes take int16 weights for the filter (on short rows) where the
 # int8 ones let this share of a list's rows more than k through (see
-# IvfSqEngine.choose_int_weights).
+# IvfSqEngine.sq4_int16_pays).
 SQ4_WIDE_MIN_EXCESS = 0.1
-# Up to SMALL_BATCH_QUERIES queries whose scan reads fewer code bytes than
-# this are searched on the calling thread in one kernel call: handing such a
-# scan to the pool costs more than it saves.
-FEW_MAX_SCAN_BYTES = 1 << 20
 
 # search_few's "no probes given" (it runs the coarse step itself).
 _NO_PROBES = np.zeros((0, 0), dtype=np.int64)
@@ -154,7 +132,7 @@ class IvfSqEngine:
         self._extend_lock = threading.Lock()
         self._half_table = None
         self._coarse_bound = None  # CoarseBound, False when it does not pay
-        self._int_weights_chosen = False
+        self._tuning = SnapshotCache()  # values tuned on a snapshot of the lists
 
     @property
     def has_precise(self):
@@ -353,14 +331,21 @@ class IvfSqEngine:
         """Whether the kernels score with (squared) L2 distances."""
         return self.kernel_metric == kernels.METRIC_L2
 
-    def coarse_probes(self, queries, n_probes, n_threads):
-        """Probed lists (best first) per query, int64 (n_queries, n_probes)."""
+    def coarse_probes(self, queries, n_probes, n_threads, in_kernel=None):
+        """Probed lists (best first) per query, int64 (n_queries, n_probes).
+
+        ``in_kernel``: the selection runs in one numba call (for a few
+        queries) instead of after a BLAS product; by default as the planner
+        chooses for the batch size.
+        """
         n_queries = queries.shape[0]
         probes = np.empty((n_queries, n_probes), dtype=np.int64)
         scores = np.empty((n_queries, n_probes), dtype=np.float32)
 
         bound = self.coarse_bound(n_probes)
-        if n_queries <= SMALL_BATCH_QUERIES:
+        if in_kernel is None:
+            in_kernel = n_queries <= SMALL_BATCH_QUERIES
+        if in_kernel:
             # One kernel call, no BLAS (the bound's dots included).
             if bound is None:
                 kernels.select_probes_small(
@@ -429,31 +414,45 @@ class IvfSqEngine:
         run_chunks(task, probes.shape[0], n_threads, min_chunk=64, chunks_per_thread=1)
         return out, sq_norms
 
-    def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0):
+    def plan(self, lists, n_queries, n_probes, n_threads, scan="auto", int_filter="auto"):
+        """The :class:`~ivfsq.ivf.planner.SearchPlan` for one block of
+        queries against the snapshot ``lists``."""
+        return plan_search(
+            self.quantizer, lists, self.centers.shape[0], n_queries,
+            min(n_probes, self.centers.shape[0]), n_threads, scan=scan, int_filter=int_filter,
+            sq4_int16_pays=lambda: self.sq4_int16_pays(lists),
+        )
+
+    def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0,
+               scan="auto", int_filter="auto"):
         """Internal (smaller is better) distances and ids, (nq, k).
 
         ``prepared`` queries come from :meth:`prepare`. With a precise store,
         ``ceil(refine_ratio * k)`` candidates per query are scored on the
         codes and re-ranked with exact distances. Large batches are searched
-        in blocks of queries, all against one snapshot of the lists.
+        in blocks of queries, all against one snapshot of the lists, each
+        as the planner says (``scan`` and ``int_filter`` override it).
         """
         lists = self.lists  # one snapshot for the whole search
-        self.choose_int_weights(lists)
         n_queries = prepared.shape[0]
-        if n_queries <= SEARCH_BLOCK_QUERIES:
-            return self._search_block(
-                prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio
-            )
         distances = np.empty((n_queries, k), dtype=np.float32)
         neighbors = np.empty((n_queries, k), dtype=np.int64)
-        for start in range(0, n_queries, SEARCH_BLOCK_QUERIES):
-            rows = slice(start, start + SEARCH_BLOCK_QUERIES)
+        start = 0
+        while start < n_queries:
+            plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter)
+            rows = slice(start, start + plan.block_queries)
+            if start == 0 and n_queries <= plan.block_queries:
+                return self._search_block(
+                    plan, prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio
+                )
             distances[rows], neighbors[rows] = self._search_block(
-                prepared[rows], lists, k, n_probes, keep_words, n_threads, refine_ratio
+                plan, prepared[rows], lists, k, n_probes, keep_words, n_threads, refine_ratio
             )
+            start += plan.block_queries
         return distances, neighbors
 
-    def _search_block(self, prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio):
+    def _search_block(self, plan, prepared, lists, k, n_probes, keep_words, n_threads,
+                      refine_ratio):
         queries = self.internal(prepared, n_threads)
         refine = lists.precise is not None
         n_queries = queries.shape[0]
@@ -464,32 +463,27 @@ class IvfSqEngine:
         keep_words, use_filter = _kernel_filter(keep_words)
         distances = np.empty((n_queries, n_candidates), dtype=np.float32)
         neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
-        if n_queries <= SMALL_BATCH_QUERIES and (
-            n_threads == 1 or self._scan_cost(lists, n_queries * n_probes) < FEW_MAX_SCAN_BYTES
-        ):
-            # A few queries and little work: the whole search in one kernel
-            # call (after one for the probes where the coarse bound pays).
+        if plan.path == "few":
+            # The whole search in one kernel call (after one for the probes
+            # where the coarse bound pays).
             probes = _NO_PROBES
             if self.coarse_bound(n_probes) is not None:
-                probes = self.coarse_probes(queries, n_probes, n_threads)
+                probes = self.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
             kernels.search_few(
                 queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
                 self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
-                refine, self.quantizer.int_weights_buffer(1), probes, distances, neighbors,
+                refine, self.quantizer.int_weights_buffer(1, plan.int_weights, plan.wide),
+                probes, distances, neighbors,
             )
             if refine:
                 return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
             return distances, neighbors
-        probes = self.coarse_probes(queries, n_probes, n_threads)
+        probes = self.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
         list_consts, query_sq_norms = self.list_constants(queries, probes, n_threads)
         weights = self.quantizer.weights(queries, n_threads)
-        grouped = n_queries * n_probes >= GROUPED_MIN_PAIRS_PER_LIST * self.centers.shape[0]
         int_weights, int_params = self.quantizer.int_weights(
-            weights,
-            enabled=(not grouped or lists.codes.shape[1] >= GROUPED_INT_MIN_CODE_BYTES[bits]
-                     or self.quantizer.wide_int_weights),
-            n_threads=n_threads,
+            weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
         )
 
         def scan(query_rows, probe_cols, out_d, out_i):
@@ -514,13 +508,13 @@ class IvfSqEngine:
                 out_i,
             )
 
-        if grouped:
+        if plan.path == "list_major":
             # Big batches: list-major, each list read once for all its queries.
             self._scan_grouped(
                 probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
                 metric, bits, keep_words, use_filter, refine, distances, neighbors, n_threads,
             )
-        elif n_queries >= n_threads or n_probes == 1:
+        elif plan.path == "per_query":
             # Batches: parallel over queries, each query's top-k in one heap.
             def task(start, stop):
                 rows = slice(start, stop)
@@ -529,7 +523,7 @@ class IvfSqEngine:
             run_chunks(task, n_queries, n_threads)
         else:
             # Few queries: parallel over probed lists, then merge the partial top-k.
-            n_parts = min(n_threads, n_probes)
+            n_parts = max(1, min(n_threads, n_probes))
             bounds = [round(n_probes * part / n_parts) for part in range(n_parts + 1)]
 
             def scan_part(part, out_d, out_i):
@@ -540,18 +534,19 @@ class IvfSqEngine:
             return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
 
-    def range_search(self, prepared, radius, n_probes, keep_words, n_threads):
+    def range_search(self, prepared, radius, n_probes, keep_words, n_threads,
+                     int_filter="auto"):
         """Per query, the stored vectors with internal distance <= ``radius``.
 
         Returns CSR arrays: ``offsets`` (n_queries + 1), ``ids`` and internal
         distances, each query's results sorted by (distance, id). The probes,
         constants and weights are those of :meth:`search`, and the codes are
         scanned by its per-query loop with the range handler (the integer
-        filter included); with a precise store the probed rows' exact
-        distances are used instead, as re-ranking does.
+        filter included, as the planner chooses it for per-query scans);
+        with a precise store the probed rows' exact distances are used
+        instead, as re-ranking does.
         """
         lists = self.lists  # one snapshot
-        self.choose_int_weights(lists)
         queries = self.internal(prepared, n_threads)
         n_queries = queries.shape[0]
         n_probes = min(n_probes, self.centers.shape[0])
@@ -573,7 +568,10 @@ class IvfSqEngine:
         else:
             list_consts, query_sq_norms = self.list_constants(queries, probes, n_threads)
             weights = self.quantizer.weights(queries, n_threads)
-            int_weights, int_params = self.quantizer.int_weights(weights, n_threads=n_threads)
+            plan = self.plan(lists, n_queries, n_probes, n_threads, "per_query", int_filter)
+            int_weights, int_params = self.quantizer.int_weights(
+                weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
+            )
 
             def task(start, stop):
                 rows = slice(start, stop)
@@ -596,27 +594,21 @@ class IvfSqEngine:
         order = np.lexsort((ids, distances, owner))
         return offsets, ids[order], distances[order]
 
-    def choose_int_weights(self, lists):
-        """Once per engine (with rows stored): int16 integer weights for
-        4-bit codes of at most ``simd.SQ4_WIDE_MAX_CODE_BYTES`` bytes where
-        the int8 ones leave too many rows for exact scoring.
+    def sq4_int16_pays(self, lists):
+        """Whether int16 filter weights pay for these 4-bit codes: where the
+        int8 ones leave too many rows of a list for exact scoring
+        (:meth:`_int8_excess` at least ``SQ4_WIDE_MIN_EXCESS``).
 
-        Which pays depends on the data, not only on the row length: on a
-        1M x 128 synthetic set the int8 bound let through 29 % of the rows
-        of a query's lists (305 per query at 1 probe, against 57 with int16
-        weights), on siftsmall (128-d too) 12 % (50 against 41). The share
-        is estimated on the index's own vectors (:meth:`_int8_excess`);
-        results are the same either way, up to float32 rounding (int8
-        weights score exactly with integer planes, int16 ones with the float
-        weights).
+        Which pays depends on the data, not only on the row length, so the
+        share is estimated on the snapshot's own vectors, once per snapshot.
+        Results are the same either way up to float32 rounding (int8 weights
+        score exactly with integer planes, int16 ones with the float weights).
         """
-        if self._int_weights_chosen or lists.size == 0:
-            return
-        quantizer = self.quantizer
-        if (quantizer.bits == 4 and quantizer.n_int_weights > 0
-                and quantizer.code_size <= simd.SQ4_WIDE_MAX_CODE_BYTES):
-            quantizer.wide_int_weights = self._int8_excess(lists) >= SQ4_WIDE_MIN_EXCESS
-        self._int_weights_chosen = True
+        if lists.size == 0:
+            return False
+        return self._tuning.get(
+            lists, "sq4_int16_pays", lambda: self._int8_excess(lists) >= SQ4_WIDE_MIN_EXCESS
+        )
 
     def _int8_excess(self, lists, k=10, n_samples=32):
         """Past the ``k`` that must be scored exactly, the share of a list's
@@ -654,12 +646,6 @@ class IvfSqEngine:
                 self._half_table = _half_table()
             return np.zeros((0, dim), dtype=np.float32), precise.view(np.uint16), self._half_table
         return precise, np.zeros((0, dim), dtype=np.uint16), np.zeros(0, dtype=np.float32)
-
-    @staticmethod
-    def _scan_cost(lists, n_pairs):
-        """Code bytes a scan of ``n_pairs`` probed lists of average size reads."""
-        n_lists = max(1, lists.list_sizes.shape[0])
-        return n_pairs * lists.size / n_lists * lists.codes.shape[1]
 
     def _scan_grouped(
         self, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,

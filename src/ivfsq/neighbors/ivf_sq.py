@@ -46,6 +46,7 @@ from ivfsq.io import format as _format
 from ivfsq.ivf import tune as _tune
 from ivfsq.ivf.engine import IvfSqEngine
 from ivfsq.ivf.lists import ListStorage
+from ivfsq.ivf.planner import INT_FILTERS, SCANS, SearchPlan
 from ivfsq.ivf.transforms import TRANSFORMS
 from ivfsq.neighbors.filters import Filter
 
@@ -53,6 +54,7 @@ __all__ = [
     "Index",
     "IndexParams",
     "SearchParams",
+    "SearchPlan",
     "build",
     "extend",
     "load",
@@ -62,6 +64,7 @@ __all__ = [
     "remove",
     "save",
     "search",
+    "search_plan",
     "tune",
 ]
 
@@ -253,19 +256,31 @@ class SearchParams:
         distances from the precise store (the returned distances are exact).
         ``None`` means 2.0. Must be >= 1; giving it for an index without a
         precise store is an error.
+    scan : {"auto", "few", "per_query", "per_list", "list_major"}, default = "auto"
+        How the probed lists are scanned; ``"auto"`` lets the planner choose
+        from the batch shape (see :func:`search_plan`). The results do not
+        depend on it beyond float32 rounding and the order of exact ties.
+    int_filter : {"auto", "off", "int8", "int16"}, default = "auto"
+        The integer pre-filter of the scan (integer dots with an error
+        bound, then exact scores for the rows it cannot rule out), with int8
+        or int16 query weights, or ``"off"``. Which ones an index can take
+        depends on its codes and the CPU; others raise ``ValueError`` at
+        search time. Like ``scan``, it changes speed, not results.
 
     Examples
     --------
     >>> from ivfsq.neighbors import ivf_sq
     >>> ivf_sq.SearchParams(n_probes=32)
-    SearchParams(n_probes=32, refine_ratio=None)
+    SearchParams(n_probes=32, refine_ratio=None, scan='auto', int_filter='auto')
     """
 
-    def __init__(self, *, n_probes=20, refine_ratio=None):
+    def __init__(self, *, n_probes=20, refine_ratio=None, scan="auto", int_filter="auto"):
         self._n_probes = check_int("n_probes", n_probes, minimum=1)
         self._refine_ratio = None
         if refine_ratio is not None:
             self._refine_ratio = check_float("refine_ratio", refine_ratio, minimum=1.0)
+        self._scan = check_choice("scan", scan, SCANS)
+        self._int_filter = check_choice("int_filter", int_filter, INT_FILTERS)
 
     def get_handle(self):
         """An opaque handle (cuVS compatibility): the parameters object itself."""
@@ -273,9 +288,12 @@ class SearchParams:
 
     n_probes = property(lambda self: self._n_probes, doc="Lists scanned per query.")
     refine_ratio = property(lambda self: self._refine_ratio, doc="Re-ranked candidates per k.")
+    scan = property(lambda self: self._scan, doc="The scan path, or 'auto'.")
+    int_filter = property(lambda self: self._int_filter, doc="The integer filter, or 'auto'.")
 
     def __repr__(self):
-        return f"SearchParams(n_probes={self._n_probes}, refine_ratio={self._refine_ratio!r})"
+        return (f"SearchParams(n_probes={self._n_probes}, refine_ratio={self._refine_ratio!r}, "
+                f"scan={self._scan!r}, int_filter={self._int_filter!r})")
 
 
 class Index:
@@ -806,7 +824,8 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
                 np.zeros(0, dtype=np.float32))
     prepared = engine.prepare("queries", queries)[0]
     offsets, neighbors, distances = engine.range_search(
-        prepared, internal, search_params.n_probes, keep_words, resolve_n_threads(resources)
+        prepared, internal, search_params.n_probes, keep_words, resolve_n_threads(resources),
+        int_filter=search_params.int_filter,
     )
     return offsets, neighbors, metric.to_public(distances)
 
@@ -892,7 +911,8 @@ def search(
     query_rows = engine.prepare("queries", queries)[0] if n_queries else queries
     if n_queries:
         out_d, out_i = engine.search(
-            query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio
+            query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio,
+            scan=search_params.scan, int_filter=search_params.int_filter,
         )
     else:
         out_d = np.empty((0, k), dtype=np.float32)
@@ -905,6 +925,45 @@ def search(
         distances[...] = out_d
         out_d = distances
     return out_d, out_i
+
+
+def search_plan(search_params, index, n_queries, resources=None):
+    """How :func:`search` would scan a batch of ``n_queries`` queries now.
+
+    The planner's choice from the batch shape, the thread count and the
+    index's lists, with ``search_params``' ``scan`` and ``int_filter``
+    overrides applied (an override the index cannot take raises
+    ``ValueError``, as the search would). A batch larger than the plan's
+    ``block_queries`` is searched in blocks, each planned for its size.
+
+    Returns
+    -------
+    plan : SearchPlan
+        ``path`` ("few", "per_query", "per_list" or "list_major"),
+        ``int_filter`` ("off", "int8" or "int16"), ``block_queries`` and
+        ``coarse_in_kernel``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivfsq.common import Resources
+    >>> from ivfsq.neighbors import ivf_sq
+    >>> dataset = np.random.default_rng(0).random((2000, 16), dtype=np.float32)
+    >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), dataset)
+    >>> params = ivf_sq.SearchParams(n_probes=4)
+    >>> ivf_sq.search_plan(params, index, 1, resources=Resources(n_threads=1)).path
+    'few'
+    >>> ivf_sq.search_plan(params, index, 1000).path
+    'list_major'
+    """
+    if not isinstance(search_params, SearchParams):
+        raise TypeError(
+            f"search_params must be an ivf_sq.SearchParams, got {type(search_params).__name__}"
+        )
+    engine = _check_index(index)
+    n_queries = check_int("n_queries", n_queries, minimum=1)
+    return engine.plan(engine.lists, n_queries, search_params.n_probes,
+                       resolve_n_threads(resources), search_params.scan, search_params.int_filter)
 
 
 def save(filename, index, resources=None):

@@ -94,12 +94,10 @@ SQ4_PLANES = 3
 # 4-bit codes take int8 weights by default. On rows of at most this many
 # bytes they may take int16 ones instead (the nibbles widened to 16-bit
 # lanes for ``vpmaddwd``): twice the multiplies of ``vpmaddubsw``, but a
-# bound as tight as the 8-bit codes'. Past it the dots cost too much more
-# (one query, rows in cache: 128-d 3.3 -> 6.9 ns, 6.0-6.2 with the bytes
-# widened as they are loaded, 384-d 9.5 -> 19.2, 784-d 11.9 -> 37.7,
-# 31-38 widened as loaded; on 128-byte rows of a 256-d synthetic set they
-# won at 1-8 probes and lost at 16). Which one an index takes is measured on
-# its own data (``IvfSqEngine.choose_int_weights``).
+# bound as tight as the 8-bit codes'. On longer rows the extra multiplies
+# cost more than the tighter bound saves (the dated benchmark pages have the
+# runs). Whether an index takes them is estimated on its own data
+# (``IvfSqEngine.sq4_int16_pays``), and the search plan carries the choice.
 SQ4_WIDE_MAX_CODE_BYTES = 64
 
 

@@ -1,0 +1,41 @@
+"""Values derived from one snapshot of an index's lists, computed once.
+
+A search reads one immutable snapshot of the lists (``extend`` and
+``remove`` replace it), so anything tuned on the stored vectors (which
+integer filter pays, for instance) is a function of the snapshot. The cache
+holds such values beside the snapshot, not on the codec or the engine, and
+drops them with it.
+"""
+
+import threading
+import weakref
+
+
+class SnapshotCache:
+    """``get(snapshot, key, compute)``: ``compute()`` once per snapshot and key.
+
+    Entries live as long as their snapshot. Two threads may compute the
+    same value at once; both results are equal, and the first one stored is
+    kept.
+
+    >>> class Snapshot:
+    ...     pass
+    >>> cache, snapshot, calls = SnapshotCache(), Snapshot(), []
+    >>> cache.get(snapshot, "answer", lambda: calls.append(1) or 42)
+    42
+    >>> cache.get(snapshot, "answer", lambda: calls.append(1) or 0), len(calls)
+    (42, 1)
+    """
+
+    def __init__(self):
+        self._entries = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, snapshot, key, compute):
+        with self._lock:
+            values = self._entries.get(snapshot)
+            if values is not None and key in values:
+                return values[key]
+        value = compute()
+        with self._lock:
+            return self._entries.setdefault(snapshot, {}).setdefault(key, value)
