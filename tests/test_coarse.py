@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import METRICS
 
-from ivfsq.backends.cpu import kernels
+from ivfsq.backends.cpu.kernels import coarse
 from ivfsq.common import Resources
 from ivfsq.datasets import make_blobs_lowrank
 from ivfsq.ivf import coarse as _coarse
@@ -49,7 +49,7 @@ def bounded_selection(bound, queries, centers, inner_product, n_probes):
     scores = np.empty((n_queries, n_probes), dtype=np.float32)
     probes = np.empty((n_queries, n_probes), dtype=np.int64)
     query_aug, query_terms = bound.query_parts(queries)
-    kernels.select_probes_bounded(
+    coarse.select_probes_bounded(
         queries, centers, np.einsum("ij,ij->i", centers, centers), not inner_product,
         query_aug @ bound.center_aug.T, query_terms, bound.center_terms, bound.scale,
         scores, probes,
@@ -134,7 +134,7 @@ def test_probe_selection_breaks_ties_by_list_number(n_lists, use_l2):
             continue
         out_scores = np.empty((40, n_probes), np.float32)
         out_lists = np.empty((40, n_probes), np.int64)
-        kernels.select_probes(dots, sq_norms, use_l2, out_scores, out_lists)
+        coarse.select_probes(dots, sq_norms, use_l2, out_scores, out_lists)
         best = lexicographic_best(scores, n_probes)
         np.testing.assert_array_equal(out_lists, best)
         np.testing.assert_array_equal(out_scores, np.take_along_axis(scores, best, axis=1))
@@ -142,7 +142,7 @@ def test_probe_selection_breaks_ties_by_list_number(n_lists, use_l2):
         small_lists = np.empty_like(out_lists)
         # The same dots, computed by the kernel: query i picks column i.
         queries = np.eye(40, dtype=np.float32)
-        kernels.select_probes_small(queries, np.ascontiguousarray(dots.T), sq_norms, use_l2,
+        coarse.select_probes_small(queries, np.ascontiguousarray(dots.T), sq_norms, use_l2,
                                     small_scores, small_lists)
         np.testing.assert_array_equal(small_lists, best)
 
@@ -246,7 +246,7 @@ def test_partial_selection_of_keys(n):
         keys_in = (order.astype(np.int64) - n // 2) * 7
         for p in sorted({1, max(1, n // 3), n}):
             keys = keys_in.copy()
-            kernels._partition_smallest(keys, n, p)
+            coarse._partition_smallest(keys, n, p)
             assert sorted(keys[:p].tolist()) == sorted(keys_in.tolist())[:p], (name, p)
             assert sorted(keys.tolist()) == sorted(keys_in.tolist())  # a permutation
 
@@ -254,9 +254,9 @@ def test_partial_selection_of_keys(n):
 def test_ordered_bits_follow_float_order():
     values = np.array([-np.inf, -3.5, -1e-40, -0.0, 0.0, 1e-40, 2.0, np.inf, np.nan],
                       dtype=np.float32)
-    ordered = [kernels._ordered_bits(b) for b in values.view(np.int32)]
+    ordered = [coarse._ordered_bits(b) for b in values.view(np.int32)]
     assert ordered == sorted(ordered)
     assert ordered[3] == ordered[4] == 0  # -0.0 and +0.0 tie, as floats do
     assert ordered[-1] > ordered[-2]  # NaN after +inf
     negative_nan = np.array([0xFFC00000], dtype=np.uint32).view(np.int32)[0]
-    assert kernels._ordered_bits(negative_nan) > ordered[-2]
+    assert coarse._ordered_bits(negative_nan) > ordered[-2]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from ivfsq.backends.cpu import _cache
+from ivfsq.backends.cpu.kernels import _cache
 
 
 def test_digest_follows_every_source_file(tmp_path):
@@ -39,7 +39,7 @@ def test_changed_helper_module_recompiles_its_callers(tmp_path):
     package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent("""
         import os
-        from ivfsq.backends.cpu import _cache
+        from ivfsq.backends.cpu.kernels import _cache
         _cache.install(os.path.dirname(__file__))
     """))
     (package / "caller.py").write_text(textwrap.dedent("""
@@ -60,8 +60,8 @@ def test_changed_helper_module_recompiles_its_callers(tmp_path):
 
 
 def test_ivfsq_kernels_carry_the_package_stamp():
-    from ivfsq.backends.cpu import kernels
+    from ivfsq.backends.cpu.kernels import encode
 
-    locator = kernels.encode_sq._cache._impl.locator
-    directory = os.path.dirname(kernels.__file__)
+    locator = encode.encode_sq._cache._impl.locator
+    directory = os.path.dirname(encode.__file__)
     assert locator.get_source_stamp() == ("ivfsq-kernels", _cache.source_digest(directory))

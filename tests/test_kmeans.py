@@ -1,7 +1,6 @@
 """k-means: the hierarchical training against the flat one, and its parts."""
 
 import numpy as np
-import pytest
 from conftest import exact_knn, recall
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -362,7 +362,7 @@ def test_range_search_with_a_precise_store_filter_and_few_probes(data):
 def test_range_search_integer_filter_changes_nothing(quantizer):
     # 96-d rows (48 bytes for SQ4, 96 for SQ8): the scan's integer filter is
     # on, with the radius as its threshold.
-    from ivfsq.backends.cpu import simd
+    from ivfsq.backends.cpu.kernels import simd
 
     base, queries = make_blobs_lowrank(4000, 96, n_queries=30, seed=11)
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer=quantizer), base)

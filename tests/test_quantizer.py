@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ivfsq.backends.cpu import kernels, simd
+from ivfsq.backends.cpu.kernels import coarse, common, encode, heaps, scan, simd
 from ivfsq.codecs.scalar import ScalarQuantizer
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor
 from ivfsq.ivf.lists import ListStorage
@@ -70,15 +70,15 @@ def _oracle_levels(codes, bits, dim):
 
 
 def _int_weights(weights, bits, code_size, use_int):
-    """The integer filter's weights (see ivfsq.backends.cpu.simd), or none."""
+    """The integer filter's weights (see ivfsq.backends.cpu.kernels.simd), or none."""
     if not use_int:
         return (np.zeros((weights.shape[0], 0), np.int8),
-                np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32))
+                np.zeros((weights.shape[0], common.INT_PARAMS), np.float32))
     dtype = simd.weight_dtype(bits)
     out = np.zeros((weights.shape[0], simd.n_int_weights(bits, code_size)
                     * simd.n_planes(bits, dtype)), dtype)
-    params = np.zeros((weights.shape[0], kernels.INT_PARAMS), np.float32)
-    kernels.query_int_weights(weights, bits, code_size, out, params)
+    params = np.zeros((weights.shape[0], common.INT_PARAMS), np.float32)
+    encode.query_int_weights(weights, bits, code_size, out, params)
     return out, params
 
 
@@ -110,10 +110,10 @@ def test_scan_kernel_matches_numpy_oracle(bits, emit_rows, dim, use_int):
     consts = rng.standard_normal((3, 2)).astype(np.float32)
     q_sq = rng.random(3).astype(np.float32)
     int_weights, int_params = _int_weights(weights, bits, code_size, use_int)
-    for metric in (kernels.METRIC_L2, kernels.METRIC_IP, kernels.METRIC_COSINE):
+    for metric in (common.METRIC_L2, common.METRIC_IP, common.METRIC_COSINE):
         out_d = np.empty((3, k), np.float32)
         out_i = np.empty((3, k), np.int64)
-        kernels.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, list_offsets,
+        scan.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, list_offsets,
                            list_sizes, metric, bits, np.zeros(0, np.uint32), False,
                            emit_rows, int_weights, int_params, out_d, out_i)
         for i in range(3):
@@ -124,9 +124,9 @@ def test_scan_kernel_matches_numpy_oracle(bits, emit_rows, dim, use_int):
                     continue
                 rows = np.arange(list_offsets[lst], list_offsets[lst] + list_sizes[lst])
                 s = consts[i, p] + levels[rows].astype(np.float64) @ dim_weights[i]
-                if metric == kernels.METRIC_L2:
+                if metric == common.METRIC_L2:
                     d = q_sq[i] + aux[rows] - 2 * s
-                elif metric == kernels.METRIC_IP:
+                elif metric == common.METRIC_IP:
                     d = -s
                 else:
                     d = 1 - aux[rows] * s
@@ -143,11 +143,11 @@ def test_merge_topk_breaks_ties_by_smaller_id_and_skips_padding():
     cand_i = np.array([[5, 9, 4, -1, 8, 7]], np.int64)
     out_d = np.empty((1, 4), np.float32)
     out_i = np.empty((1, 4), np.int64)
-    kernels.merge_topk(cand_d, cand_i, False, out_d, out_i)
+    heaps.merge_topk(cand_d, cand_i, False, out_d, out_i)
     assert out_i.tolist() == [[4, 7, 9, 8]]
     out_d = np.empty((1, 7), np.float32)
     out_i = np.empty((1, 7), np.int64)
-    kernels.merge_topk(cand_d, cand_i, False, out_d, out_i)
+    heaps.merge_topk(cand_d, cand_i, False, out_d, out_i)
     assert out_i.tolist() == [[4, 7, 9, 8, 5, -1, -1]]
     assert np.isinf(out_d[0, 5:]).all()
 
@@ -205,7 +205,7 @@ def test_small_batch_probe_selection_matches_blas_path(use_l2):
     centers = rng.standard_normal((40, 24)).astype(np.float32)
     sq_norms = (centers.astype(np.float64) ** 2).sum(1).astype(np.float32)
     small_scores, small_lists = np.empty((5, 6), np.float32), np.empty((5, 6), np.int64)
-    kernels.select_probes_small(queries, centers, sq_norms, use_l2, small_scores, small_lists)
+    coarse.select_probes_small(queries, centers, sq_norms, use_l2, small_scores, small_lists)
     dots = queries.astype(np.float64) @ centers.T.astype(np.float64)
     oracle = sq_norms[None, :] - 2 * dots if use_l2 else -dots
     np.testing.assert_array_equal(small_lists, np.argsort(oracle, axis=1)[:, :6])
@@ -222,7 +222,7 @@ def test_list_constants_match_numpy(by_residual, use_l2):
     probes = rng.integers(0, 10, (7, 3))
     out = np.empty((7, 3), np.float32)
     sq_norms = np.full(7, np.nan, np.float32)
-    kernels.list_constants(queries, centers, probes, vmin, by_residual, use_l2, out, sq_norms)
+    encode.list_constants(queries, centers, probes, vmin, by_residual, use_l2, out, sq_norms)
     q = queries.astype(np.float64)
     expected = (q @ vmin.astype(np.float64))[:, None] + np.zeros((7, 3))
     if by_residual:
@@ -235,7 +235,7 @@ def test_list_constants_match_numpy(by_residual, use_l2):
 def test_normalize_rows_kernel():
     vectors = np.array([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]], np.float32)
     nonzero = np.empty(3, np.bool_)
-    kernels.normalize_rows(vectors, nonzero)
+    encode.normalize_rows(vectors, nonzero)
     np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]], rtol=1e-6)
     assert nonzero.tolist() == [True, False, True]
 
@@ -257,7 +257,7 @@ def test_merge_topk_from_a_first_heap_matches_oracle():
         cand_i = np.concatenate([first_i, rest_i])[None]
         out_d = np.empty((1, k), np.float32)
         out_i = np.empty((1, k), np.int64)
-        kernels.merge_topk(cand_d, cand_i, True, out_d, out_i)
+        heaps.merge_topk(cand_d, cand_i, True, out_d, out_i)
         valid = cand_i[0] >= 0
         expected = np.lexsort((cand_i[0][valid], cand_d[0][valid]))[:k]
         np.testing.assert_array_equal(out_i[0], cand_i[0][valid][expected])
@@ -274,7 +274,7 @@ def test_quantization_mse_matches_numpy_oracle():
     offsets = rng.choice([0.0, 0.5, 0.25, -0.499], size=(400, dim))
     values = (lo + (codes + offsets) * delta).astype(np.float32)
     out = np.empty(dim)
-    kernels.quantization_mse(values, lo, delta, levels, out)
+    encode.quantization_mse(values, lo, delta, levels, out)
     wide = values.astype(np.float64)
     levels_taken = np.clip(np.floor((wide - lo) / delta + 0.5), 0, levels)
     expected = ((lo + levels_taken * delta - wide) ** 2).mean(axis=0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from ivfsq.backends.cpu import kernels, simd
+from ivfsq.backends.cpu.kernels import common, encode, grouped, heaps, scan, simd
 from ivfsq.common import Resources
 from ivfsq.ivf import engine as _ivf
 from ivfsq.neighbors import filters, ivf_sq
@@ -177,8 +177,8 @@ def test_int_weights_bound_the_exact_dot(bits, dtype, code_size):
     # Not zeroed first: the kernel writes every weight, those of the bytes
     # that the last chunk re-reads included (zeros, checked below).
     int_weights = np.full((5, n_planes * width), 99, dtype)
-    params = np.zeros((5, kernels.INT_PARAMS), np.float32)
-    kernels.query_int_weights(weights, bits, code_size, int_weights, params)
+    params = np.zeros((5, common.INT_PARAMS), np.float32)
+    encode.query_int_weights(weights, bits, code_size, int_weights, params)
     limit = simd.weight_limit(bits, code_size, dtype)
     # The largest weight uses the range.
     assert np.abs(int_weights[:, :width].astype(int)).max() == limit
@@ -235,14 +235,14 @@ def test_int_weights_bound_the_exact_dot(bits, dtype, code_size):
 
 
 def _unpacked(codes, bits):
-    """Code levels in the layout of kernels.query_weights (int64): bytes, or
+    """Code levels in the layout of encode.query_weights (int64): bytes, or
     low nibbles then high nibbles."""
     codes = codes.astype(np.int64)
     return codes if bits == 8 else np.hstack([codes & 15, codes >> 4])
 
 
 def _float_layout(int_weights, bits, code_size):
-    """The integer weights in the layout of kernels.query_weights (int64)."""
+    """The integer weights in the layout of encode.query_weights (int64)."""
     n_weights = code_size if bits == 8 else 2 * code_size
     out = np.zeros((int_weights.shape[0], n_weights), np.int64)
     chunk_bytes = simd.CHUNK_BYTES[bits]
@@ -275,8 +275,8 @@ def test_search_is_the_same_with_and_without_the_filter(metric, quantizer, dim):
     # at k = 10 (the list-major path too), and in one at k = 1.
     code_size = index._engine.lists.codes.shape[1]
     typical = int(np.median(index._engine.lists.list_sizes))
-    assert kernels.two_phase_pays(10, code_size, typical) == (dim == 300)
-    assert not kernels.two_phase_pays(1, code_size, typical)
+    assert scan.two_phase_pays(10, code_size, typical) == (dim == 300)
+    assert not scan.two_phase_pays(1, code_size, typical)
     kept_ids = np.flatnonzero(rng.random(3000) < 0.7)
     bitset = np.zeros(-(-3000 // 32), np.uint32)
     np.bitwise_or.at(bitset, kept_ids // 32, (1 << (kept_ids % 32)).astype(np.uint32))
@@ -382,7 +382,7 @@ def test_switching_the_filter_off_does_not_change_the_compiled_dots():
     # The kernels' disk cache is keyed on the CPU, not on the environment: a
     # run with IVFSQ_INT_DOTS=0 must compile (and cache) the same dots.
     code = (
-        "from ivfsq.backends.cpu import simd; "
+        "from ivfsq.backends.cpu.kernels import simd; "
         "print(simd._row_dots is simd._row_dots_ir, simd.HAS_AVX2_DOTS, simd.HAS_INT_DOTS)"
     )
     env = {**os.environ, "IVFSQ_INT_DOTS": "0"}
@@ -393,7 +393,7 @@ def test_switching_the_filter_off_does_not_change_the_compiled_dots():
 
 @njit
 def _cover(values, k, n_buckets):
-    return kernels._kth_smallest_cover(values, values.shape[0], k,
+    return scan._kth_smallest_cover(values, values.shape[0], k,
                                        np.empty(n_buckets, np.int64))
 
 
@@ -429,14 +429,14 @@ def test_kth_smallest_cover_is_a_value_at_or_above_the_kth(n_buckets):
 @pytest.mark.parametrize("bits, dtype", WEIGHT_KINDS)
 @pytest.mark.parametrize("code_size", [40, 64, 150])
 def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
-    """Rows of two chunks up to kernels.FOUR_ROWS_MAX_CODE_BYTES take their
+    """Rows of two chunks up to scan.FOUR_ROWS_MAX_CODE_BYTES take their
     integer dots four rows at a time, and list-major blocks of fewer than
     four queries scan per query: lists of 1 to 13 rows (last blocks that
     overlap), a bitset filter, top-k, range and list-major scans must give
     what the float path gives."""
     if bits == 4 and np.dtype(dtype).itemsize == 2 and code_size > simd.SQ4_WIDE_MAX_CODE_BYTES:
         pytest.skip("int16 weights for 4-bit codes only on short rows")
-    assert code_size <= kernels.FOUR_ROWS_MAX_CODE_BYTES
+    assert code_size <= scan.FOUR_ROWS_MAX_CODE_BYTES
     rng = np.random.default_rng(code_size + bits)
     sizes = np.array([1, 2, 3, 4, 5, 6, 7, 9, 13], np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
@@ -449,8 +449,8 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
     weights = weights.astype(np.float32)
     int_weights = np.empty((n_queries, simd.n_int_weights(bits, code_size)
                             * simd.n_planes(bits, dtype)), dtype)
-    params = np.zeros((n_queries, kernels.INT_PARAMS), np.float32)
-    kernels.query_int_weights(weights, bits, code_size, int_weights, params)
+    params = np.zeros((n_queries, common.INT_PARAMS), np.float32)
+    encode.query_int_weights(weights, bits, code_size, int_weights, params)
     # No columns: the float path (the same dtype: no extra compilation).
     no_int = (np.zeros((n_queries, 0), dtype), params)
     probes = np.stack([rng.permutation(sizes.shape[0])[:n_probes] for _ in range(n_queries)])
@@ -463,41 +463,41 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
     def top_k(int_args, keep, use_filter):
         out_d = np.empty((n_queries, k), np.float32)
         out_i = np.empty((n_queries, k), np.int64)
-        kernels.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, offsets, sizes,
-                           kernels.METRIC_L2, bits, keep, use_filter, False, *int_args,
-                           out_d, out_i)
+        scan.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, offsets, sizes,
+                        common.METRIC_L2, bits, keep, use_filter, False, *int_args,
+                        out_d, out_i)
         return out_d, out_i
 
-    def grouped(int_args, keep, use_filter):
+    def list_major(int_args, keep, use_filter):
         pair_offsets, pair_queries, pair_consts = _ivf._pair_groups(
             probes, consts, np.arange(probes.size), sizes.shape[0]
         )
         heap_d = np.empty((n_queries, k), np.float32)
         heap_i = np.empty((n_queries, k), np.int64)
-        kernels.init_heaps(heap_d, heap_i)
-        kernels.scan_lists_grouped(
+        heaps.init_heaps(heap_d, heap_i)
+        grouped.scan_lists_grouped(
             np.flatnonzero(np.diff(pair_offsets)), pair_offsets, pair_queries, pair_consts,
-            weights, q_sq, codes, ids, aux, offsets, sizes, kernels.METRIC_L2, bits, keep,
+            weights, q_sq, codes, ids, aux, offsets, sizes, common.METRIC_L2, bits, keep,
             use_filter, False, *int_args, heap_d, heap_i,
         )
         out_d = np.empty((n_queries, k), np.float32)
         out_i = np.empty((n_queries, k), np.int64)
-        kernels.merge_topk(heap_d, heap_i, True, out_d, out_i)
+        heaps.merge_topk(heap_d, heap_i, True, out_d, out_i)
         return out_d, out_i
 
     def in_range(int_args, keep, use_filter):
-        counts, found, _ = kernels.range_lists(
+        counts, found, _ = scan.range_lists(
             probes, consts, weights, q_sq, codes, ids, aux, offsets, sizes,
-            kernels.METRIC_L2, bits, keep, use_filter, *int_args, np.float32(radius),
+            common.METRIC_L2, bits, keep, use_filter, *int_args, np.float32(radius),
         )
         return counts, found
 
     float_d, _ = top_k(no_int, bitset, False)
     radius = np.median(float_d[:, -1])
     for keep, use_filter in ((np.zeros(0, np.uint32), False), (bitset, True)):
-        for scan in (top_k, grouped):
-            expected_d, expected_i = scan(no_int, keep, use_filter)
-            got_d, got_i = scan((int_weights, params), keep, use_filter)
+        for run in (top_k, list_major):
+            expected_d, expected_i = run(no_int, keep, use_filter)
+            got_d, got_i = run((int_weights, params), keep, use_filter)
             np.testing.assert_array_equal(got_i, expected_i)
             np.testing.assert_allclose(got_d, expected_d, rtol=1e-5, atol=1e-4)
             if use_filter:

@@ -265,7 +265,7 @@ def _merge(results, k, metric):
     internal[neighbors < 0] = pad
     out_d = np.empty((internal.shape[0], k), dtype=np.float32)
     out_i = np.empty((internal.shape[0], k), dtype=np.int64)
-    kernels.merge_topk(internal, np.ascontiguousarray(neighbors), False, out_d, out_i)
+    kernels.heaps.merge_topk(internal, np.ascontiguousarray(neighbors), False, out_d, out_i)
     return metric.sort_key(out_d), out_i
 
 

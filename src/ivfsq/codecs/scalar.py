@@ -26,7 +26,7 @@ are clamped.
 import numpy as np
 
 from ivfsq._threads import run_chunks
-from ivfsq.backends.cpu import kernels, simd
+from ivfsq.backends.cpu import kernels
 
 # Queries per chunk when the weights are computed on several threads.
 WEIGHTS_MIN_CHUNK = 256
@@ -80,7 +80,7 @@ def _quantization_mse(values, lo, hi, levels):
     delta = np.where(span > 0, span / levels, 1.0)
     out = np.empty(values.shape[1], dtype=np.float64)
     # float32 values are widened inside the kernel (the same float64 sums).
-    kernels.quantization_mse(
+    kernels.encode.quantization_mse(
         np.ascontiguousarray(values), np.ascontiguousarray(lo, np.float64),
         np.ascontiguousarray(delta, np.float64), float(levels), out,
     )
@@ -164,7 +164,7 @@ class ScalarQuantizer:
         self.vmin = np.ascontiguousarray(vmin, dtype=np.float32)
         self.delta = np.ascontiguousarray(delta, dtype=np.float32)
         # Where the AVX2 dots can run these codes (IVFSQ_INT_DOTS aside).
-        self._int_weights_if_on = simd.n_int_weights(self.bits, self.code_size)
+        self._int_weights_if_on = kernels.simd.n_int_weights(self.bits, self.code_size)
 
     @property
     def dim(self):
@@ -197,7 +197,7 @@ class ScalarQuantizer:
         n_rows = vectors.shape[0]
         codes = np.zeros((n_rows, self.code_size), dtype=np.uint8)
         decoded = np.empty((n_rows, self.dim), dtype=np.float32)
-        kernels.encode_sq(
+        kernels.encode.encode_sq(
             vectors,
             np.ascontiguousarray(centers, dtype=np.float32),
             np.ascontiguousarray(labels, dtype=np.int64),
@@ -234,7 +234,7 @@ class ScalarQuantizer:
         out = np.zeros((queries.shape[0], n_weights), dtype=np.float32)
 
         def task(start, stop):
-            kernels.query_weights(
+            kernels.encode.query_weights(
                 queries[start:stop], self.delta, self.bits, self.code_size, out[start:stop]
             )
 
@@ -246,35 +246,35 @@ class ScalarQuantizer:
     def n_int_weights(self):
         """Integer weights per query of the scan filter, 0 when it is off.
 
-        It is on where :mod:`ivfsq.backends.cpu.simd` has its AVX2 dots and a code
+        It is on where :mod:`ivfsq.backends.cpu.kernels.simd` has its AVX2 dots and a code
         row holds at least one chunk: ``dim >= 16`` for 8-bit codes (int16
         weights), ``dim >= 64`` for 4-bit codes (int8 weights, or int16 ones
         where the search plan says so: :mod:`ivfsq.ivf.planner`).
         """
-        return self._int_weights_if_on if simd.HAS_INT_DOTS else 0
+        return self._int_weights_if_on if kernels.simd.HAS_INT_DOTS else 0
 
     def int_weights_buffer(self, n_queries, enabled=True, wide=False):
         """Integer weights for ``n_queries`` queries, not initialized: the
         kernels write every one (no columns when the filter is off or not
         ``enabled``). ``wide``: int16 weights for 4-bit codes (8-bit codes
         always take int16 ones)."""
-        dtype = simd.weight_dtype(self.bits, wide)
-        n_columns = self.n_int_weights * simd.n_planes(self.bits, dtype) if enabled else 0
+        dtype = kernels.simd.weight_dtype(self.bits, wide)
+        n_columns = self.n_int_weights * kernels.simd.n_planes(self.bits, dtype) if enabled else 0
         return np.empty((n_queries, n_columns), dtype=dtype)
 
     def int_weights(self, weights, enabled=True, n_threads=1, wide=False):
-        """The integer filter's weights and ``kernels.INT_PARAMS`` values per
+        """The integer filter's weights and ``kernels.common.INT_PARAMS`` values per
         query (scale, error bound above, error bound below, the other planes'
         scales), from :meth:`weights`' output; arrays with no columns when it
         is off (or not ``enabled`` by the caller). ``wide`` as in
         :meth:`int_weights_buffer`."""
         n_queries = weights.shape[0]
         out = self.int_weights_buffer(n_queries, enabled, wide)
-        params = np.zeros((n_queries, kernels.INT_PARAMS), dtype=np.float32)
+        params = np.zeros((n_queries, kernels.common.INT_PARAMS), dtype=np.float32)
         if out.shape[1]:
             def task(start, stop):
                 rows = slice(start, stop)
-                kernels.query_int_weights(
+                kernels.encode.query_int_weights(
                     weights[rows], self.bits, self.code_size, out[rows], params[rows]
                 )
 

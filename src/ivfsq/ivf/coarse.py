@@ -17,7 +17,7 @@ is avoidable without changing which lists are picked:
 
   each is ``query_term + center_term + scale * (q_aug . c_aug)`` with the
   dot replaced by its bound.
-- The kernel (:func:`ivfsq.backends.cpu.kernels.select_probes_bounded`) scores a few
+- The kernel (:func:`ivfsq.backends.cpu.probes.select_probes_bounded`) scores a few
   lists with the best bounds exactly, then every list whose bound could
   still beat the ``n_probes``-th exact score. A list it skips cannot be
   among the best, so the selection is that of the full computation (up to
@@ -123,7 +123,7 @@ class CoarseBound:
         np.matmul(queries, self.basis.T, out=query_aug[:, :-1])
         terms = np.empty(queries.shape[0], dtype=np.float32)
         max_center, max_term = self.slack_terms
-        kernels.bound_query_parts(
+        kernels.coarse.bound_query_parts(
             queries, self.mean, self.projected_mean, self.inner_product, SLACK, max_center,
             max_term, query_aug, terms,
         )
@@ -133,7 +133,7 @@ class CoarseBound:
         """The probes of a few queries (:func:`select_probes_bounded_few`:
         one kernel call, no BLAS)."""
         max_center, max_term = self.slack_terms
-        kernels.select_probes_bounded_few(
+        kernels.coarse.select_probes_bounded_few(
             queries, self.basis, self.mean, self.projected_mean, self.inner_product, SLACK,
             max_center, max_term, self.center_aug, self.center_terms, self.scale, centers,
             center_sq_norms, use_l2, out_scores, out_lists,

@@ -42,7 +42,7 @@ def normalize_rows(vectors):
     """Rows (float32, C-contiguous) scaled to unit L2 norm in place; zero rows
     stay zero. Returns the vectors and a boolean mask of the nonzero rows."""
     nonzero = np.empty(vectors.shape[0], dtype=np.bool_)
-    kernels.normalize_rows(vectors, nonzero)
+    kernels.encode.normalize_rows(vectors, nonzero)
     return vectors, nonzero
 
 
@@ -68,7 +68,7 @@ def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_
 
     def merge(start, stop):
         rows = slice(start, stop)
-        kernels.merge_topk(all_d[rows], all_i[rows], parts_are_heaps, out_distances[rows],
+        kernels.heaps.merge_topk(all_d[rows], all_i[rows], parts_are_heaps, out_distances[rows],
                            out_ids[rows])
 
     run_chunks(merge, n_queries, n_threads, min_chunk=256, chunks_per_thread=1)
@@ -118,7 +118,7 @@ class IvfSqEngine:
         rotation=None,
     ):
         self.metric = metrics.get(metric) if isinstance(metric, str) else metric
-        self.kernel_metric = kernels.METRIC_CODES[self.metric.family]
+        self.kernel_metric = kernels.common.METRIC_CODES[self.metric.family]
         # Centers (like codes, queries and the precise store) live in the
         # rotated space when there is a rotation.
         self.centers = centers
@@ -329,7 +329,7 @@ class IvfSqEngine:
     @property
     def _use_l2(self):
         """Whether the kernels score with (squared) L2 distances."""
-        return self.kernel_metric == kernels.METRIC_L2
+        return self.kernel_metric == kernels.common.METRIC_L2
 
     def coarse_probes(self, queries, n_probes, n_threads, in_kernel=None):
         """Probed lists (best first) per query, int64 (n_queries, n_probes).
@@ -348,7 +348,7 @@ class IvfSqEngine:
         if in_kernel:
             # One kernel call, no BLAS (the bound's dots included).
             if bound is None:
-                kernels.select_probes_small(
+                kernels.coarse.select_probes_small(
                     queries, self.centers, self.center_sq_norms, self._use_l2, scores, probes
                 )
             else:
@@ -364,12 +364,12 @@ class IvfSqEngine:
                 rows = slice(block, min(stop, block + COARSE_BLOCK_QUERIES))
                 if bound is None:
                     dots = queries[rows] @ self.centers.T
-                    kernels.select_probes(
+                    kernels.coarse.select_probes(
                         dots, self.center_sq_norms, self._use_l2, scores[rows], probes[rows]
                     )
                     continue
                 query_aug, query_terms = bound.query_parts(queries[rows])
-                kernels.select_probes_bounded(
+                kernels.coarse.select_probes_bounded(
                     queries[rows], self.centers, self.center_sq_norms, self._use_l2,
                     query_aug @ bound.center_aug.T, query_terms, bound.center_terms,
                     bound.scale, scores[rows], probes[rows],
@@ -406,7 +406,7 @@ class IvfSqEngine:
 
         def task(start, stop):
             rows = slice(start, stop)
-            kernels.list_constants(
+            kernels.encode.list_constants(
                 queries[rows], self.centers, probes[rows], self.quantizer.vmin,
                 self.by_residual, self._use_l2, out[rows], sq_norms[rows],
             )
@@ -469,7 +469,7 @@ class IvfSqEngine:
             probes = _NO_PROBES
             if self.coarse_bound(n_probes) is not None:
                 probes = self.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-            kernels.search_few(
+            kernels.scan.search_few(
                 queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
                 self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
@@ -486,8 +486,8 @@ class IvfSqEngine:
             weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
         )
 
-        def scan(query_rows, probe_cols, out_d, out_i):
-            kernels.scan_lists(
+        def scan_pairs(query_rows, probe_cols, out_d, out_i):
+            kernels.scan.scan_lists(
                 np.ascontiguousarray(probes[query_rows, probe_cols]),
                 np.ascontiguousarray(list_consts[query_rows, probe_cols]),
                 weights[query_rows],
@@ -518,7 +518,7 @@ class IvfSqEngine:
             # Batches: parallel over queries, each query's top-k in one heap.
             def task(start, stop):
                 rows = slice(start, stop)
-                scan(rows, slice(None), distances[rows], neighbors[rows])
+                scan_pairs(rows, slice(None), distances[rows], neighbors[rows])
 
             run_chunks(task, n_queries, n_threads)
         else:
@@ -527,7 +527,7 @@ class IvfSqEngine:
             bounds = [round(n_probes * part / n_parts) for part in range(n_parts + 1)]
 
             def scan_part(part, out_d, out_i):
-                scan(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
+                scan_pairs(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
 
             _scan_in_parts(n_parts, scan_part, distances, neighbors, n_threads)
         if refine:
@@ -560,7 +560,7 @@ class IvfSqEngine:
 
             def task(start, stop):
                 rows = slice(start, stop)
-                chunks[start] = kernels.range_exact(
+                chunks[start] = kernels.exact.range_exact(
                     np.ascontiguousarray(probes[rows]), prepared[rows], lists.ids,
                     lists.list_offsets, lists.list_sizes, metric, keep_words, use_filter,
                     radius, precise, half_bits, half_table,
@@ -575,7 +575,7 @@ class IvfSqEngine:
 
             def task(start, stop):
                 rows = slice(start, stop)
-                chunks[start] = kernels.range_lists(
+                chunks[start] = kernels.scan.range_lists(
                     np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
                     weights[rows], query_sq_norms[rows], lists.codes, lists.ids, lists.aux,
                     lists.list_offsets, lists.list_sizes, metric, self.quantizer.bits,
@@ -629,7 +629,7 @@ class IvfSqEngine:
         weights = quantizer.weights(queries)
         int_weights, params = quantizer.int_weights(weights, wide=False)
         excess = np.empty(queries.shape[0], dtype=np.float64)
-        kernels.int_filter_excess(
+        kernels.scan.int_filter_excess(
             np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]), weights,
             query_sq_norms, lists.codes, lists.aux, lists.list_offsets, lists.list_sizes,
             self.kernel_metric, 4, int_weights, params, k, excess,
@@ -666,7 +666,7 @@ class IvfSqEngine:
         k-th distance is tight early and fewer candidates pass the filter.
         Fashion-mnist SQ4, 2,000 queries, 1 thread, lead pairs first: 1.1x
         faster at 16-32 probes, even at 4-8. Where
-        :func:`kernels.two_phase_pays`, the lead lists are scanned in
+        :func:`kernels.scan.two_phase_pays`, the lead lists are scanned in
         two phases (bounds of every row, then exact scores for the rows
         the k-th smallest upper bound leaves in). On fashion-mnist at 4
         probes, a replay of the scan counts 17 exact scores per query in
@@ -695,8 +695,8 @@ class IvfSqEngine:
         bounds = [0, *cuts.tolist(), active.shape[0]]
 
         def scan_part(part, part_d, part_i):
-            kernels.init_heaps(part_d, part_i)
-            kernels.scan_lists_grouped(
+            kernels.heaps.init_heaps(part_d, part_i)
+            kernels.grouped.scan_lists_grouped(
                 active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
                 pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
                 lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
@@ -716,19 +716,19 @@ class IvfSqEngine:
         n_lists = self.centers.shape[0]
         k = out_distances.shape[1]
         mean_rows = lists.size / max(1, n_lists)
-        first_kernel = kernels.scan_lists_grouped
-        if kernels.two_phase_pays(k, lists.codes.shape[1], mean_rows):
-            first_kernel = kernels.scan_first_lists_grouped
+        first_kernel = kernels.grouped.scan_lists_grouped
+        if kernels.scan.two_phase_pays(k, lists.codes.shape[1], mean_rows):
+            first_kernel = kernels.grouped.scan_first_lists_grouped
 
         def task(start, stop):
             rows = slice(start, stop)
             part_probes = probes[rows]
             heap_d = np.empty((stop - start, k), dtype=np.float32)
             heap_i = np.empty((stop - start, k), dtype=np.int64)
-            kernels.init_heaps(heap_d, heap_i)
+            kernels.heaps.init_heaps(heap_d, heap_i)
             is_lead = np.arange(part_probes.size) % n_probes == 0
             for kernel, pairs in ((first_kernel, np.flatnonzero(is_lead)),
-                                  (kernels.scan_lists_grouped, np.flatnonzero(~is_lead))):
+                                  (kernels.grouped.scan_lists_grouped, np.flatnonzero(~is_lead))):
                 pair_offsets, pair_queries, pair_consts = _pair_groups(
                     part_probes, list_consts[rows], pairs, n_lists
                 )
@@ -738,7 +738,7 @@ class IvfSqEngine:
                     lists.aux, lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
                     use_filter, emit_rows, int_weights[rows], int_params[rows], heap_d, heap_i,
                 )
-            kernels.merge_topk(heap_d, heap_i, True, out_distances[rows], out_ids[rows])
+            kernels.heaps.merge_topk(heap_d, heap_i, True, out_distances[rows], out_ids[rows])
 
         run_chunks(task, n_queries, n_threads, chunks_per_thread=1)
 
@@ -751,7 +751,7 @@ class IvfSqEngine:
 
         def task(start, stop):
             rows = slice(start, stop)
-            kernels.rerank_rows(
+            kernels.exact.rerank_rows(
                 queries[rows], precise, half_bits, half_table, candidate_rows[rows],
                 lists.ids, metric, distances[rows], neighbors[rows],
             )

@@ -257,7 +257,7 @@ def _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters,
         )
         sums = np.zeros((n_clusters, dim), dtype=np.float64)
         counts = np.zeros(n_clusters, dtype=np.int64)
-        kernels.accumulate_clusters(sample, labels, sums, counts)
+        kernels.encode.accumulate_clusters(sample, labels, sums, counts)
         nonempty = counts > 0
         centers[nonempty] = (sums[nonempty] / counts[nonempty, None]).astype(np.float32)
         if iteration < split_iters:

@@ -30,7 +30,7 @@ row holds a whole chunk (``ScalarQuantizer.n_int_weights``).
 
 from dataclasses import dataclass
 
-from ivfsq.backends.cpu import simd
+from ivfsq.backends.cpu import kernels
 
 __all__ = ["SCANS", "INT_FILTERS", "SearchPlan", "plan_search"]
 
@@ -155,7 +155,7 @@ def _choose_int_filter(quantizer, lists, path, allowed, sq4_int16_pays):
     if len(allowed) == 1:
         return "off"
     bits = quantizer.bits
-    wide = (bits == 4 and quantizer.code_size <= simd.SQ4_WIDE_MAX_CODE_BYTES
+    wide = (bits == 4 and quantizer.code_size <= kernels.simd.SQ4_WIDE_MAX_CODE_BYTES
             and sq4_int16_pays is not None and sq4_int16_pays())
     if (path == "list_major" and lists.codes.shape[1] < GROUPED_INT_MIN_CODE_BYTES[bits]
             and not wide):

@@ -100,11 +100,11 @@ def refine(
     local_candidates = np.where(candidates >= 0, np.searchsorted(used, candidates), -1)
 
     def task(start, stop):
-        kernels.refine_exact(
+        kernels.exact.refine_exact(
             local,
             queries[start:stop],
             local_candidates[start:stop],
-            kernels.METRIC_CODES[metric.family],
+            kernels.common.METRIC_CODES[metric.family],
             out_d[start:stop],
             out_i[start:stop],
         )

@@ -35,7 +35,7 @@ plain numba loops, so that kernels referring to them still compile, though
 the scan then never calls them. ``IVFSQ_INT_DOTS=0`` turns the integer path
 off (without changing the compiled code). numba's disk cache of the
 kernels that call these is keyed on every file of this package (see
-:mod:`ivfsq.backends.cpu._cache`), so editing the IR here recompiles them.
+:mod:`ivfsq.backends.cpu.kernels._cache`), so editing the IR here recompiles them.
 
 Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
 weights of dtype :func:`weight_dtype`): a code row of ``code_size >=
@@ -81,7 +81,7 @@ SQ8_MAX_WEIGHT_LIMIT = 32767
 SQ8_MIN_WEIGHT_LIMIT = 255
 # 4-bit codes with int8 weights: each query's float weights ``w`` are split
 # into this many int8 planes, ``w ~ s1 W1 + s2 W2 + s3 W3``, each plane the
-# rounded residual of the ones before it (see kernels._int_weights_row).
+# rounded residual of the ones before it (see encode.int_weights_row).
 # The first is the filter's; the exact score of a row it lets through is
 # ``s1 (W1 . u) + s2 (W2 . u) + s3 (W3 . u)``, summed in float64: two more
 # integer dots instead of a float one, which cost 2-3 times as much on

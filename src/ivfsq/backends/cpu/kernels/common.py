@@ -1,0 +1,31 @@
+"""Codes and flags the kernels share: metric families, what a scan does with a
+row that passes, the integer filter's per-query parameters, numba options.
+"""
+
+# Score cases of the kernels, one per metric family (ivfsq.metrics). The
+# per-vector auxiliary value ``aux`` differs per case: ||x_hat||^2 for L2,
+# unused for inner product, 1/||x_hat|| for cosine (0 for a zero vector,
+# giving cosine distance 1).
+METRIC_L2 = 0
+METRIC_IP = 1
+METRIC_COSINE = 2
+METRIC_CODES = {"l2": METRIC_L2, "ip": METRIC_IP, "cosine": METRIC_COSINE}
+# What the per-query scan (scan_list) does with a vector that passes: keep
+# the top k in a heap, or collect every one within a radius.
+HANDLE_TOPK = 0
+HANDLE_RANGE = 1
+
+# Per query, the integer filter's (scale, bound above, bound below) and the
+# scales of the int8 planes past the first (4-bit codes, else 0): see
+# int_weights_row.
+INT_PARAMS = 5
+
+JIT = dict(cache=True, nogil=True)
+# Reassociation lets LLVM vectorise the dot-product reductions; the flags
+# that assume no inf/NaN are left out because the top-k heap holds +inf.
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+# An inlined helper's array arguments become new references: numba counts
+# them with atomic calls that its pruning pass cannot remove across branches.
+# In the list-major scan they cost more than its dot products, so its
+# per-vector path indexes arrays in the kernel body and calls array-taking
+# helpers only for vectors that win or pass the filter.
