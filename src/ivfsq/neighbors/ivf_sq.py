@@ -289,6 +289,15 @@ class Index:
         self._engine = None
         self._params = None
 
+    @classmethod
+    def _from_engine(cls, engine, params):
+        """The index over a trained engine, built with ``params``: the one
+        way build, load and merge make a trained index."""
+        index = cls()
+        index._engine = engine
+        index._params = params
+        return index
+
     def _require_trained(self):
         if self._engine is None:
             raise ValueError("index is not trained: build it with ivf_sq.build() or ivf_sq.load()")
@@ -337,6 +346,12 @@ class Index:
         """The :class:`IndexParams` the index was built with."""
         self._require_trained()
         return self._params
+
+    @property
+    def next_id(self):
+        """The id :func:`extend` gives the next vector when ``new_indices`` is
+        None: one past the largest id ever added (0 for an empty index)."""
+        return int(self._require_trained().next_id)
 
     @property
     def size(self):
@@ -441,10 +456,7 @@ def build(index_params, dataset, resources=None):
     engine, labels = IvfSqEngine.train(index_params, dataset, n_threads)
     if index_params.add_data_on_build:
         engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads, labels, name="dataset")
-    index = Index()
-    index._engine = engine
-    index._params = index_params
-    return index
+    return Index._from_engine(engine, index_params)
 
 
 def extend(index, new_vectors, new_indices, resources=None):
@@ -548,10 +560,7 @@ def merge(indexes, resources=None):
             raise ValueError(
                 f"indexes[{position}] cannot be merged with indexes[0]: it has {mismatch}"
             )
-    merged = Index()
-    merged._engine = engines[0].merged(engines[1:])
-    merged._params = indexes[0]._params
-    return merged
+    return Index._from_engine(engines[0].merged(engines[1:]), indexes[0]._params)
 
 
 def remove(index, ids, resources=None):
@@ -1070,7 +1079,4 @@ def _index_from_file(filename, header, arrays):
         rotation=rotation,
     )
     engine.next_id = next_id
-    index = Index()
-    index._engine = engine
-    index._params = params
-    return index
+    return Index._from_engine(engine, params)
