@@ -38,14 +38,13 @@ from ivfsq.codecs.scalar import (
     DEFAULT_RANGE_QUANTILE,
     QUANTIZERS,
     RANGE_STATS,
-    ScalarQuantizer,
     default_range_stat,
 )
 from ivfsq.common import resolve_n_threads
 from ivfsq.io import format as _format
+from ivfsq.ivf import persistence as _persistence
 from ivfsq.ivf import tune as _tune
 from ivfsq.ivf.engine import IvfSqEngine
-from ivfsq.ivf.lists import ListStorage
 from ivfsq.ivf.transforms import TRANSFORMS
 from ivfsq.neighbors.filters import Filter
 
@@ -65,10 +64,6 @@ __all__ = [
     "tune",
 ]
 
-FILE_KIND = "ivfsq.ivf_sq"
-# Version of the index layout inside the file container. 1: sq8 only (no
-# "index_version" field); 2: the quantizer family, rotation, precise store.
-INDEX_VERSION = 2
 PRECISE_DTYPES = ("float32", "float16")
 # Candidates re-ranked per result when an index has a precise store and
 # SearchParams(refine_ratio=None).
@@ -935,31 +930,7 @@ def save(filename, index, resources=None):
     1000
     """
     engine = _check_index(index)
-    lists = engine.lists
-    rows = lists.valid_rows()
-    header = {
-        "kind": FILE_KIND,
-        "index_version": INDEX_VERSION,
-        "params": index._params._as_dict(),
-        "metric": engine.metric.name,
-        "quantizer": engine.quantizer.kind,
-        "n_lists": int(engine.centers.shape[0]),
-        "dim": int(engine.centers.shape[1]),
-        "size": int(rows.shape[0]),
-        "next_id": int(engine.next_id),
-    }
-    arrays = {
-        "centers": engine.centers,
-        **engine.quantizer.to_arrays(),
-        "list_sizes": lists.list_sizes,
-        "codes": lists.codes[rows],
-        "ids": lists.ids[rows],
-        "norms": lists.aux[rows],
-    }
-    if lists.precise is not None:
-        arrays["precise"] = lists.precise[rows]
-    if engine.rotation is not None:
-        arrays["rotation"] = engine.rotation
+    header, arrays = _persistence.to_file_contents(engine, index._params._as_dict())
     _format.write_index_file(filename, header, arrays)
 
 
@@ -988,95 +959,8 @@ def load(filename, resources=None, *, mmap=False):
 
 
 def _index_from_file(filename, header, arrays):
-    def bad(message):
-        return _format.IndexFileError(f"{filename}: not a valid ivf_sq index: {message}")
-
-    if not isinstance(header, dict) or header.get("kind") != FILE_KIND:
-        raise bad(f"expected kind {FILE_KIND!r}")
-    # Files without the field hold the first layout (sq8 only), whose
-    # parameters all have today's defaults for the fields added since.
-    index_version = header.get("index_version", 1)
-    if type(index_version) is not int or not 1 <= index_version <= INDEX_VERSION:
-        raise bad(
-            f"index layout version {index_version!r} is not supported; this ivfsq reads "
-            f"versions 1 to {INDEX_VERSION} (written by a newer ivfsq? upgrade ivfsq to read it)"
-        )
-    try:
-        fields = dict(header["params"])
-        if index_version == 1:
-            fields.setdefault("range_stat", "minmax")  # the only statistic of layout 1
-        params = IndexParams(**fields)
-        n_lists, dim, size, next_id = (
-            int(header[key]) for key in ("n_lists", "dim", "size", "next_id")
-        )
-        metric = check_choice("metric", header["metric"], METRICS)
-        quantizer_kind = check_choice("quantizer", header["quantizer"], QUANTIZERS)
-        if quantizer_kind != params.quantizer or metric != params.metric:
-            raise ValueError("quantizer and metric differ from the parameters")
-    except (KeyError, TypeError, ValueError) as error:
-        raise bad(f"bad header field ({error})") from None
-    code_size = dim if params.quantizer.startswith("sq8") else (dim + 1) // 2
-    expected = {
-        "centers": ((n_lists, dim), np.float32),
-        "sq_vmin": ((dim,), np.float32),
-        "sq_delta": ((dim,), np.float32),
-        "list_sizes": ((n_lists,), np.int64),
-        "codes": ((size, code_size), np.uint8),
-        "ids": ((size,), np.int64),
-        "norms": ((size,), np.float32),
-    }
-    if params.reorder:
-        expected["precise"] = ((size, dim), np.dtype(params.precise_dtype))
-    if params.transform is not None:
-        expected["rotation"] = ((dim, dim), np.float32)
-    unexpected = set(arrays) - set(expected)
-    if unexpected:
-        raise bad(f"unexpected sections {sorted(unexpected)}")
-    for name, (shape, dtype) in expected.items():
-        array = arrays.get(name)
-        if array is None:
-            raise bad(f"missing section {name!r}")
-        if array.shape != shape or array.dtype != dtype:
-            raise bad(
-                f"section {name!r} should be {np.dtype(dtype)} {shape}, "
-                f"found {array.dtype} {array.shape}"
-            )
-    list_sizes = arrays["list_sizes"]
-    if (list_sizes < 0).any() or int(list_sizes.sum()) != size:
-        raise bad("list sizes do not add up to the stored vectors")
-    ids = arrays["ids"]
-    if size and (int(ids.min()) < 0 or int(ids.max()) >= next_id):
-        raise bad("ids out of range")
-    for name in ("centers", "sq_vmin", "sq_delta", "norms", "precise", "rotation"):
-        if name in arrays and not np.isfinite(arrays[name]).all():
-            raise bad(f"non-finite values in {name!r}")
-    if not (arrays["sq_delta"] > 0).all():
-        raise bad("quantizer steps must be positive")
-    quantizer = ScalarQuantizer.from_arrays(quantizer_kind, arrays)
-    offsets = np.cumsum(list_sizes) - list_sizes
-    lists = ListStorage(
-        np.ascontiguousarray(arrays["codes"]),
-        np.ascontiguousarray(ids),
-        np.ascontiguousarray(arrays["norms"]),
-        offsets.astype(np.int64),
-        list_sizes.astype(np.int64),
-        list_sizes.astype(np.int64),
-        np.ascontiguousarray(arrays["precise"]) if "precise" in arrays else None,
+    """The index in a file's contents (from ``read_index_file``), checked."""
+    engine, params = _persistence.from_file_contents(
+        filename, header, arrays, lambda fields: IndexParams(**fields)
     )
-    rotation = None
-    if "rotation" in arrays:
-        rotation = np.ascontiguousarray(arrays["rotation"])
-        gram = rotation.astype(np.float64).T @ rotation.astype(np.float64)
-        if not np.allclose(gram, np.eye(dim), atol=1e-3):
-            raise bad("the rotation matrix is not orthogonal")
-    engine = IvfSqEngine(
-        metric,
-        np.ascontiguousarray(arrays["centers"]),
-        quantizer,
-        lists,
-        params.conservative_memory_allocation,
-        by_residual=params.by_residual,
-        rotation=rotation,
-    )
-    engine.next_id = next_id
     return Index._from_engine(engine, params)
