@@ -2,9 +2,13 @@
 
 The container (:mod:`ivfsq.io.format`) guarantees that the bytes read are
 the bytes written (checksums) and that reading runs no code (nothing is
-pickled). This module checks that those bytes make an index before an
-engine is built from them; a file that does not raises
-:class:`IndexFileError` naming the file and the problem.
+pickled). This module guarantees that those bytes make one consistent
+index before an engine is built from them: every count in the header agrees
+with the parameters and with the arrays, and each component's state passes
+its own checks (:meth:`ScalarQuantizer.check_state`,
+:meth:`ScalarQuantizer.check_codes`, :meth:`ListStorage.check_state`). A
+file that does not raises :class:`IndexFileError` naming the file and the
+problem; a file that does gives an index that searches as the saved one did.
 
 Layout (``index_version``; files without the field have layout 1):
 
@@ -21,7 +25,7 @@ Layout (``index_version``; files without the field have layout 1):
 
 import numpy as np
 
-from ivfsq._validation import METRICS, check_choice
+from ivfsq._validation import METRICS, check_choice, check_int
 from ivfsq.codecs.scalar import QUANTIZERS, ScalarQuantizer, quantizer_bits
 from ivfsq.io.format import IndexFileError
 from ivfsq.ivf.engine import IvfSqEngine
@@ -33,6 +37,8 @@ FILE_KIND = "ivfsq.ivf_sq"
 # Version of the index layout inside the file container. 1: sq8 only (no
 # "index_version" field); 2: the quantizer family, rotation, precise store.
 INDEX_VERSION = 2
+# Ids are int64: the next one given must be one too.
+MAX_NEXT_ID = 2**63 - 1
 # A saved rotation is orthogonal up to float32 rounding: R^T R = I within this.
 ROTATION_TOLERANCE = 1e-3
 
@@ -80,7 +86,7 @@ def from_file_contents(filename, header, arrays, make_params):
     TypeError or ValueError for unknown fields or bad values.
 
     Raises :class:`IndexFileError` ``"<filename>: not a valid ivf_sq index:
-    <what is wrong>"`` for content that is not a valid index.
+    <what is wrong>"`` for any content that is not one consistent index.
     """
     try:
         return _from_contents(header, arrays, make_params)
@@ -88,31 +94,72 @@ def from_file_contents(filename, header, arrays, make_params):
         raise IndexFileError(f"{filename}: not a valid ivf_sq index: {error}") from None
 
 
-def _from_contents(header, arrays, make_params):
+def _header_fields(header, make_params):
+    """The parameters and the header's counts, checked against each other."""
     if not isinstance(header, dict) or header.get("kind") != FILE_KIND:
         raise ValueError(f"expected kind {FILE_KIND!r}")
-    # Files without the field hold the first layout (sq8 only), whose
-    # parameters all have today's defaults for the fields added since.
     index_version = header.get("index_version", 1)
     if type(index_version) is not int or not 1 <= index_version <= INDEX_VERSION:
         raise ValueError(
             f"index layout version {index_version!r} is not supported; this ivfsq reads "
             f"versions 1 to {INDEX_VERSION} (written by a newer ivfsq? upgrade ivfsq to read it)"
         )
-    try:
-        fields = dict(header["params"])
-        if index_version == 1:
-            fields.setdefault("range_stat", "minmax")  # the only statistic of layout 1
-        params = make_params(fields)
-        n_lists, dim, size, next_id = (
-            int(header[key]) for key in ("n_lists", "dim", "size", "next_id")
+    missing = [key for key in ("params", "metric", "quantizer", "n_lists", "dim", "size",
+                               "next_id") if key not in header]
+    if missing:
+        raise ValueError(f"missing header fields {missing}")
+    if not isinstance(header["params"], dict):
+        raise ValueError(  # noqa: TRY004 (a content error: from_file_contents reports it)
+            f"bad header field (params must be a JSON object of parameters by name, got "
+            f"{type(header['params']).__name__})"
         )
+    fields = dict(header["params"])
+    if index_version == 1:
+        # Layout 1 predates the field; its only statistic was minmax, and the
+        # fields added since have today's defaults.
+        fields.setdefault("range_stat", "minmax")
+    try:
+        params = make_params(fields)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"bad parameters ({error})") from None
+    try:
+        n_lists = check_int("n_lists", header["n_lists"], minimum=1)
+        dim = check_int("dim", header["dim"], minimum=1)
+        size = check_int("size", header["size"], minimum=0)
+        next_id = check_int("next_id", header["next_id"], minimum=0, maximum=MAX_NEXT_ID)
         metric = check_choice("metric", header["metric"], METRICS)
-        quantizer_kind = check_choice("quantizer", header["quantizer"], QUANTIZERS)
-        if quantizer_kind != params.quantizer or metric != params.metric:
-            raise ValueError("quantizer and metric differ from the parameters")
-    except (KeyError, TypeError, ValueError) as error:
+        quantizer = check_choice("quantizer", header["quantizer"], QUANTIZERS)
+    except (TypeError, ValueError) as error:
         raise ValueError(f"bad header field ({error})") from None
+    for name, value, expected in (("n_lists", n_lists, params.n_lists),
+                                  ("metric", metric, params.metric),
+                                  ("quantizer", quantizer, params.quantizer)):
+        if value != expected:
+            raise ValueError(
+                f"the header's {name} {value!r} contradicts the parameters' "
+                f"{name}={expected!r}"
+            )
+    return params, n_lists, dim, size, next_id
+
+
+def _check_sections(arrays, expected):
+    """Every expected section is there with its shape and dtype, and no other."""
+    unexpected = set(arrays) - set(expected)
+    if unexpected:
+        raise ValueError(f"unexpected sections {sorted(unexpected)}")
+    for name, (shape, dtype) in expected.items():
+        array = arrays.get(name)
+        if array is None:
+            raise ValueError(f"missing section {name!r}")
+        if array.shape != shape or array.dtype != dtype:
+            raise ValueError(
+                f"section {name!r} should be {np.dtype(dtype)} {shape}, "
+                f"found {array.dtype} {array.shape}"
+            )
+
+
+def _from_contents(header, arrays, make_params):
+    params, n_lists, dim, size, next_id = _header_fields(header, make_params)
     code_size = dim if quantizer_bits(params.quantizer) == 8 else (dim + 1) // 2
     expected = {
         "centers": ((n_lists, dim), np.float32),
@@ -127,49 +174,49 @@ def _from_contents(header, arrays, make_params):
         expected["precise"] = ((size, dim), np.dtype(params.precise_dtype))
     if params.transform is not None:
         expected["rotation"] = ((dim, dim), np.float32)
-    unexpected = set(arrays) - set(expected)
-    if unexpected:
-        raise ValueError(f"unexpected sections {sorted(unexpected)}")
-    for name, (shape, dtype) in expected.items():
-        array = arrays.get(name)
-        if array is None:
-            raise ValueError(f"missing section {name!r}")
-        if array.shape != shape or array.dtype != dtype:
-            raise ValueError(
-                f"section {name!r} should be {np.dtype(dtype)} {shape}, "
-                f"found {array.dtype} {array.shape}"
-            )
-    list_sizes = arrays["list_sizes"]
-    if (list_sizes < 0).any() or int(list_sizes.sum()) != size:
-        raise ValueError("list sizes do not add up to the stored vectors")
-    ids = arrays["ids"]
-    if size and (int(ids.min()) < 0 or int(ids.max()) >= next_id):
-        raise ValueError("ids out of range")
-    for name in ("centers", "sq_vmin", "sq_delta", "norms", "precise", "rotation"):
-        if name in arrays and not np.isfinite(arrays[name]).all():
-            raise ValueError(f"non-finite values in {name!r}")
-    if not (arrays["sq_delta"] > 0).all():
-        raise ValueError("quantizer steps must be positive")
-    quantizer = ScalarQuantizer.from_arrays(quantizer_kind, arrays)
-    offsets = np.cumsum(list_sizes) - list_sizes
-    lists = ListStorage(
-        np.ascontiguousarray(arrays["codes"]),
-        np.ascontiguousarray(ids),
-        np.ascontiguousarray(arrays["norms"]),
-        offsets.astype(np.int64),
-        list_sizes.astype(np.int64),
-        list_sizes.astype(np.int64),
-        np.ascontiguousarray(arrays["precise"]) if "precise" in arrays else None,
-    )
+    _check_sections(arrays, expected)
+
+    quantizer = ScalarQuantizer.from_arrays(params.quantizer, arrays, dim=dim)
+    centers = np.ascontiguousarray(arrays["centers"])
+    if not np.isfinite(centers).all():
+        raise ValueError("non-finite value in 'centers'")
     rotation = None
     if "rotation" in arrays:
         rotation = np.ascontiguousarray(arrays["rotation"])
+        if not np.isfinite(rotation).all():
+            raise ValueError("non-finite value in 'rotation'")
         gram = rotation.astype(np.float64).T @ rotation.astype(np.float64)
         if not np.allclose(gram, np.eye(dim), atol=ROTATION_TOLERANCE):
             raise ValueError("the rotation matrix is not orthogonal")
+
+    # Saved lists are compact: list l holds rows [offsets[l], offsets[l] + sizes[l]).
+    list_sizes = arrays["list_sizes"].astype(np.int64)  # in memory, even when mapped
+    # Negative sizes are named by check_state; other sizes must fill the rows.
+    if (list_sizes >= 0).all() and int(list_sizes.sum()) != size:
+        raise ValueError(
+            f"list sizes add up to {int(list_sizes.sum())}, but the header's size is {size}"
+        )
+    offsets = (np.cumsum(list_sizes) - list_sizes).astype(np.int64)
+    lists = ListStorage(
+        np.ascontiguousarray(arrays["codes"]),
+        np.ascontiguousarray(arrays["ids"]),
+        np.ascontiguousarray(arrays["norms"]),
+        offsets,
+        list_sizes,
+        list_sizes.copy(),
+        np.ascontiguousarray(arrays["precise"]) if "precise" in arrays else None,
+    )
+    lists.check_state(code_size, dim, params.precise_dtype if params.reorder else None)
+    quantizer.check_codes(lists.codes)
+    if size:
+        largest = int(lists.ids.max())
+        if largest >= next_id:
+            raise ValueError(
+                f"id {largest} is not below next_id {next_id} (the id extend() gives next)"
+            )
     engine = IvfSqEngine(
-        metric,
-        np.ascontiguousarray(arrays["centers"]),
+        params.metric,
+        centers,
         quantizer,
         lists,
         params.conservative_memory_allocation,

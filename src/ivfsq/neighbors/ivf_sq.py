@@ -949,9 +949,13 @@ def load(filename, resources=None, *, mmap=False):
     Raises
     ------
     ValueError
-        If the file is truncated, corrupt, of another version, or not an
-        ivfsq index file (``ivfsq.io.format.IndexFileError``). No code from
-        the file is ever run.
+        ``ivfsq.io.format.IndexFileError``, naming the file and the problem,
+        if the file is truncated, corrupt, of another version, or not an
+        ivfsq index file, or if its content is not one consistent index
+        (see :mod:`ivfsq.ivf.persistence`: counts that contradict each
+        other or the parameters, repeated or out-of-range ids, invalid
+        quantizer ranges, non-finite values, a rotation that is not
+        orthogonal). No code from the file is ever run.
     """
     check_bool("mmap", mmap)
     header, arrays = _format.read_index_file(filename, mmap=mmap)
