@@ -25,6 +25,7 @@ Example (needs a running Ray; not run as a doctest)::
 """
 
 import collections
+import inspect
 import json
 import os
 import tempfile
@@ -44,6 +45,8 @@ MODES = ("sharded", "replicated")
 # together they bound the driver's memory.
 SEARCH_BATCH_QUERIES = 65536
 SEARCH_BATCHES_IN_FLIGHT = 4
+# The names of IndexParams' keyword arguments: each is also its property.
+_INDEX_PARAM_NAMES = tuple(inspect.signature(ivf_sq.IndexParams).parameters)
 
 
 class ShardError(RuntimeError):
@@ -67,7 +70,7 @@ def train(index_params, sample, resources=None):
         raise TypeError(
             f"index_params must be an ivf_sq.IndexParams, got {type(index_params).__name__}"
         )
-    fields = index_params._as_dict()
+    fields = {name: getattr(index_params, name) for name in _INDEX_PARAM_NAMES}
     fields["add_data_on_build"] = False
     return ivf_sq.build(ivf_sq.IndexParams(**fields), sample, resources=resources)
 
@@ -124,7 +127,7 @@ class _Shard:
         return len(self.index)
 
     def next_id(self):
-        return int(self.index._engine.next_id)
+        return self.index.next_id
 
     def save(self, path):
         ivf_sq.save(path, self.index)
@@ -160,7 +163,7 @@ class ShardedIndex:
         payload = ray.put(_index_bytes(trained))
         actor_class = ray.remote(_Shard).options(**(actor_options or {}))
         actors = [actor_class.remote(payload) for _ in range(n_shards)]
-        return cls(actors, mode, trained.metric, trained.dim, int(trained._engine.next_id))
+        return cls(actors, mode, trained.metric, trained.dim, trained.next_id)
 
     @property
     def n_shards(self):

@@ -40,6 +40,9 @@ MSE_ROWS = 16384
 # Two-sided clip fractions the mse statistic chooses from (0 is min/max).
 MSE_CLIP_FRACTIONS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 5e-2)
 DEFAULT_RANGE_QUANTILE = 0.001
+# The smallest valid step: the smallest positive normal float32. A smaller
+# one (subnormal or zero) makes the search weights ``q * delta`` underflow.
+MIN_DELTA = float(np.finfo(np.float32).tiny)
 
 
 def quantizer_bits(kind):
@@ -184,8 +187,11 @@ class ScalarQuantizer:
             range_stat = default_range_stat(kind)
         bits = quantizer_bits(kind)
         lo, hi = train_range(values, bits, range_stat, range_quantile, kind.endswith("_uniform"))
-        span = hi - lo
-        delta = np.where(span > 0.0, span / ((1 << bits) - 1), 1.0)
+        step = (hi - lo) / ((1 << bits) - 1)
+        # A step that is not a normal float32 (zero range, or one so narrow
+        # that the step underflows) is 1: every value of such a dimension
+        # then has one level, and the state passes check_state.
+        delta = np.where(step >= MIN_DELTA, step, 1.0)
         return cls(kind, lo.astype(np.float32), delta.astype(np.float32))
 
     def encode(self, vectors, centers, labels):
@@ -286,8 +292,84 @@ class ScalarQuantizer:
         return {"sq_vmin": self.vmin, "sq_delta": self.delta}
 
     @classmethod
-    def from_arrays(cls, kind, arrays):
-        return cls(kind, arrays["sq_vmin"], arrays["sq_delta"])
+    def from_arrays(cls, kind, arrays, dim=None):
+        """The quantizer of :meth:`to_arrays`' output, checked: raises
+        ValueError naming what is wrong (see :meth:`check_state`)."""
+        if kind not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {list(QUANTIZERS)}, got {kind!r}")
+        for name in ("sq_vmin", "sq_delta"):
+            array = arrays.get(name)
+            if array is None:
+                raise ValueError(f"the {kind} quantizer needs an array {name!r}")
+            # Checked before the constructor, which would convert silently.
+            if array.dtype != np.float32 or array.ndim != 1:
+                raise ValueError(
+                    f"quantizer array {name!r} must be float32 (dim,), found {array.dtype} "
+                    f"{array.shape}"
+                )
+        quantizer = cls(kind, arrays["sq_vmin"], arrays["sq_delta"])
+        quantizer.check_state(dim)
+        return quantizer
+
+    def check_state(self, dim=None):
+        """Raise ValueError naming the first broken invariant of a valid
+        state: ``vmin`` and ``delta`` float32 of shape ``(dim,)``; ``vmin``
+        finite; ``delta`` finite and at least :data:`MIN_DELTA` (a positive
+        normal float32: search weights are ``q * delta`` and encoding
+        divides by it); the ``*_uniform`` kinds hold one
+        ``vmin`` and one ``delta`` in every dimension."""
+        if self.kind not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {list(QUANTIZERS)}, got {self.kind!r}")
+        dim = self.dim if dim is None else dim
+        for name, array in (("vmin", self.vmin), ("delta", self.delta)):
+            if array.dtype != np.float32 or array.shape != (dim,):
+                raise ValueError(
+                    f"quantizer {name} must be float32 ({dim},), found {array.dtype} "
+                    f"{array.shape}"
+                )
+        for what, name, array in (("minimum", "vmin", self.vmin), ("step", "delta", self.delta)):
+            bad = ~np.isfinite(array)
+            if bad.any():
+                where = int(np.argmax(bad))
+                raise ValueError(
+                    f"quantizer {what} ({name}) must be finite, got {array[where]} in "
+                    f"dimension {where}"
+                )
+        small = ~(self.delta >= MIN_DELTA)
+        if small.any():
+            where = int(np.argmax(small))
+            raise ValueError(
+                f"quantizer step (delta) must be > 0 and at least {MIN_DELTA:.3g} (a normal "
+                f"float32), got {self.delta[where]:.3g} in dimension {where}"
+            )
+        if self.kind.endswith("_uniform"):
+            for name, array in (("vmin", self.vmin), ("delta", self.delta)):
+                differs = array != array[0]
+                if differs.any():
+                    where = int(np.argmax(differs))
+                    raise ValueError(
+                        f"a {self.kind} quantizer must hold one {name} in every dimension, "
+                        f"got {array[0]} in dimension 0 and {array[where]} in dimension {where}"
+                    )
+
+    def check_codes(self, codes):
+        """Raise ValueError unless ``codes`` are codes of this quantizer:
+        uint8, ``(n, code_size)`` (``dim`` bytes at 8 bits, ``ceil(dim / 2)``
+        at 4), and for 4 bits and an odd ``dim`` the padding nibble (the
+        last byte's high half) 0."""
+        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != self.code_size:
+            raise ValueError(
+                f"codes of a {self.kind} quantizer of dim {self.dim} must be uint8 "
+                f"(n, {self.code_size}), found {codes.dtype} {codes.shape}"
+            )
+        if self.bits == 4 and self.dim % 2 and codes.shape[0]:
+            padded = (codes[:, -1] >> 4) != 0
+            if padded.any():
+                raise ValueError(
+                    f"the padding nibble of 4-bit codes (high half of the last byte, dim "
+                    f"{self.dim} is odd) must be 0, got {int(codes[np.argmax(padded), -1] >> 4)} "
+                    f"in row {int(np.argmax(padded))}"
+                )
 
     @property
     def nbytes(self):

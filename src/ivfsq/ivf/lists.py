@@ -20,6 +20,8 @@ import numpy as np
 # Capacities grow to a multiple of this many rows (and at least double) unless
 # memory is to be conserved.
 CAPACITY_GRANULE = 16
+# Rows of the precise store checked at a time (bounds the check's masks).
+CHECK_BLOCK_ROWS = 65536
 
 
 def _round_up(values, granule):
@@ -64,6 +66,93 @@ class ListStorage:
             zeros.copy(),
             precise,
         )
+
+    def check_state(self, code_size, dim=None, precise_dtype=None):
+        """Raise ValueError naming the first broken invariant of a valid
+        storage, for codes of ``code_size`` bytes and, when
+        ``precise_dtype`` is given, a precise store of ``dim`` columns:
+
+        * ``list_offsets``, ``list_sizes``, ``list_capacities``: int64 (n_lists,);
+          ``0 <= size <= capacity`` and each list's rows
+          ``[offset, offset + capacity)`` inside the buffers, no two lists
+          sharing a row;
+        * ``codes`` uint8 (rows, code_size), ``ids`` int64 (rows,), ``aux``
+          float32 (rows,), ``precise`` (rows, dim) of ``precise_dtype`` or
+          absent without one;
+        * in the stored rows: ids ``>= 0`` and unique, ``aux`` and ``precise``
+          finite.
+        """
+        n_lists = self.list_sizes.shape[0] if self.list_sizes.ndim == 1 else -1
+        for name in ("list_offsets", "list_sizes", "list_capacities"):
+            array = getattr(self, name)
+            if array.dtype != np.int64 or array.ndim != 1 or array.shape[0] != n_lists:
+                raise ValueError(
+                    f"{name} must be int64 (n_lists,), found {array.dtype} {array.shape}"
+                )
+        n_rows = self.ids.shape[0] if self.ids.ndim == 1 else -1
+        shapes = {"codes": ((n_rows, code_size), np.uint8), "ids": ((n_rows,), np.int64),
+                  "aux": ((n_rows,), np.float32)}
+        if precise_dtype is not None:
+            shapes["precise"] = ((n_rows, dim), np.dtype(precise_dtype))
+        elif self.precise is not None:
+            raise ValueError("there must be no precise store (the index keeps none)")
+        for name, (shape, dtype) in shapes.items():
+            array = getattr(self, name)
+            if array is None:
+                raise ValueError(f"the lists need their {name} (a precise store)")
+            if array.shape != shape or array.dtype != dtype:
+                raise ValueError(
+                    f"the lists' {name} must be {np.dtype(dtype)} (rows, ...) = {shape}, found "
+                    f"{array.dtype} {array.shape}"
+                )
+        offsets, sizes, capacities = self.list_offsets, self.list_sizes, self.list_capacities
+        for problem, bad in (("a negative size", sizes < 0),
+                             ("more rows than its capacity", sizes > capacities),
+                             ("a negative offset", offsets < 0),
+                             ("rows past the end of the buffers", offsets > n_rows - capacities)):
+            if bad.any():
+                where = int(np.argmax(bad))
+                raise ValueError(
+                    f"list {where} has {problem} (offset {offsets[where]}, size {sizes[where]}, "
+                    f"capacity {capacities[where]}, {n_rows} rows)"
+                )
+        order = np.argsort(offsets, kind="stable")
+        overlap = (offsets + capacities)[order[:-1]] > offsets[order[1:]]
+        if overlap.any():
+            first = int(np.argmax(overlap))
+            raise ValueError(
+                f"lists {int(order[first])} and {int(order[first + 1])} share rows"
+            )
+        # Lists are disjoint and inside the buffers: when their sizes fill the
+        # buffers, every row is stored (the common case: a loaded index).
+        rows = slice(None) if int(sizes.sum()) == n_rows else self.valid_rows()
+        ids = self.ids[rows]
+        if ids.shape[0]:
+            if int(ids.min()) < 0:
+                raise ValueError(f"ids must be >= 0, got {int(ids.min())}")
+            ordered = np.sort(ids)
+            repeated = ordered[1:] == ordered[:-1]
+            if repeated.any():
+                raise ValueError(f"id {int(ordered[np.argmax(repeated)])} is stored more than once")
+        bad = ~np.isfinite(self.aux[rows])
+        if bad.any():
+            raise ValueError(
+                f"non-finite value in the per-vector norm terms (aux), stored entry "
+                f"{int(np.argmax(bad))}"
+            )
+        if self.precise is not None:
+            all_rows = isinstance(rows, slice)
+            # In blocks: a whole (rows, dim) mask (or copy) would double the
+            # memory the check needs.
+            for start in range(0, n_rows if all_rows else rows.shape[0], CHECK_BLOCK_ROWS):
+                stop = start + CHECK_BLOCK_ROWS
+                block = slice(start, stop) if all_rows else rows[start:stop]
+                bad = ~np.isfinite(self.precise[block]).all(axis=1)
+                if bad.any():
+                    raise ValueError(
+                        f"non-finite value in the precise store, stored entry "
+                        f"{start + int(np.argmax(bad))}"
+                    )
 
     def row_arrays(self):
         """The per-row buffers, by name (``precise`` only when present)."""

@@ -23,10 +23,8 @@ Examples
 import numpy as np
 
 from ivfsq._validation import (
-    METRICS,
     check_bool,
     check_choice,
-    check_dtype_name,
     check_float,
     check_id_list,
     check_ids,
@@ -34,20 +32,13 @@ from ivfsq._validation import (
     check_matrix,
     check_output,
 )
-from ivfsq.codecs.scalar import (
-    DEFAULT_RANGE_QUANTILE,
-    QUANTIZERS,
-    RANGE_STATS,
-    ScalarQuantizer,
-    default_range_stat,
-)
 from ivfsq.common import resolve_n_threads
 from ivfsq.io import format as _format
+from ivfsq.ivf import persistence as _persistence
 from ivfsq.ivf import tune as _tune
 from ivfsq.ivf.engine import IvfSqEngine
-from ivfsq.ivf.lists import ListStorage
 from ivfsq.ivf.planner import INT_FILTERS, SCANS, SearchPlan
-from ivfsq.ivf.transforms import TRANSFORMS
+from ivfsq.neighbors._index_params import IndexParams
 from ivfsq.neighbors.filters import Filter
 
 __all__ = [
@@ -68,179 +59,9 @@ __all__ = [
     "tune",
 ]
 
-FILE_KIND = "ivfsq.ivf_sq"
-# Version of the index layout inside the file container. 1: sq8 only (no
-# "index_version" field); 2: the quantizer family, rotation, precise store.
-INDEX_VERSION = 2
-PRECISE_DTYPES = ("float32", "float16")
 # Candidates re-ranked per result when an index has a precise store and
 # SearchParams(refine_ratio=None).
 DEFAULT_REFINE_RATIO = 2.0
-
-
-class IndexParams:
-    """Parameters to build an IVF-SQ index.
-
-    Parameters
-    ----------
-    n_lists : int, default = 1024
-        The number of clusters (inverted lists) of the coarse quantizer.
-    metric : str, default = "sqeuclidean"
-        One of "sqeuclidean" (``sum (a_i - b_i)^2``), "euclidean" (its square
-        root), "inner_product" (``sum a_i b_i``, larger is better) and "cosine"
-        (``1 - a.b / (|a| |b|)``).
-    metric_arg : float, default = 2.0
-        Kept for compatibility with cuVS; no metric here uses it.
-    kmeans_n_iters : int, default = 20
-        Iterations of k-means when training the coarse quantizer. With 256
-        lists or more and an L2 metric, k-means is trained hierarchically
-        (about ``sqrt(n_lists)`` mesoclusters, then the lists within each,
-        then at most 4 iterations over all lists); each stage runs this many
-        iterations.
-    max_train_points_per_cluster : int, default = 256
-        At most ``n_lists * max_train_points_per_cluster`` rows are sampled to
-        train k-means and the scalar quantizer.
-    add_data_on_build : bool, default = True
-        Add the dataset to the index after training. Otherwise the index is
-        left empty and :func:`extend` adds vectors.
-    conservative_memory_allocation : bool, default = False
-        By default list capacity grows geometrically on :func:`extend`, to
-        amortize copies; ``True`` allocates exactly what is needed.
-    quantizer : str, default = "sq8"
-        The code of each vector: "sq8" (one byte per dimension, a range per
-        dimension: the cuVS code), "sq4" (4 bits per dimension, ``ceil(dim /
-        2)`` bytes), "sq8_uniform" and "sq4_uniform" (one range for all
-        dimensions).
-    by_residual : bool, default = True
-        Quantize each vector's residual to its list's center (as cuVS does);
-        ``False`` quantizes the vectors themselves.
-    range_stat : str or None, default = None
-        How each quantization range is chosen from the training sample:
-        "minmax" (the extremes; at 8 bits widened by a 5 % margin each side, as
-        cuVS does), "quantile" (clip at the ``range_quantile`` and ``1 -
-        range_quantile`` quantiles) or "mse" (per dimension, the quantile clip
-        with the least quantization error). ``None``: "mse" for "sq8",
-        "minmax" for "sq8_uniform", "quantile" for 4-bit quantizers (the best
-        measured; see the benchmark pages of the documentation).
-    range_quantile : float, default = 0.001
-        The clipped fraction on each side for ``range_stat="quantile"``.
-    transform : str or None, default = None
-        "rom": rotate vectors (and queries) by a random orthogonal matrix,
-        seeded by ``seed`` and saved with the index, before clustering and
-        quantization. It spreads variance evenly over the dimensions;
-        distances are unchanged and ``centers`` stay in the original space.
-    reorder : bool, default = False
-        Keep a precise copy of every vector; searches then score
-        ``refine_ratio * k`` candidates on the codes and re-rank them with
-        exact distances (see :class:`SearchParams`).
-    precise_dtype : str, default = "float32"
-        Type of the precise copy: "float32" or "float16" (half the memory;
-        distances are then exact for the float16-rounded vectors).
-    seed : int, default = 0
-        Seed of the training sample, k-means initialisation and rotation. The
-        same seed, data and thread count give the same index on one machine.
-
-    Examples
-    --------
-    >>> from ivfsq.neighbors import ivf_sq
-    >>> ivf_sq.IndexParams(n_lists=256, metric="cosine").n_lists
-    256
-    >>> params = ivf_sq.IndexParams(quantizer="sq4", transform="rom", reorder=True)
-    >>> params.range_stat, params.precise_dtype
-    ('quantile', 'float32')
-    """
-
-    def __init__(
-        self,
-        *,
-        n_lists=1024,
-        metric="sqeuclidean",
-        metric_arg=2.0,
-        kmeans_n_iters=20,
-        max_train_points_per_cluster=256,
-        add_data_on_build=True,
-        conservative_memory_allocation=False,
-        quantizer="sq8",
-        by_residual=True,
-        range_stat=None,
-        range_quantile=DEFAULT_RANGE_QUANTILE,
-        transform=None,
-        reorder=False,
-        precise_dtype="float32",
-        seed=0,
-    ):
-        self._n_lists = check_int("n_lists", n_lists, minimum=1)
-        self._metric = check_choice("metric", metric, METRICS)
-        self._metric_arg = check_float("metric_arg", metric_arg)
-        self._kmeans_n_iters = check_int("kmeans_n_iters", kmeans_n_iters, minimum=1)
-        self._max_train_points_per_cluster = check_int(
-            "max_train_points_per_cluster", max_train_points_per_cluster, minimum=1
-        )
-        self._add_data_on_build = check_bool("add_data_on_build", add_data_on_build)
-        self._conservative_memory_allocation = check_bool(
-            "conservative_memory_allocation", conservative_memory_allocation
-        )
-        self._quantizer = check_choice("quantizer", quantizer, QUANTIZERS)
-        self._by_residual = check_bool("by_residual", by_residual)
-        self._range_stat = check_choice("range_stat", range_stat, RANGE_STATS, allow_none=True)
-        if self._range_stat is None:
-            self._range_stat = default_range_stat(self._quantizer)
-        self._range_quantile = check_float(
-            "range_quantile", range_quantile, exclusive_minimum=0.0, exclusive_maximum=0.5
-        )
-        self._transform = check_choice("transform", transform, TRANSFORMS, allow_none=True)
-        self._reorder = check_bool("reorder", reorder)
-        self._precise_dtype = check_dtype_name("precise_dtype", precise_dtype, PRECISE_DTYPES)
-        self._seed = check_int("seed", seed, minimum=0, maximum=2**63 - 1)
-
-    def get_handle(self):
-        """An opaque handle (cuVS compatibility): the parameters object itself."""
-        return self
-
-    n_lists = property(lambda self: self._n_lists, doc="Number of inverted lists.")
-    metric = property(lambda self: self._metric, doc="Distance metric name.")
-    metric_arg = property(lambda self: self._metric_arg, doc="Unused metric argument.")
-    kmeans_n_iters = property(lambda self: self._kmeans_n_iters, doc="k-means iterations.")
-    max_train_points_per_cluster = property(
-        lambda self: self._max_train_points_per_cluster, doc="Training rows per list."
-    )
-    add_data_on_build = property(lambda self: self._add_data_on_build, doc="Add data on build.")
-    conservative_memory_allocation = property(
-        lambda self: self._conservative_memory_allocation, doc="Exact list allocation."
-    )
-    quantizer = property(lambda self: self._quantizer, doc="Quantizer name.")
-    by_residual = property(lambda self: self._by_residual, doc="Quantize residuals.")
-    range_stat = property(
-        lambda self: self._range_stat, doc="Range statistic (resolved when given as None)."
-    )
-    range_quantile = property(lambda self: self._range_quantile, doc="Quantile clip fraction.")
-    transform = property(lambda self: self._transform, doc="Transform before quantization.")
-    reorder = property(lambda self: self._reorder, doc="Keep a precise store for re-ranking.")
-    precise_dtype = property(lambda self: self._precise_dtype, doc="Precise store dtype.")
-    seed = property(lambda self: self._seed, doc="Training seed.")
-
-    def _as_dict(self):
-        return {
-            "n_lists": self._n_lists,
-            "metric": self._metric,
-            "metric_arg": self._metric_arg,
-            "kmeans_n_iters": self._kmeans_n_iters,
-            "max_train_points_per_cluster": self._max_train_points_per_cluster,
-            "add_data_on_build": self._add_data_on_build,
-            "conservative_memory_allocation": self._conservative_memory_allocation,
-            "quantizer": self._quantizer,
-            "by_residual": self._by_residual,
-            "range_stat": self._range_stat,
-            "range_quantile": self._range_quantile,
-            "transform": self._transform,
-            "reorder": self._reorder,
-            "precise_dtype": self._precise_dtype,
-            "seed": self._seed,
-        }
-
-    def __repr__(self):
-        fields = ", ".join(f"{key}={value!r}" for key, value in self._as_dict().items())
-        return f"IndexParams({fields})"
 
 
 class SearchParams:
@@ -307,6 +128,15 @@ class Index:
         self._engine = None
         self._params = None
 
+    @classmethod
+    def _from_engine(cls, engine, params):
+        """The index over a trained engine, built with ``params``: the one
+        way build, load and merge make a trained index."""
+        index = cls()
+        index._engine = engine
+        index._params = params
+        return index
+
     def _require_trained(self):
         if self._engine is None:
             raise ValueError("index is not trained: build it with ivf_sq.build() or ivf_sq.load()")
@@ -355,6 +185,12 @@ class Index:
         """The :class:`IndexParams` the index was built with."""
         self._require_trained()
         return self._params
+
+    @property
+    def next_id(self):
+        """The id :func:`extend` gives the next vector when ``new_indices`` is
+        None: one past the largest id ever added (0 for an empty index)."""
+        return int(self._require_trained().next_id)
 
     @property
     def size(self):
@@ -459,10 +295,7 @@ def build(index_params, dataset, resources=None):
     engine, labels = IvfSqEngine.train(index_params, dataset, n_threads)
     if index_params.add_data_on_build:
         engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads, labels, name="dataset")
-    index = Index()
-    index._engine = engine
-    index._params = index_params
-    return index
+    return Index._from_engine(engine, index_params)
 
 
 def extend(index, new_vectors, new_indices, resources=None):
@@ -566,10 +399,7 @@ def merge(indexes, resources=None):
             raise ValueError(
                 f"indexes[{position}] cannot be merged with indexes[0]: it has {mismatch}"
             )
-    merged = Index()
-    merged._engine = engines[0].merged(engines[1:])
-    merged._params = indexes[0]._params
-    return merged
+    return Index._from_engine(engines[0].merged(engines[1:]), indexes[0]._params)
 
 
 def remove(index, ids, resources=None):
@@ -985,31 +815,7 @@ def save(filename, index, resources=None):
     1000
     """
     engine = _check_index(index)
-    lists = engine.lists
-    rows = lists.valid_rows()
-    header = {
-        "kind": FILE_KIND,
-        "index_version": INDEX_VERSION,
-        "params": index._params._as_dict(),
-        "metric": engine.metric.name,
-        "quantizer": engine.quantizer.kind,
-        "n_lists": int(engine.centers.shape[0]),
-        "dim": int(engine.centers.shape[1]),
-        "size": int(rows.shape[0]),
-        "next_id": int(engine.next_id),
-    }
-    arrays = {
-        "centers": engine.centers,
-        **engine.quantizer.to_arrays(),
-        "list_sizes": lists.list_sizes,
-        "codes": lists.codes[rows],
-        "ids": lists.ids[rows],
-        "norms": lists.aux[rows],
-    }
-    if lists.precise is not None:
-        arrays["precise"] = lists.precise[rows]
-    if engine.rotation is not None:
-        arrays["rotation"] = engine.rotation
+    header, arrays = _persistence.to_file_contents(engine, index._params._as_dict())
     _format.write_index_file(filename, header, arrays)
 
 
@@ -1028,9 +834,13 @@ def load(filename, resources=None, *, mmap=False):
     Raises
     ------
     ValueError
-        If the file is truncated, corrupt, of another version, or not an
-        ivfsq index file (``ivfsq.io.format.IndexFileError``). No code from
-        the file is ever run.
+        ``ivfsq.io.format.IndexFileError``, naming the file and the problem,
+        if the file is truncated, corrupt, of another version, or not an
+        ivfsq index file, or if its content is not one consistent index
+        (see :mod:`ivfsq.ivf.persistence`: counts that contradict each
+        other or the parameters, repeated or out-of-range ids, invalid
+        quantizer ranges, non-finite values, a rotation that is not
+        orthogonal). No code from the file is ever run.
     """
     check_bool("mmap", mmap)
     header, arrays = _format.read_index_file(filename, mmap=mmap)
@@ -1038,98 +848,8 @@ def load(filename, resources=None, *, mmap=False):
 
 
 def _index_from_file(filename, header, arrays):
-    def bad(message):
-        return _format.IndexFileError(f"{filename}: not a valid ivf_sq index: {message}")
-
-    if not isinstance(header, dict) or header.get("kind") != FILE_KIND:
-        raise bad(f"expected kind {FILE_KIND!r}")
-    # Files without the field hold the first layout (sq8 only), whose
-    # parameters all have today's defaults for the fields added since.
-    index_version = header.get("index_version", 1)
-    if type(index_version) is not int or not 1 <= index_version <= INDEX_VERSION:
-        raise bad(
-            f"index layout version {index_version!r} is not supported; this ivfsq reads "
-            f"versions 1 to {INDEX_VERSION} (written by a newer ivfsq? upgrade ivfsq to read it)"
-        )
-    try:
-        fields = dict(header["params"])
-        if index_version == 1:
-            fields.setdefault("range_stat", "minmax")  # the only statistic of layout 1
-        params = IndexParams(**fields)
-        n_lists, dim, size, next_id = (
-            int(header[key]) for key in ("n_lists", "dim", "size", "next_id")
-        )
-        metric = check_choice("metric", header["metric"], METRICS)
-        quantizer_kind = check_choice("quantizer", header["quantizer"], QUANTIZERS)
-        if quantizer_kind != params.quantizer or metric != params.metric:
-            raise ValueError("quantizer and metric differ from the parameters")
-    except (KeyError, TypeError, ValueError) as error:
-        raise bad(f"bad header field ({error})") from None
-    code_size = dim if params.quantizer.startswith("sq8") else (dim + 1) // 2
-    expected = {
-        "centers": ((n_lists, dim), np.float32),
-        "sq_vmin": ((dim,), np.float32),
-        "sq_delta": ((dim,), np.float32),
-        "list_sizes": ((n_lists,), np.int64),
-        "codes": ((size, code_size), np.uint8),
-        "ids": ((size,), np.int64),
-        "norms": ((size,), np.float32),
-    }
-    if params.reorder:
-        expected["precise"] = ((size, dim), np.dtype(params.precise_dtype))
-    if params.transform is not None:
-        expected["rotation"] = ((dim, dim), np.float32)
-    unexpected = set(arrays) - set(expected)
-    if unexpected:
-        raise bad(f"unexpected sections {sorted(unexpected)}")
-    for name, (shape, dtype) in expected.items():
-        array = arrays.get(name)
-        if array is None:
-            raise bad(f"missing section {name!r}")
-        if array.shape != shape or array.dtype != dtype:
-            raise bad(
-                f"section {name!r} should be {np.dtype(dtype)} {shape}, "
-                f"found {array.dtype} {array.shape}"
-            )
-    list_sizes = arrays["list_sizes"]
-    if (list_sizes < 0).any() or int(list_sizes.sum()) != size:
-        raise bad("list sizes do not add up to the stored vectors")
-    ids = arrays["ids"]
-    if size and (int(ids.min()) < 0 or int(ids.max()) >= next_id):
-        raise bad("ids out of range")
-    for name in ("centers", "sq_vmin", "sq_delta", "norms", "precise", "rotation"):
-        if name in arrays and not np.isfinite(arrays[name]).all():
-            raise bad(f"non-finite values in {name!r}")
-    if not (arrays["sq_delta"] > 0).all():
-        raise bad("quantizer steps must be positive")
-    quantizer = ScalarQuantizer.from_arrays(quantizer_kind, arrays)
-    offsets = np.cumsum(list_sizes) - list_sizes
-    lists = ListStorage(
-        np.ascontiguousarray(arrays["codes"]),
-        np.ascontiguousarray(ids),
-        np.ascontiguousarray(arrays["norms"]),
-        offsets.astype(np.int64),
-        list_sizes.astype(np.int64),
-        list_sizes.astype(np.int64),
-        np.ascontiguousarray(arrays["precise"]) if "precise" in arrays else None,
+    """The index in a file's contents (from ``read_index_file``), checked."""
+    engine, params = _persistence.from_file_contents(
+        filename, header, arrays, lambda fields: IndexParams(**fields)
     )
-    rotation = None
-    if "rotation" in arrays:
-        rotation = np.ascontiguousarray(arrays["rotation"])
-        gram = rotation.astype(np.float64).T @ rotation.astype(np.float64)
-        if not np.allclose(gram, np.eye(dim), atol=1e-3):
-            raise bad("the rotation matrix is not orthogonal")
-    engine = IvfSqEngine(
-        metric,
-        np.ascontiguousarray(arrays["centers"]),
-        quantizer,
-        lists,
-        params.conservative_memory_allocation,
-        by_residual=params.by_residual,
-        rotation=rotation,
-    )
-    engine.next_id = next_id
-    index = Index()
-    index._engine = engine
-    index._params = params
-    return index
+    return Index._from_engine(engine, params)
