@@ -507,3 +507,28 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
         assert expected_counts.sum() > n_queries  # the radius keeps some, not all
         np.testing.assert_array_equal(got_counts, expected_counts)
         np.testing.assert_array_equal(got_found, expected_found)
+
+
+@pytest.mark.skipif(not simd.HAS_INT_DOTS, reason="no AVX2 integer dots on this CPU")
+@pytest.mark.parametrize("quantizer", ["sq4", "sq8"])
+def test_queries_too_small_for_an_integer_step_search_as_without_the_filter(quantizer):
+    # A query of magnitude 1e-43 makes the weights' integer step underflow
+    # to 0 in float32: the search must not fail, and give what the exact
+    # scan gives up to subnormal rounding (all such distances are ~0, so the
+    # ids of the top 5 may differ among the ties).
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal((2000, 64)).astype(np.float32)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, quantizer=quantizer,
+                                            metric="inner_product"), data)
+    queries = np.full((3, 64), 1e-43, np.float32)
+    queries[1, ::2] = -1e-43
+    results = {}
+    for int_filter in ("auto", "off"):
+        for n_queries in (1, 3):
+            params = ivf_sq.SearchParams(n_probes=8, int_filter=int_filter)
+            results[int_filter, n_queries] = ivf_sq.search(params, index, queries[:n_queries], 5)
+    for n_queries in (1, 3):
+        (d_auto, i_auto), (d_off, i_off) = results["auto", n_queries], results["off", n_queries]
+        np.testing.assert_allclose(d_auto, d_off, rtol=0, atol=1e-35)
+        assert ((i_auto >= 0) & (i_auto < 2000)).all()
+        assert all(len(set(row)) == 5 for row in i_auto.tolist())

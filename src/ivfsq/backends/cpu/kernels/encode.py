@@ -171,7 +171,11 @@ def int_weights_row(weights, bits, code_size, out, levels, params):
     largest = np.float32(0.0)
     for j in range(n_weights):
         largest = max(largest, abs(weights[j]))
-    scale = largest / limit if largest > 0 else np.float32(1.0)
+    scale = largest / limit
+    if not scale > 0:
+        # All weights zero, or so small that the step underflows: every
+        # level is 0 and the bounds below hold the weights whole.
+        scale = np.float32(1.0)
     inverse = np.float32(1.0) / scale
     scale2 = np.float32(0.0)
     scale3 = np.float32(0.0)
