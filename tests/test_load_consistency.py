@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pytest
 
+from ivfsq import codecs
 from ivfsq.io.format import IndexFileError, read_index_file, write_index_file
 from ivfsq.neighbors import ivf_sq
 
@@ -337,7 +338,6 @@ def test_refused_load_runs_no_code(saved, tmp_path, monkeypatch):
 def test_states_built_in_memory_pass_their_checks():
     """The invariants hold for what build, extend and remove make, spare
     list capacity and removed rows included, not only for saved files."""
-    from ivfsq.codecs.scalar import ScalarQuantizer
 
     rng = np.random.default_rng(5)
     data = rng.standard_normal((800, 9)).astype(np.float32)
@@ -360,6 +360,6 @@ def test_states_built_in_memory_pass_their_checks():
     values[:, 1] = np.float32(1e-37) * (rng.random(300) > 0.5)
     values[:, 2] = 3.0
     for kind in ("sq8", "sq4", "sq8_uniform"):
-        quantizer = ScalarQuantizer.train(kind, values, "minmax")
+        quantizer = codecs.get(kind).train(values, "minmax")
         quantizer.check_state(4)
-    assert ScalarQuantizer.train("sq8", values, "minmax").delta[1:3].tolist() == [1.0, 1.0]
+    assert codecs.get("sq8").train(values, "minmax").delta[1:3].tolist() == [1.0, 1.0]

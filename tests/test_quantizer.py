@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ivfsq import codecs
 from ivfsq.backends.cpu.kernels import coarse, common, encode, heaps, scan, simd
 from ivfsq.codecs.scalar import ScalarQuantizer
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor
@@ -17,7 +18,7 @@ def residuals():
 
 
 def test_sq8_range_has_five_percent_margin(residuals):
-    quantizer = ScalarQuantizer.train("sq8", residuals, "minmax")
+    quantizer = codecs.get("sq8").train(residuals, "minmax")
     low, high = residuals.min(0), residuals.max(0)
     span = (high - low).astype(np.float64)
     np.testing.assert_allclose(quantizer.vmin, low - 0.05 * span, rtol=1e-6)
@@ -26,7 +27,7 @@ def test_sq8_range_has_five_percent_margin(residuals):
 
 
 def test_sq8_round_trip_error_at_most_half_a_step(residuals):
-    quantizer = ScalarQuantizer.train("sq8", residuals, "minmax")
+    quantizer = codecs.get("sq8").train(residuals, "minmax")
     centers = np.zeros((1, 6), np.float32)
     labels = np.zeros(len(residuals), np.int64)
     codes, decoded = quantizer.encode(residuals, centers, labels)
@@ -43,7 +44,7 @@ def test_sq8_round_trip_error_at_most_half_a_step(residuals):
 
 
 def test_sq8_with_centers_and_clamping():
-    quantizer = ScalarQuantizer("sq8", np.array([-1.0, -1.0], np.float32),
+    quantizer = ScalarQuantizer(codecs.get("sq8"), np.array([-1.0, -1.0], np.float32),
                                 np.array([1 / 128, 1 / 128], np.float32))
     centers = np.array([[0.0, 0.0], [10.0, -10.0]], np.float32)
     vectors = np.array([[0.0, 0.0], [10.0, -10.0], [15.0, -20.0], [0.5, -0.5]], np.float32)

@@ -17,6 +17,7 @@ from conftest import (
     recall,
 )
 
+from ivfsq import codecs
 from ivfsq.codecs.scalar import ScalarQuantizer, train_range
 from ivfsq.io import format as _format
 from ivfsq.ivf.transforms import random_orthogonal
@@ -48,7 +49,7 @@ def values():
 @pytest.mark.parametrize("kind", QUANTIZERS)
 @pytest.mark.parametrize("range_stat", ["minmax", "quantile", "mse"])
 def test_round_trip_error_at_most_half_a_step(values, kind, range_stat):
-    quantizer = ScalarQuantizer.train(kind, values, range_stat)
+    quantizer = codecs.get(kind).train(values, range_stat)
     levels = 255 if kind.startswith("sq8") else 15
     centers = np.zeros((1, 7), np.float32)
     labels = np.zeros(len(values), np.int64)
@@ -76,7 +77,7 @@ def test_round_trip_error_at_most_half_a_step(values, kind, range_stat):
 def test_sq4_nibble_order_is_pinned():
     # Dimension 2j in the low nibble of byte j, 2j + 1 in the high nibble;
     # an odd dimension's last high nibble is 0.
-    quantizer = ScalarQuantizer("sq4", np.zeros(5, np.float32), np.ones(5, np.float32))
+    quantizer = ScalarQuantizer(codecs.get("sq4"), np.zeros(5, np.float32), np.ones(5, np.float32))
     vectors = np.array([[1, 2, 3, 4, 15]], np.float32)
     codes, decoded = quantizer.encode(vectors, np.zeros((1, 5), np.float32), [0])
     assert codes.tolist() == [[0x21, 0x43, 0x0F]]

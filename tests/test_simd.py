@@ -528,7 +528,7 @@ def test_queries_too_small_for_an_integer_step_search_as_without_the_filter(quan
             params = ivf_sq.SearchParams(n_probes=8, int_filter=int_filter)
             results[int_filter, n_queries] = ivf_sq.search(params, index, queries[:n_queries], 5)
     for n_queries in (1, 3):
-        (d_auto, i_auto), (d_off, i_off) = results["auto", n_queries], results["off", n_queries]
+        (d_auto, i_auto), (d_off, _) = results["auto", n_queries], results["off", n_queries]
         np.testing.assert_allclose(d_auto, d_off, rtol=0, atol=1e-35)
         assert ((i_auto >= 0) & (i_auto < 2000)).all()
         assert all(len(set(row)) == 5 for row in i_auto.tolist())

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from ivfsq import __version__
+from ivfsq import __version__, codecs
 from ivfsq.metrics import NAMES as METRIC_CHOICES
 
 # Exit statuses.
@@ -118,7 +118,7 @@ def _add_index_params(parser):
     group.add_argument("--metric", choices=METRIC_CHOICES, default=None,
                        help="distance (default: the data set's, else sqeuclidean)")
     group.add_argument("--quantizer", default="sq8",
-                       choices=("sq8", "sq4", "sq8_uniform", "sq4_uniform"),
+                       choices=codecs.NAMES,
                        help="scalar quantizer (default sq8)")
     group.add_argument("--transform", choices=("rom",), default=None,
                        help="random orthogonal rotation before quantization")

@@ -31,7 +31,6 @@ from ivfsq.backends.cpu import kernels
 # Queries per chunk when the weights are computed on several threads.
 WEIGHTS_MIN_CHUNK = 256
 
-QUANTIZERS = ("sq8", "sq4", "sq8_uniform", "sq4_uniform")
 RANGE_STATS = ("minmax", "quantile", "mse")
 SQ8_MARGIN = 0.05
 # Rows of the training sample used by the quantile and mse statistics.
@@ -43,30 +42,6 @@ DEFAULT_RANGE_QUANTILE = 0.001
 # The smallest valid step: the smallest positive normal float32. A smaller
 # one (subnormal or zero) makes the search weights ``q * delta`` underflow.
 MIN_DELTA = float(np.finfo(np.float32).tiny)
-
-
-def quantizer_bits(kind):
-    """Bits per code of a quantizer name: 8 or 4."""
-    return 8 if kind.startswith("sq8") else 4
-
-
-def default_range_stat(kind):
-    """The range statistic used when ``range_stat=None``.
-
-    ``mse`` for ``sq8``: recall@10 at high n_probes, minmax / mse, was
-    0.9948 / 0.9951 on fashion-mnist, 0.9793 / 0.9803 on pypi-minilm and
-    0.9749 / 0.9835 on a 200,000 x 50 synthetic set (FAISS's SQ8: 0.9950,
-    -, 0.9802): the 5 % margin of ``minmax`` makes every step 10 % coarser.
-    ``minmax`` (with the cuVS margin) for ``sq8_uniform``. For 4 bits
-    ``quantile`` (at the default ``range_quantile``, 0.001): on fashion-mnist
-    and pypi-minilm it was within 0.004 of the best statistic for both sq4
-    and sq4_uniform, while ``minmax`` lost 0.01-0.03 recall@10 and ``mse``
-    (the least quantization error) lost 0.03 on fashion-mnist with
-    sq4_uniform (see the README's quantizer table).
-    """
-    if kind == "sq8":
-        return "mse"
-    return "minmax" if quantizer_bits(kind) == 8 else "quantile"
 
 
 def _strided_rows(values, n_rows):
@@ -158,12 +133,17 @@ def train_range(values, bits, range_stat, range_quantile, uniform):
 class ScalarQuantizer:
     """Scalar quantizer state: ``vmin`` and ``delta`` per dimension (float32).
 
-    The ``*_uniform`` kinds hold the same value in every dimension.
+    ``spec`` is its registry entry (:class:`ivfsq.codecs.CodecKind`): the
+    bits per code and whether the ranges are uniform, in which case every
+    dimension holds the same values.
     """
 
-    def __init__(self, kind, vmin, delta):
-        self.kind = kind
-        self.bits = quantizer_bits(kind)
+    SECTIONS = ("sq_vmin", "sq_delta")
+
+    def __init__(self, spec, vmin, delta):
+        self.spec = spec
+        self.kind = spec.name
+        self.bits = spec.bits
         self.vmin = np.ascontiguousarray(vmin, dtype=np.float32)
         self.delta = np.ascontiguousarray(delta, dtype=np.float32)
         # Where the AVX2 dots can run these codes (IVFSQ_INT_DOTS aside).
@@ -173,26 +153,26 @@ class ScalarQuantizer:
     def dim(self):
         return self.vmin.shape[0]
 
+    @staticmethod
+    def code_size_of(bits, dim):
+        """Bytes of code per vector: ``dim`` (8 bits) or ``ceil(dim / 2)`` (4 bits)."""
+        return dim if bits == 8 else (dim + 1) // 2
+
     @property
     def code_size(self):
-        """Bytes of code per vector: ``dim`` (8 bits) or ``ceil(dim / 2)`` (4 bits)."""
-        return self.dim if self.bits == 8 else (self.dim + 1) // 2
+        return self.code_size_of(self.bits, self.dim)
 
     @classmethod
-    def train(cls, kind, values, range_stat=None, range_quantile=DEFAULT_RANGE_QUANTILE):
+    def train(cls, spec, values, range_stat, range_quantile=DEFAULT_RANGE_QUANTILE):
         """Learn the ranges from ``values`` (float32, (n, dim)), e.g. residuals."""
-        if kind not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {list(QUANTIZERS)}, got {kind!r}")
-        if range_stat is None:
-            range_stat = default_range_stat(kind)
-        bits = quantizer_bits(kind)
-        lo, hi = train_range(values, bits, range_stat, range_quantile, kind.endswith("_uniform"))
+        bits = spec.bits
+        lo, hi = train_range(values, bits, range_stat, range_quantile, spec.uniform)
         step = (hi - lo) / ((1 << bits) - 1)
         # A step that is not a normal float32 (zero range, or one so narrow
         # that the step underflows) is 1: every value of such a dimension
         # then has one level, and the state passes check_state.
         delta = np.where(step >= MIN_DELTA, step, 1.0)
-        return cls(kind, lo.astype(np.float32), delta.astype(np.float32))
+        return cls(spec, lo.astype(np.float32), delta.astype(np.float32))
 
     def encode(self, vectors, centers, labels):
         """Codes (uint8, (n, code_size)) and decoded vectors (float32) of rows.
@@ -289,15 +269,26 @@ class ScalarQuantizer:
         return out, params
 
     def to_arrays(self):
+        """The file sections (:attr:`SECTIONS`) of this codec."""
         return {"sq_vmin": self.vmin, "sq_delta": self.delta}
 
+    def mismatch(self, other):
+        """Why rows coded by ``other`` cannot be mixed with this codec's (a
+        description), or None when they can: the same kind and ranges."""
+        if self.kind != other.kind:
+            return "a different quantizer"
+        for what, mine, theirs in (("vmin", self.vmin, other.vmin),
+                                   ("delta", self.delta, other.delta)):
+            if not np.array_equal(mine, theirs):
+                return f"different quantizer ranges ({what}) (it was trained separately)"
+        return None
+
     @classmethod
-    def from_arrays(cls, kind, arrays, dim=None):
+    def from_arrays(cls, spec, arrays, dim=None):
         """The quantizer of :meth:`to_arrays`' output, checked: raises
         ValueError naming what is wrong (see :meth:`check_state`)."""
-        if kind not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {list(QUANTIZERS)}, got {kind!r}")
-        for name in ("sq_vmin", "sq_delta"):
+        kind = spec.name
+        for name in cls.SECTIONS:
             array = arrays.get(name)
             if array is None:
                 raise ValueError(f"the {kind} quantizer needs an array {name!r}")
@@ -307,7 +298,7 @@ class ScalarQuantizer:
                     f"quantizer array {name!r} must be float32 (dim,), found {array.dtype} "
                     f"{array.shape}"
                 )
-        quantizer = cls(kind, arrays["sq_vmin"], arrays["sq_delta"])
+        quantizer = cls(spec, arrays["sq_vmin"], arrays["sq_delta"])
         quantizer.check_state(dim)
         return quantizer
 
@@ -318,8 +309,6 @@ class ScalarQuantizer:
         normal float32: search weights are ``q * delta`` and encoding
         divides by it); the ``*_uniform`` kinds hold one
         ``vmin`` and one ``delta`` in every dimension."""
-        if self.kind not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {list(QUANTIZERS)}, got {self.kind!r}")
         dim = self.dim if dim is None else dim
         for name, array in (("vmin", self.vmin), ("delta", self.delta)):
             if array.dtype != np.float32 or array.shape != (dim,):
@@ -342,7 +331,7 @@ class ScalarQuantizer:
                 f"quantizer step (delta) must be > 0 and at least {MIN_DELTA:.3g} (a normal "
                 f"float32), got {self.delta[where]:.3g} in dimension {where}"
             )
-        if self.kind.endswith("_uniform"):
+        if self.spec.uniform:
             for name, array in (("vmin", self.vmin), ("delta", self.delta)):
                 differs = array != array[0]
                 if differs.any():

@@ -9,13 +9,12 @@ import threading
 
 import numpy as np
 
-from ivfsq import metrics
+from ivfsq import codecs, metrics
 from ivfsq._progress import report
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
 from ivfsq.backends.cpu import kernels
 from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
-from ivfsq.codecs.scalar import ScalarQuantizer
 from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq.ivf.lists import ListStorage
@@ -192,8 +191,8 @@ class IvfSqEngine:
                 sample, centers, inner_product=inner_product, n_threads=n_threads
             )
             values -= centers[labels]
-        quantizer = ScalarQuantizer.train(
-            params.quantizer, values, params.range_stat, params.range_quantile
+        quantizer = codecs.get(params.quantizer).train(
+            values, params.range_stat, params.range_quantile
         )
         precise_dtype = params.precise_dtype if params.reorder else None
         lists = ListStorage.empty(
@@ -787,14 +786,13 @@ class IvfSqEngine:
         for what, same in checks:
             if not same:
                 return f"a different {what}"
-        arrays = [("centers", self.centers, other.centers),
-                  ("quantizer ranges (vmin)", self.quantizer.vmin, other.quantizer.vmin),
-                  ("quantizer ranges (delta)", self.quantizer.delta, other.quantizer.delta)]
-        if self.rotation is not None:
-            arrays.append(("rotation", self.rotation, other.rotation))
-        for what, mine, theirs in arrays:
-            if not np.array_equal(mine, theirs):
-                return f"different {what} (it was trained separately)"
+        if not np.array_equal(self.centers, other.centers):
+            return "different centers (it was trained separately)"
+        reason = self.quantizer.mismatch(other.quantizer)
+        if reason is not None:
+            return reason
+        if self.rotation is not None and not np.array_equal(self.rotation, other.rotation):
+            return "different rotation (it was trained separately)"
         return None
 
     def merged(self, others):

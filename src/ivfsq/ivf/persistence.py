@@ -25,8 +25,8 @@ Layout (``index_version``; files without the field have layout 1):
 
 import numpy as np
 
+from ivfsq import codecs
 from ivfsq._validation import METRICS, check_choice, check_int
-from ivfsq.codecs.scalar import QUANTIZERS, ScalarQuantizer, quantizer_bits
 from ivfsq.io.format import IndexFileError
 from ivfsq.ivf.engine import IvfSqEngine
 from ivfsq.ivf.lists import ListStorage
@@ -128,7 +128,7 @@ def _header_fields(header, make_params):
         size = check_int("size", header["size"], minimum=0)
         next_id = check_int("next_id", header["next_id"], minimum=0, maximum=MAX_NEXT_ID)
         metric = check_choice("metric", header["metric"], METRICS)
-        quantizer = check_choice("quantizer", header["quantizer"], QUANTIZERS)
+        quantizer = check_choice("quantizer", header["quantizer"], codecs.NAMES)
     except (TypeError, ValueError) as error:
         raise ValueError(f"bad header field ({error})") from None
     for name, value, expected in (("n_lists", n_lists, params.n_lists),
@@ -143,14 +143,18 @@ def _header_fields(header, make_params):
 
 
 def _check_sections(arrays, expected):
-    """Every expected section is there with its shape and dtype, and no other."""
+    """Every expected section is there with its shape and dtype (those of
+    the codec, ``None`` here, are checked by the codec), and no other."""
     unexpected = set(arrays) - set(expected)
     if unexpected:
         raise ValueError(f"unexpected sections {sorted(unexpected)}")
-    for name, (shape, dtype) in expected.items():
+    for name, layout in expected.items():
         array = arrays.get(name)
         if array is None:
             raise ValueError(f"missing section {name!r}")
+        if layout is None:
+            continue
+        shape, dtype = layout
         if array.shape != shape or array.dtype != dtype:
             raise ValueError(
                 f"section {name!r} should be {np.dtype(dtype)} {shape}, "
@@ -160,11 +164,11 @@ def _check_sections(arrays, expected):
 
 def _from_contents(header, arrays, make_params):
     params, n_lists, dim, size, next_id = _header_fields(header, make_params)
-    code_size = dim if quantizer_bits(params.quantizer) == 8 else (dim + 1) // 2
+    code_kind = codecs.get(params.quantizer)
+    code_size = code_kind.code_size(dim)
     expected = {
         "centers": ((n_lists, dim), np.float32),
-        "sq_vmin": ((dim,), np.float32),
-        "sq_delta": ((dim,), np.float32),
+        **dict.fromkeys(code_kind.sections),
         "list_sizes": ((n_lists,), np.int64),
         "codes": ((size, code_size), np.uint8),
         "ids": ((size,), np.int64),
@@ -176,7 +180,7 @@ def _from_contents(header, arrays, make_params):
         expected["rotation"] = ((dim, dim), np.float32)
     _check_sections(arrays, expected)
 
-    quantizer = ScalarQuantizer.from_arrays(params.quantizer, arrays, dim=dim)
+    quantizer = code_kind.from_arrays(arrays, dim=dim)
     centers = np.ascontiguousarray(arrays["centers"])
     if not np.isfinite(centers).all():
         raise ValueError("non-finite value in 'centers'")

@@ -5,6 +5,7 @@
 says so: documentation, doctests and ``repr`` show it there).
 """
 
+from ivfsq import codecs
 from ivfsq._validation import (
     METRICS,
     check_bool,
@@ -13,12 +14,7 @@ from ivfsq._validation import (
     check_float,
     check_int,
 )
-from ivfsq.codecs.scalar import (
-    DEFAULT_RANGE_QUANTILE,
-    QUANTIZERS,
-    RANGE_STATS,
-    default_range_stat,
-)
+from ivfsq.codecs.scalar import DEFAULT_RANGE_QUANTILE, RANGE_STATS
 from ivfsq.ivf.transforms import TRANSFORMS
 
 __all__ = ["IndexParams"]
@@ -128,11 +124,11 @@ class IndexParams:
         self._conservative_memory_allocation = check_bool(
             "conservative_memory_allocation", conservative_memory_allocation
         )
-        self._quantizer = check_choice("quantizer", quantizer, QUANTIZERS)
+        self._quantizer = check_choice("quantizer", quantizer, codecs.NAMES)
         self._by_residual = check_bool("by_residual", by_residual)
         self._range_stat = check_choice("range_stat", range_stat, RANGE_STATS, allow_none=True)
         if self._range_stat is None:
-            self._range_stat = default_range_stat(self._quantizer)
+            self._range_stat = codecs.get(self._quantizer).default_range_stat
         self._range_quantile = check_float(
             "range_quantile", range_quantile, exclusive_minimum=0.0, exclusive_maximum=0.5
         )
