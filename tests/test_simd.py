@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from ivfsq.backends.cpu import search
 from ivfsq.backends.cpu.kernels import common, encode, grouped, heaps, scan, simd
 from ivfsq.common import Resources
 from ivfsq.ivf import engine as _ivf
@@ -354,7 +355,7 @@ def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(metric, spread
     data[:, :4] *= spread
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4", metric=metric), data)
     engine = index._engine
-    excess = engine._int8_excess(engine.lists)
+    excess = search.int8_excess(engine, engine.lists)
     assert 0.0 <= excess <= 1.0
     assert (excess >= _ivf.SQ4_WIDE_MIN_EXCESS) == wide
     # The planner takes the estimate's choice, computed once per snapshot.
@@ -363,14 +364,14 @@ def test_4_bit_codes_take_int16_weights_where_int8_ones_are_loose(metric, spread
         assert ivf_sq.search_plan(params, index, 1).int_filter == ("int16" if wide else "int8")
         assert engine.sq4_int16_pays(engine.lists) == wide
     # The estimate is of the int8 weights whichever the index took.
-    assert engine._int8_excess(engine.lists) == excess
+    assert search.int8_excess(engine, engine.lists) == excess
     # Nearest lists left empty (their vectors removed) are passed over.
     empty = np.zeros((32, 1), np.int64)
     sizes = engine.lists.list_sizes.copy()
     sizes[0] = 0
     engine.lists.list_sizes = sizes
     engine.coarse_probes = lambda queries, n_probes, n_threads: empty[:queries.shape[0]]
-    assert engine._int8_excess(engine.lists) == 0.0
+    assert search.int8_excess(engine, engine.lists) == 0.0
     # Longer rows keep int8 weights whatever the data.
     wider = np.concatenate([data, data[:, :4]], axis=1)
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16, quantizer="sq4", metric=metric), wider)
@@ -469,7 +470,7 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
         return out_d, out_i
 
     def list_major(int_args, keep, use_filter):
-        pair_offsets, pair_queries, pair_consts = _ivf._pair_groups(
+        pair_offsets, pair_queries, pair_consts = search._pair_groups(
             probes, consts, np.arange(probes.size), sizes.shape[0]
         )
         heap_d = np.empty((n_queries, k), np.float32)

@@ -4,7 +4,6 @@ The public facade (:mod:`ivfsq.neighbors.ivf_sq`) checks user input and calls
 into this module, which works on float32 C-contiguous arrays only.
 """
 
-import math
 import threading
 
 import numpy as np
@@ -13,7 +12,7 @@ from ivfsq import codecs, metrics
 from ivfsq._progress import report
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
-from ivfsq.backends.cpu import kernels
+from ivfsq.backends.cpu import kernels, search
 from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
 from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
@@ -32,74 +31,12 @@ COARSE_BLOCK_QUERIES = 2048
 # IvfSqEngine.sq4_int16_pays).
 SQ4_WIDE_MIN_EXCESS = 0.1
 
-# search_few's "no probes given" (it runs the coarse step itself).
-_NO_PROBES = np.zeros((0, 0), dtype=np.int64)
-
-
-
 def normalize_rows(vectors):
     """Rows (float32, C-contiguous) scaled to unit L2 norm in place; zero rows
     stay zero. Returns the vectors and a boolean mask of the nonzero rows."""
     nonzero = np.empty(vectors.shape[0], dtype=np.bool_)
     kernels.encode.normalize_rows(vectors, nonzero)
     return vectors, nonzero
-
-
-def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_are_heaps=False):
-    """Run ``scan_part(part, part_distances, part_ids)`` for each part on the
-    thread pool, each into its own per-query top-k arrays (the shape of
-    ``out_*``; max-heaps when ``parts_are_heaps``, else sorted), then merge
-    them into ``out_*`` (sorted), in parallel over queries."""
-    n_queries, n_candidates = out_distances.shape
-    all_d = np.empty((n_queries, n_parts * n_candidates), dtype=np.float32)
-    all_i = np.empty((n_queries, n_parts * n_candidates), dtype=np.int64)
-
-    def task(part_start, part_stop):
-        for part in range(part_start, part_stop):
-            part_d = np.empty((n_queries, n_candidates), dtype=np.float32)
-            part_i = np.empty((n_queries, n_candidates), dtype=np.int64)
-            scan_part(part, part_d, part_i)
-            columns = slice(part * n_candidates, (part + 1) * n_candidates)
-            all_d[:, columns] = part_d
-            all_i[:, columns] = part_i
-
-    run_chunks(task, n_parts, n_threads, chunks_per_thread=1)
-
-    def merge(start, stop):
-        rows = slice(start, stop)
-        kernels.heaps.merge_topk(all_d[rows], all_i[rows], parts_are_heaps, out_distances[rows],
-                           out_ids[rows])
-
-    run_chunks(merge, n_queries, n_threads, min_chunk=256, chunks_per_thread=1)
-
-
-def _pair_groups(probes, list_consts, pairs, n_lists):
-    """(query, probe) pairs (flat indices into ``probes``) grouped by list:
-    ``pair_offsets`` (per list, into the next two), the pairs' query rows
-    and their list constants."""
-    pair_lists = probes.ravel()[pairs]
-    order = np.argsort(pair_lists, kind="stable")
-    pairs = pairs[order]
-    pair_offsets = np.zeros(n_lists + 1, dtype=np.int64)
-    np.cumsum(np.bincount(pair_lists, minlength=n_lists), out=pair_offsets[1:])
-    pair_queries = pairs // probes.shape[1]
-    pair_consts = np.ascontiguousarray(list_consts.ravel()[pairs])
-    return pair_offsets, pair_queries, pair_consts
-
-
-def _kernel_filter(keep_words):
-    """The filter words as the kernels take them (empty without a filter)
-    and whether there is a filter."""
-    if keep_words is None:
-        return np.zeros(0, dtype=np.uint32), False
-    return keep_words, True
-
-
-def _half_table():
-    """float32 value of every float16 bit pattern (for the re-rank kernel)."""
-    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(
-        np.float32
-    )
 
 
 class IvfSqEngine:
@@ -129,7 +66,6 @@ class IvfSqEngine:
         self.rotation = rotation
         self.next_id = 0
         self._extend_lock = threading.Lock()
-        self._half_table = None
         self._coarse_bound = None  # CoarseBound, False when it does not pay
         self._tuning = SnapshotCache()  # values tuned on a snapshot of the lists
 
@@ -452,151 +388,22 @@ class IvfSqEngine:
 
     def _search_block(self, plan, prepared, lists, k, n_probes, keep_words, n_threads,
                       refine_ratio):
-        queries = self.internal(prepared, n_threads)
-        refine = lists.precise is not None
-        n_queries = queries.shape[0]
-        n_probes = min(n_probes, self.centers.shape[0])
-        n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
-        metric = self.kernel_metric
-        bits = self.quantizer.bits
-        keep_words, use_filter = _kernel_filter(keep_words)
-        distances = np.empty((n_queries, n_candidates), dtype=np.float32)
-        neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
-        if plan.path == "few":
-            # The whole search in one kernel call (after one for the probes
-            # where the coarse bound pays).
-            probes = _NO_PROBES
-            if self.coarse_bound(n_probes) is not None:
-                probes = self.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-            kernels.scan.search_few(
-                queries, self.centers, self.center_sq_norms, n_probes, self.quantizer.vmin,
-                self.quantizer.delta, self.by_residual, lists.codes, lists.ids, lists.aux,
-                lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
-                refine, self.quantizer.int_weights_buffer(1, plan.int_weights, plan.wide),
-                probes, distances, neighbors,
-            )
-            if refine:
-                return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
-            return distances, neighbors
-        probes = self.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-        list_consts, query_sq_norms = self.list_constants(queries, probes, n_threads)
-        weights = self.quantizer.weights(queries, n_threads)
-        int_weights, int_params = self.quantizer.int_weights(
-            weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
-        )
-
-        def scan_pairs(query_rows, probe_cols, out_d, out_i):
-            kernels.scan.scan_lists(
-                np.ascontiguousarray(probes[query_rows, probe_cols]),
-                np.ascontiguousarray(list_consts[query_rows, probe_cols]),
-                weights[query_rows],
-                query_sq_norms[query_rows],
-                lists.codes,
-                lists.ids,
-                lists.aux,
-                lists.list_offsets,
-                lists.list_sizes,
-                metric,
-                bits,
-                keep_words,
-                use_filter,
-                refine,
-                int_weights[query_rows],
-                int_params[query_rows],
-                out_d,
-                out_i,
-            )
-
-        if plan.path == "list_major":
-            # Big batches: list-major, each list read once for all its queries.
-            self._scan_grouped(
-                probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-                metric, bits, keep_words, use_filter, refine, distances, neighbors, n_threads,
-            )
-        elif plan.path == "per_query":
-            # Batches: parallel over queries, each query's top-k in one heap.
-            def task(start, stop):
-                rows = slice(start, stop)
-                scan_pairs(rows, slice(None), distances[rows], neighbors[rows])
-
-            run_chunks(task, n_queries, n_threads)
-        else:
-            # Few queries: parallel over probed lists, then merge the partial top-k.
-            n_parts = max(1, min(n_threads, n_probes))
-            bounds = [round(n_probes * part / n_parts) for part in range(n_parts + 1)]
-
-            def scan_part(part, out_d, out_i):
-                scan_pairs(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
-
-            _scan_in_parts(n_parts, scan_part, distances, neighbors, n_threads)
-        if refine:
-            return self._rerank(prepared, neighbors, k, lists, metric, n_threads)
-        return distances, neighbors
+        return search.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
+                                   n_threads, refine_ratio)
 
     def range_search(self, prepared, radius, n_probes, keep_words, n_threads,
                      int_filter="auto"):
-        """Per query, the stored vectors with internal distance <= ``radius``.
-
-        Returns CSR arrays: ``offsets`` (n_queries + 1), ``ids`` and internal
-        distances, each query's results sorted by (distance, id). The probes,
-        constants and weights are those of :meth:`search`, and the codes are
-        scanned by its per-query loop with the range handler (the integer
-        filter included, as the planner chooses it for per-query scans);
-        with a precise store the probed rows' exact distances are used
-        instead, as re-ranking does.
-        """
-        lists = self.lists  # one snapshot
-        queries = self.internal(prepared, n_threads)
-        n_queries = queries.shape[0]
-        n_probes = min(n_probes, self.centers.shape[0])
-        metric = self.kernel_metric
-        keep_words, use_filter = _kernel_filter(keep_words)
-        probes = self.coarse_probes(queries, n_probes, n_threads)
-        radius = np.float32(radius)
-        chunks = {}
-        if lists.precise is not None:
-            precise, half_bits, half_table = self._precise_views(lists, queries.shape[1])
-
-            def task(start, stop):
-                rows = slice(start, stop)
-                chunks[start] = kernels.exact.range_exact(
-                    np.ascontiguousarray(probes[rows]), prepared[rows], lists.ids,
-                    lists.list_offsets, lists.list_sizes, metric, keep_words, use_filter,
-                    radius, precise, half_bits, half_table,
-                )
-        else:
-            list_consts, query_sq_norms = self.list_constants(queries, probes, n_threads)
-            weights = self.quantizer.weights(queries, n_threads)
-            plan = self.plan(lists, n_queries, n_probes, n_threads, "per_query", int_filter)
-            int_weights, int_params = self.quantizer.int_weights(
-                weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
-            )
-
-            def task(start, stop):
-                rows = slice(start, stop)
-                chunks[start] = kernels.scan.range_lists(
-                    np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
-                    weights[rows], query_sq_norms[rows], lists.codes, lists.ids, lists.aux,
-                    lists.list_offsets, lists.list_sizes, metric, self.quantizer.bits,
-                    keep_words, use_filter, int_weights[rows], int_params[rows], radius,
-                )
-
-        run_chunks(task, n_queries, n_threads)
-        parts = [chunks[start] for start in sorted(chunks)]
-        counts = np.concatenate([part[0] for part in parts])
-        ids = np.concatenate([part[1] for part in parts])
-        distances = np.concatenate([part[2] for part in parts])
-        offsets = np.zeros(n_queries + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        # Each query's results by (distance, id).
-        owner = np.repeat(np.arange(n_queries), counts)
-        order = np.lexsort((ids, distances, owner))
-        return offsets, ids[order], distances[order]
+        """Per query, the stored vectors with internal distance <= ``radius``
+        (see :func:`ivfsq.backends.cpu.search.range_search`): CSR arrays
+        ``offsets``, ``ids`` and internal distances."""
+        return search.range_search(self, prepared, radius, n_probes, keep_words, n_threads,
+                                   int_filter)
 
     def sq4_int16_pays(self, lists):
         """Whether int16 filter weights pay for these 4-bit codes: where the
         int8 ones leave too many rows of a list for exact scoring
-        (:meth:`_int8_excess` at least ``SQ4_WIDE_MIN_EXCESS``).
+        (:func:`ivfsq.backends.cpu.search.int8_excess` at least
+        ``SQ4_WIDE_MIN_EXCESS``).
 
         Which pays depends on the data, not only on the row length, so the
         share is estimated on the snapshot's own vectors, once per snapshot.
@@ -606,157 +413,8 @@ class IvfSqEngine:
         if lists.size == 0:
             return False
         return self._tuning.get(
-            lists, "sq4_int16_pays", lambda: self._int8_excess(lists) >= SQ4_WIDE_MIN_EXCESS
+            lists, "sq4_int16_pays", lambda: search.int8_excess(self, lists) >= SQ4_WIDE_MIN_EXCESS
         )
-
-    def _int8_excess(self, lists, k=10, n_samples=32):
-        """Past the ``k`` that must be scored exactly, the share of a list's
-        rows whose int8-filter bound does not rule them out at the final
-        k-th distance, averaged over queries that are stored vectors (evenly
-        spaced rows, decoded) and their nearest lists."""
-        quantizer = self.quantizer
-        rows = lists.valid_rows()
-        labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
-        picked = np.linspace(0, rows.shape[0] - 1, min(n_samples, rows.shape[0])).astype(int)
-        rows = rows[picked]
-        centers, labels = self._code_reference(labels[picked])
-        queries = quantizer.decode(lists.codes[rows], centers, labels)
-        if self.metric.normalized:
-            queries, _ = normalize_rows(queries)
-        probes = self.coarse_probes(queries, 1, 1)
-        consts, query_sq_norms = self.list_constants(queries, probes, 1)
-        weights = quantizer.weights(queries)
-        int_weights, params = quantizer.int_weights(weights, wide=False)
-        excess = np.empty(queries.shape[0], dtype=np.float64)
-        kernels.scan.int_filter_excess(
-            np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]), weights,
-            query_sq_norms, lists.codes, lists.aux, lists.list_offsets, lists.list_sizes,
-            self.kernel_metric, 4, int_weights, params, k, excess,
-        )
-        excess = excess[excess >= 0]  # lists left empty by removals are passed over
-        return float(excess.mean()) if excess.size else 0.0
-
-    def _precise_views(self, lists, dim):
-        """The precise store as the exact kernels take it: float32 rows, or
-        (no rows and) float16 bit patterns with their float32 table."""
-        precise = lists.precise
-        if precise.dtype == np.float16:
-            if self._half_table is None:
-                self._half_table = _half_table()
-            return np.zeros((0, dim), dtype=np.float32), precise.view(np.uint16), self._half_table
-        return precise, np.zeros((0, dim), dtype=np.uint16), np.zeros(0, dtype=np.float32)
-
-    def _scan_grouped(
-        self, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-        metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
-    ):
-        """List-major scan of a batch into ``out_*`` (sorted top-k per query).
-
-        The (query, probe) pairs are grouped by list, and each list is read
-        once per group for all its queries. Without the integer filter the
-        probed lists are cut into one contiguous part per thread of about
-        equal work (pairs x list size); each part keeps its own per-query
-        heaps, merged at the end.
-
-        With the filter, every candidate that might enter a heap is rescored
-        exactly, so heaps that start empty cost more: threads take shares
-        of the queries instead (one heap per query), and each query's nearest
-        list is scanned first (its *lead* pair, a group of its own), so its
-        k-th distance is tight early and fewer candidates pass the filter.
-        Fashion-mnist SQ4, 2,000 queries, 1 thread, lead pairs first: 1.1x
-        faster at 16-32 probes, even at 4-8. Where
-        :func:`kernels.scan.two_phase_pays`, the lead lists are scanned in
-        two phases (bounds of every row, then exact scores for the rows
-        the k-th smallest upper bound leaves in). On fashion-mnist at 4
-        probes, a replay of the scan counts 17 exact scores per query in
-        the lead list instead of 31 (SQ4), and 10 instead of 28 (SQ8); the
-        lead pass took a quarter less time.
-        """
-        # int16 weights for 4-bit codes give a bound as tight as 8-bit codes':
-        # the lists are then cut among threads as without the filter.
-        wide = bits == 4 and int_weights.dtype.itemsize == 2
-        if int_weights.shape[1] > 0 and not wide:
-            self._scan_grouped_by_queries(
-                probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-                metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids,
-                n_threads,
-            )
-            return
-        n_lists = self.centers.shape[0]
-        pair_offsets, pair_queries, pair_consts = _pair_groups(
-            probes, list_consts, np.arange(probes.size), n_lists
-        )
-        counts = np.diff(pair_offsets)
-        active = np.flatnonzero(counts)
-        work = np.cumsum(counts[active] * (lists.list_sizes[active] + 1))
-        n_parts = max(1, min(n_threads, active.shape[0]))
-        cuts = np.searchsorted(work, work[-1] * np.arange(1, n_parts) / n_parts)
-        bounds = [0, *cuts.tolist(), active.shape[0]]
-
-        def scan_part(part, part_d, part_i):
-            kernels.heaps.init_heaps(part_d, part_i)
-            kernels.grouped.scan_lists_grouped(
-                active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
-                pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
-                lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                use_filter, emit_rows, int_weights, int_params, part_d, part_i,
-            )
-
-        _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,
-                       parts_are_heaps=True)
-
-    def _scan_grouped_by_queries(
-        self, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-        metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
-    ):
-        """:meth:`_scan_grouped` with the filter: a share of the queries per
-        thread, lead pairs first."""
-        n_queries, n_probes = probes.shape
-        n_lists = self.centers.shape[0]
-        k = out_distances.shape[1]
-        mean_rows = lists.size / max(1, n_lists)
-        first_kernel = kernels.grouped.scan_lists_grouped
-        if kernels.scan.two_phase_pays(k, lists.codes.shape[1], mean_rows):
-            first_kernel = kernels.grouped.scan_first_lists_grouped
-
-        def task(start, stop):
-            rows = slice(start, stop)
-            part_probes = probes[rows]
-            heap_d = np.empty((stop - start, k), dtype=np.float32)
-            heap_i = np.empty((stop - start, k), dtype=np.int64)
-            kernels.heaps.init_heaps(heap_d, heap_i)
-            is_lead = np.arange(part_probes.size) % n_probes == 0
-            for kernel, pairs in ((first_kernel, np.flatnonzero(is_lead)),
-                                  (kernels.grouped.scan_lists_grouped, np.flatnonzero(~is_lead))):
-                pair_offsets, pair_queries, pair_consts = _pair_groups(
-                    part_probes, list_consts[rows], pairs, n_lists
-                )
-                kernel(
-                    np.flatnonzero(np.diff(pair_offsets)), pair_offsets, pair_queries,
-                    pair_consts, weights[rows], query_sq_norms[rows], lists.codes, lists.ids,
-                    lists.aux, lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                    use_filter, emit_rows, int_weights[rows], int_params[rows], heap_d, heap_i,
-                )
-            kernels.heaps.merge_topk(heap_d, heap_i, True, out_distances[rows], out_ids[rows])
-
-        run_chunks(task, n_queries, n_threads, chunks_per_thread=1)
-
-    def _rerank(self, queries, candidate_rows, k, lists, metric, n_threads):
-        """Exact top-k over candidate storage rows, from the precise store."""
-        n_queries = queries.shape[0]
-        distances = np.empty((n_queries, k), dtype=np.float32)
-        neighbors = np.empty((n_queries, k), dtype=np.int64)
-        precise, half_bits, half_table = self._precise_views(lists, queries.shape[1])
-
-        def task(start, stop):
-            rows = slice(start, stop)
-            kernels.exact.rerank_rows(
-                queries[rows], precise, half_bits, half_table, candidate_rows[rows],
-                lists.ids, metric, distances[rows], neighbors[rows],
-            )
-
-        run_chunks(task, n_queries, n_threads, min_chunk=16)
-        return distances, neighbors
 
     # ------------------------------------------------------------- decoding
     def decoded_vectors(self):
