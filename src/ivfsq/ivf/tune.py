@@ -26,6 +26,25 @@ def stored_ground_truth(engine, queries, k):
     return ids[rows]
 
 
+def choose(points, target_recall, k, by_qps):
+    """The point that :func:`ivfsq.neighbors.ivf_sq.tune` returns: among
+    those reaching ``target_recall``, the fastest (``by_qps``, for indexes
+    with a precise store, where the refine ratio trades recall for time) or
+    the fewest ``n_probes`` (work grows with them, whatever timing noise
+    says). ValueError naming the best recall when none reaches it."""
+    reached = [point for point in points if point["recall"] >= target_recall]
+    if not reached:
+        best = max(points, key=lambda point: point["recall"])
+        raise ValueError(
+            f"target_recall {target_recall} is not reached: the best measured recall@{k} was "
+            f"{best['recall']:.4f} (n_probes={best['n_probes']}, "
+            f"refine_ratio={best['refine_ratio']})"
+        )
+    if by_qps:
+        return max(reached, key=lambda point: point["qps"])
+    return min(reached, key=lambda point: point["n_probes"])
+
+
 def probe_counts(n_lists):
     counts = [step for step in _PROBE_STEPS if step < n_lists]
     return counts + [n_lists]

@@ -24,7 +24,6 @@ import numpy as np
 
 from ivfsq._validation import (
     check_bool,
-    check_choice,
     check_float,
     check_id_list,
     check_ids,
@@ -37,8 +36,9 @@ from ivfsq.io import format as _format
 from ivfsq.ivf import persistence as _persistence
 from ivfsq.ivf import tune as _tune
 from ivfsq.ivf.engine import IvfSqEngine
-from ivfsq.ivf.planner import INT_FILTERS, SCANS, SearchPlan
+from ivfsq.ivf.planner import SearchPlan
 from ivfsq.neighbors._index_params import IndexParams
+from ivfsq.neighbors._search_params import SearchParams
 from ivfsq.neighbors.filters import Filter
 
 __all__ = [
@@ -62,59 +62,6 @@ __all__ = [
 # Candidates re-ranked per result when an index has a precise store and
 # SearchParams(refine_ratio=None).
 DEFAULT_REFINE_RATIO = 2.0
-
-
-class SearchParams:
-    """Parameters to search an IVF-SQ index.
-
-    Parameters
-    ----------
-    n_probes : int, default = 20
-        The number of lists to scan per query (clamped to ``n_lists``).
-    refine_ratio : float or None, default = None
-        For an index built with ``reorder=True``: ``ceil(refine_ratio * k)``
-        candidates are scored on the codes, then re-ranked with exact
-        distances from the precise store (the returned distances are exact).
-        ``None`` means 2.0. Must be >= 1; giving it for an index without a
-        precise store is an error.
-    scan : {"auto", "few", "per_query", "per_list", "list_major"}, default = "auto"
-        How the probed lists are scanned; ``"auto"`` lets the planner choose
-        from the batch shape (see :func:`search_plan`). The results do not
-        depend on it beyond float32 rounding and the order of exact ties.
-    int_filter : {"auto", "off", "int8", "int16"}, default = "auto"
-        The integer pre-filter of the scan (integer dots with an error
-        bound, then exact scores for the rows it cannot rule out), with int8
-        or int16 query weights, or ``"off"``. Which ones an index can take
-        depends on its codes and the CPU; others raise ``ValueError`` at
-        search time. Like ``scan``, it changes speed, not results.
-
-    Examples
-    --------
-    >>> from ivfsq.neighbors import ivf_sq
-    >>> ivf_sq.SearchParams(n_probes=32)
-    SearchParams(n_probes=32, refine_ratio=None, scan='auto', int_filter='auto')
-    """
-
-    def __init__(self, *, n_probes=20, refine_ratio=None, scan="auto", int_filter="auto"):
-        self._n_probes = check_int("n_probes", n_probes, minimum=1)
-        self._refine_ratio = None
-        if refine_ratio is not None:
-            self._refine_ratio = check_float("refine_ratio", refine_ratio, minimum=1.0)
-        self._scan = check_choice("scan", scan, SCANS)
-        self._int_filter = check_choice("int_filter", int_filter, INT_FILTERS)
-
-    def get_handle(self):
-        """An opaque handle (cuVS compatibility): the parameters object itself."""
-        return self
-
-    n_probes = property(lambda self: self._n_probes, doc="Lists scanned per query.")
-    refine_ratio = property(lambda self: self._refine_ratio, doc="Re-ranked candidates per k.")
-    scan = property(lambda self: self._scan, doc="The scan path, or 'auto'.")
-    int_filter = property(lambda self: self._int_filter, doc="The integer filter, or 'auto'.")
-
-    def __repr__(self):
-        return (f"SearchParams(n_probes={self._n_probes}, refine_ratio={self._refine_ratio!r}, "
-                f"scan={self._scan!r}, int_filter={self._int_filter!r})")
 
 
 class Index:
@@ -564,19 +511,7 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None)
 
     points = _tune.sweep(run, n_queries, truth[:, :k], k, index.n_lists, target_recall,
                          refine_ratios)
-    reached = [point for point in points if point["recall"] >= target_recall]
-    if not reached:
-        best = max(points, key=lambda point: point["recall"])
-        raise ValueError(
-            f"target_recall {target_recall} is not reached: the best measured recall@{k} was "
-            f"{best['recall']:.4f} (n_probes={best['n_probes']}, "
-            f"refine_ratio={best['refine_ratio']})"
-        )
-    if engine.has_precise:
-        chosen = max(reached, key=lambda point: point["qps"])
-    else:
-        # Work grows with n_probes: the fewest probes, whatever timing noise says.
-        chosen = min(reached, key=lambda point: point["n_probes"])
+    chosen = _tune.choose(points, target_recall, k, by_qps=engine.has_precise)
     return (
         SearchParams(n_probes=chosen["n_probes"], refine_ratio=chosen["refine_ratio"]),
         _tune.pareto_front(points),
