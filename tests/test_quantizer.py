@@ -114,9 +114,11 @@ def test_scan_kernel_matches_numpy_oracle(bits, emit_rows, dim, use_int):
     for metric in (common.METRIC_L2, common.METRIC_IP, common.METRIC_COSINE):
         out_d = np.empty((3, k), np.float32)
         out_i = np.empty((3, k), np.int64)
-        scan.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, list_offsets,
-                           list_sizes, metric, bits, np.zeros(0, np.uint32), False,
-                           emit_rows, int_weights, int_params, out_d, out_i)
+        scan.scan_lists(probes, consts,
+                        common.QueryTables(weights, q_sq, int_weights, int_params),
+                        common.ListArrays(codes, ids, aux, list_offsets, list_sizes),
+                        common.KeepFilter(np.zeros(0, np.uint32), False), metric, bits,
+                        emit_rows, out_d, out_i)
         for i in range(3):
             cand_d, cand_i = [], []
             for p in range(2):

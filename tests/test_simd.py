@@ -461,25 +461,25 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
     bitset = np.zeros(-(-(n + 100) // 32), np.uint32)
     np.bitwise_or.at(bitset, kept // 32, (1 << (kept % 32)).astype(np.uint32))
 
+    lists = common.ListArrays(codes, ids, aux, offsets, sizes)
+
     def top_k(int_args, keep, use_filter):
         out_d = np.empty((n_queries, k), np.float32)
         out_i = np.empty((n_queries, k), np.int64)
-        scan.scan_lists(probes, consts, weights, q_sq, codes, ids, aux, offsets, sizes,
-                        common.METRIC_L2, bits, keep, use_filter, False, *int_args,
+        scan.scan_lists(probes, consts, common.QueryTables(weights, q_sq, *int_args), lists,
+                        common.KeepFilter(keep, use_filter), common.METRIC_L2, bits, False,
                         out_d, out_i)
         return out_d, out_i
 
     def list_major(int_args, keep, use_filter):
-        pair_offsets, pair_queries, pair_consts = search._pair_groups(
-            probes, consts, np.arange(probes.size), sizes.shape[0]
-        )
+        pairs = search._pair_groups(probes, consts, np.arange(probes.size), sizes.shape[0])
         heap_d = np.empty((n_queries, k), np.float32)
         heap_i = np.empty((n_queries, k), np.int64)
         heaps.init_heaps(heap_d, heap_i)
         grouped.scan_lists_grouped(
-            np.flatnonzero(np.diff(pair_offsets)), pair_offsets, pair_queries, pair_consts,
-            weights, q_sq, codes, ids, aux, offsets, sizes, common.METRIC_L2, bits, keep,
-            use_filter, False, *int_args, heap_d, heap_i,
+            np.flatnonzero(np.diff(pairs.offsets)), pairs,
+            common.QueryTables(weights, q_sq, *int_args), lists,
+            common.KeepFilter(keep, use_filter), common.METRIC_L2, bits, False, heap_d, heap_i,
         )
         out_d = np.empty((n_queries, k), np.float32)
         out_i = np.empty((n_queries, k), np.int64)
@@ -488,8 +488,8 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
 
     def in_range(int_args, keep, use_filter):
         counts, found, _ = scan.range_lists(
-            probes, consts, weights, q_sq, codes, ids, aux, offsets, sizes,
-            common.METRIC_L2, bits, keep, use_filter, *int_args, np.float32(radius),
+            probes, consts, common.QueryTables(weights, q_sq, *int_args), lists,
+            common.KeepFilter(keep, use_filter), common.METRIC_L2, bits, np.float32(radius),
         )
         return counts, found
 

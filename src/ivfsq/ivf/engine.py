@@ -77,7 +77,7 @@ class IvfSqEngine:
         """Vectors of the internal (rotated) space in the original space."""
         return vectors if self.rotation is None else unrotate(vectors, self.rotation)
 
-    def _code_reference(self, labels):
+    def code_reference(self, labels):
         """Centers and labels the codes are residuals of (zero without residuals)."""
         if self.by_residual:
             return self.centers, labels
@@ -165,7 +165,7 @@ class IvfSqEngine:
         aux = np.empty(n_rows, dtype=np.float32)
 
         def task(start, stop):
-            centers, references = self._code_reference(labels[start:stop])
+            centers, references = self.code_reference(labels[start:stop])
             chunk_codes, decoded = self.quantizer.encode(vectors[start:stop], centers, references)
             codes[start:stop] = chunk_codes
             aux[start:stop] = self.metric.side_values(decoded)
@@ -422,7 +422,7 @@ class IvfSqEngine:
         lists = self.lists
         rows = lists.valid_rows()
         labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
-        centers, labels = self._code_reference(labels)
+        centers, labels = self.code_reference(labels)
         decoded = self.quantizer.decode(lists.codes[rows], centers, labels)
         return lists.ids[rows], self.original_space(decoded)
 
@@ -498,7 +498,7 @@ class IvfSqEngine:
         if not found.all():
             missing = int(ids[np.argmin(found)])
             raise ValueError(f"ids must be stored in the index, got id {missing}, which is not")
-        centers, labels = self._code_reference(lists.list_of_rows(rows))
+        centers, labels = self.code_reference(lists.list_of_rows(rows))
         decoded = self.quantizer.decode(lists.codes[rows], centers, labels)
         return self.original_space(np.ascontiguousarray(decoded, dtype=np.float32))
 

@@ -48,9 +48,9 @@ def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_
 
 
 def _pair_groups(probes, list_consts, pairs, n_lists):
-    """(query, probe) pairs (flat indices into ``probes``) grouped by list:
-    ``pair_offsets`` (per list, into the next two), the pairs' query rows
-    and their list constants."""
+    """(query, probe) pairs (flat indices into ``probes``) grouped by list,
+    as a :class:`~ivfsq.backends.cpu.kernels.common.PairGroups`: per list
+    ``offsets`` into the pairs' query rows and their list constants."""
     pair_lists = probes.ravel()[pairs]
     order = np.argsort(pair_lists, kind="stable")
     pairs = pairs[order]
@@ -58,15 +58,25 @@ def _pair_groups(probes, list_consts, pairs, n_lists):
     np.cumsum(np.bincount(pair_lists, minlength=n_lists), out=pair_offsets[1:])
     pair_queries = pairs // probes.shape[1]
     pair_consts = np.ascontiguousarray(list_consts.ravel()[pairs])
-    return pair_offsets, pair_queries, pair_consts
+    return kernels.common.PairGroups(pair_offsets, pair_queries, pair_consts)
 
 
 def _kernel_filter(keep_words):
-    """The filter words as the kernels take them (empty without a filter)
-    and whether there is a filter."""
+    """The filter as the kernels take it (no words without a filter)."""
     if keep_words is None:
-        return np.zeros(0, dtype=np.uint32), False
-    return keep_words, True
+        return kernels.common.KeepFilter(np.zeros(0, dtype=np.uint32), False)
+    return kernels.common.KeepFilter(keep_words, True)
+
+
+def _list_arrays(lists):
+    """A snapshot's lists as the kernels take them."""
+    return kernels.common.ListArrays(lists.codes, lists.ids, lists.aux, lists.list_offsets,
+                                     lists.list_sizes)
+
+
+def _rows_of(tables, rows):
+    """The query tables of some queries (``rows``: a slice)."""
+    return kernels.common.QueryTables(*(table[rows] for table in tables))
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,8 +92,10 @@ def _precise_views(lists, dim):
     (no rows and) float16 bit patterns with their float32 table."""
     precise = lists.precise
     if precise.dtype == np.float16:
-        return np.zeros((0, dim), dtype=np.float32), precise.view(np.uint16), _half_table()
-    return precise, np.zeros((0, dim), dtype=np.uint16), np.zeros(0, dtype=np.float32)
+        return kernels.common.PreciseStore(np.zeros((0, dim), dtype=np.float32),
+                                           precise.view(np.uint16), _half_table())
+    return kernels.common.PreciseStore(precise, np.zeros((0, dim), dtype=np.uint16),
+                                       np.zeros(0, dtype=np.float32))
 
 
 def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threads,
@@ -95,7 +107,8 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
     metric = engine.kernel_metric
     bits = engine.quantizer.bits
-    keep_words, use_filter = _kernel_filter(keep_words)
+    keep = _kernel_filter(keep_words)
+    arrays = _list_arrays(lists)
     distances = np.empty((n_queries, n_candidates), dtype=np.float32)
     neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
     if plan.path == "few":
@@ -106,10 +119,9 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
             probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
         kernels.scan.search_few(
             queries, engine.centers, engine.center_sq_norms, n_probes, engine.quantizer.vmin,
-            engine.quantizer.delta, engine.by_residual, lists.codes, lists.ids, lists.aux,
-            lists.list_offsets, lists.list_sizes, metric, bits, keep_words, use_filter,
-            refine, engine.quantizer.int_weights_buffer(1, plan.int_weights, plan.wide),
-            probes, distances, neighbors,
+            engine.quantizer.delta, engine.by_residual, arrays, keep, metric, bits, refine,
+            engine.quantizer.int_weights_buffer(1, plan.int_weights, plan.wide), probes,
+            distances, neighbors,
         )
         if refine:
             return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
@@ -117,38 +129,21 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
     list_consts, query_sq_norms = engine.list_constants(queries, probes, n_threads)
     weights = engine.quantizer.weights(queries, n_threads)
-    int_weights, int_params = engine.quantizer.int_weights(
+    tables = kernels.common.QueryTables(weights, query_sq_norms, *engine.quantizer.int_weights(
         weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
-    )
+    ))
 
     def scan_pairs(query_rows, probe_cols, out_d, out_i):
         kernels.scan.scan_lists(
             np.ascontiguousarray(probes[query_rows, probe_cols]),
             np.ascontiguousarray(list_consts[query_rows, probe_cols]),
-            weights[query_rows],
-            query_sq_norms[query_rows],
-            lists.codes,
-            lists.ids,
-            lists.aux,
-            lists.list_offsets,
-            lists.list_sizes,
-            metric,
-            bits,
-            keep_words,
-            use_filter,
-            refine,
-            int_weights[query_rows],
-            int_params[query_rows],
-            out_d,
-            out_i,
+            _rows_of(tables, query_rows), arrays, keep, metric, bits, refine, out_d, out_i,
         )
 
     if plan.path == "list_major":
         # Big batches: list-major, each list read once for all its queries.
-        _scan_grouped(engine, 
-            probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-            metric, bits, keep_words, use_filter, refine, distances, neighbors, n_threads,
-        )
+        _scan_grouped(engine, probes, list_consts, tables, lists, keep, metric, bits, refine,
+                      distances, neighbors, n_threads)
     elif plan.path == "per_query":
         # Batches: parallel over queries, each query's top-k in one heap.
         def task(start, stop):
@@ -187,35 +182,33 @@ def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
     n_queries = queries.shape[0]
     n_probes = min(n_probes, engine.centers.shape[0])
     metric = engine.kernel_metric
-    keep_words, use_filter = _kernel_filter(keep_words)
+    keep = _kernel_filter(keep_words)
+    arrays = _list_arrays(lists)
     probes = engine.coarse_probes(queries, n_probes, n_threads)
     radius = np.float32(radius)
     chunks = {}
     if lists.precise is not None:
-        precise, half_bits, half_table = _precise_views(lists, queries.shape[1])
+        store = _precise_views(lists, queries.shape[1])
 
         def task(start, stop):
             rows = slice(start, stop)
             chunks[start] = kernels.exact.range_exact(
-                np.ascontiguousarray(probes[rows]), prepared[rows], lists.ids,
-                lists.list_offsets, lists.list_sizes, metric, keep_words, use_filter,
-                radius, precise, half_bits, half_table,
+                np.ascontiguousarray(probes[rows]), prepared[rows], store, arrays, keep, metric,
+                radius,
             )
     else:
         list_consts, query_sq_norms = engine.list_constants(queries, probes, n_threads)
         weights = engine.quantizer.weights(queries, n_threads)
         plan = engine.plan(lists, n_queries, n_probes, n_threads, "per_query", int_filter)
-        int_weights, int_params = engine.quantizer.int_weights(
+        tables = kernels.common.QueryTables(weights, query_sq_norms, *engine.quantizer.int_weights(
             weights, plan.int_weights, n_threads=n_threads, wide=plan.wide
-        )
+        ))
 
         def task(start, stop):
             rows = slice(start, stop)
             chunks[start] = kernels.scan.range_lists(
                 np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
-                weights[rows], query_sq_norms[rows], lists.codes, lists.ids, lists.aux,
-                lists.list_offsets, lists.list_sizes, metric, engine.quantizer.bits,
-                keep_words, use_filter, int_weights[rows], int_params[rows], radius,
+                _rows_of(tables, rows), arrays, keep, metric, engine.quantizer.bits, radius,
             )
 
     run_chunks(task, n_queries, n_threads)
@@ -241,7 +234,7 @@ def int8_excess(engine, lists, k=10, n_samples=32):
     labels = np.repeat(np.arange(lists.n_lists), lists.list_sizes)
     picked = np.linspace(0, rows.shape[0] - 1, min(n_samples, rows.shape[0])).astype(int)
     rows = rows[picked]
-    centers, labels = engine._code_reference(labels[picked])
+    centers, labels = engine.code_reference(labels[picked])
     queries = quantizer.decode(lists.codes[rows], centers, labels)
     if engine.metric.normalized:
         kernels.encode.normalize_rows(queries, np.empty(queries.shape[0], dtype=np.bool_))
@@ -251,18 +244,16 @@ def int8_excess(engine, lists, k=10, n_samples=32):
     int_weights, params = quantizer.int_weights(weights, wide=False)
     excess = np.empty(queries.shape[0], dtype=np.float64)
     kernels.scan.int_filter_excess(
-        np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]), weights,
-        query_sq_norms, lists.codes, lists.aux, lists.list_offsets, lists.list_sizes,
-        engine.kernel_metric, 4, int_weights, params, k, excess,
+        np.ascontiguousarray(probes[:, 0]), np.ascontiguousarray(consts[:, 0]),
+        kernels.common.QueryTables(weights, query_sq_norms, int_weights, params),
+        _list_arrays(lists), engine.kernel_metric, 4, k, excess,
     )
     excess = excess[excess >= 0]  # lists left empty by removals are passed over
     return float(excess.mean()) if excess.size else 0.0
 
 
-def _scan_grouped(
-    engine, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-    metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
-):
+def _scan_grouped(engine, probes, list_consts, tables, lists, keep, metric, bits, emit_rows,
+                  out_distances, out_ids, n_threads):
     """List-major scan of a batch into ``out_*`` (sorted top-k per query).
 
     The (query, probe) pairs are grouped by list, and each list is read
@@ -276,30 +267,23 @@ def _scan_grouped(
     of the queries instead (one heap per query), and each query's nearest
     list is scanned first (its *lead* pair, a group of its own), so its
     k-th distance is tight early and fewer candidates pass the filter.
-    Fashion-mnist SQ4, 2,000 queries, 1 thread, lead pairs first: 1.1x
-    faster at 16-32 probes, even at 4-8. Where
-    :func:`kernels.scan.two_phase_pays`, the lead lists are scanned in
-    two phases (bounds of every row, then exact scores for the rows
-    the k-th smallest upper bound leaves in). On fashion-mnist at 4
-    probes, a replay of the scan counts 17 exact scores per query in
-    the lead list instead of 31 (SQ4), and 10 instead of 28 (SQ8); the
-    lead pass took a quarter less time.
+    Where :func:`ivfsq.backends.cpu.kernels.scan.two_phase_pays`, the lead
+    lists are scanned in two phases (bounds of every row, then exact scores
+    for the rows the k-th smallest upper bound leaves in), which scores
+    fewer rows exactly than one pass whose heap fills as it goes.
     """
     # int16 weights for 4-bit codes give a bound as tight as 8-bit codes':
     # the lists are then cut among threads as without the filter.
+    int_weights = tables.int_weights
     wide = bits == 4 and int_weights.dtype.itemsize == 2
     if int_weights.shape[1] > 0 and not wide:
-        _scan_grouped_by_queries(engine, 
-            probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-            metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids,
-            n_threads,
-        )
+        _scan_grouped_by_queries(engine, probes, list_consts, tables, lists, keep, metric, bits,
+                                 emit_rows, out_distances, out_ids, n_threads)
         return
     n_lists = engine.centers.shape[0]
-    pair_offsets, pair_queries, pair_consts = _pair_groups(
-        probes, list_consts, np.arange(probes.size), n_lists
-    )
-    counts = np.diff(pair_offsets)
+    arrays = _list_arrays(lists)
+    pairs = _pair_groups(probes, list_consts, np.arange(probes.size), n_lists)
+    counts = np.diff(pairs.offsets)
     active = np.flatnonzero(counts)
     work = np.cumsum(counts[active] * (lists.list_sizes[active] + 1))
     n_parts = max(1, min(n_threads, active.shape[0]))
@@ -309,22 +293,19 @@ def _scan_grouped(
     def scan_part(part, part_d, part_i):
         kernels.heaps.init_heaps(part_d, part_i)
         kernels.grouped.scan_lists_grouped(
-            active[bounds[part] : bounds[part + 1]], pair_offsets, pair_queries,
-            pair_consts, weights, query_sq_norms, lists.codes, lists.ids, lists.aux,
-            lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-            use_filter, emit_rows, int_weights, int_params, part_d, part_i,
+            active[bounds[part] : bounds[part + 1]], pairs, tables, arrays, keep, metric, bits,
+            emit_rows, part_d, part_i,
         )
 
     _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads,
                    parts_are_heaps=True)
 
 
-def _scan_grouped_by_queries(
-    engine, probes, list_consts, weights, int_weights, int_params, query_sq_norms, lists,
-    metric, bits, keep_words, use_filter, emit_rows, out_distances, out_ids, n_threads,
-):
-    """:meth:`_scan_grouped` with the filter: a share of the queries per
+def _scan_grouped_by_queries(engine, probes, list_consts, tables, lists, keep, metric, bits,
+                             emit_rows, out_distances, out_ids, n_threads):
+    """:func:`_scan_grouped` with the filter: a share of the queries per
     thread, lead pairs first."""
+    arrays = _list_arrays(lists)
     n_queries, n_probes = probes.shape
     n_lists = engine.centers.shape[0]
     k = out_distances.shape[1]
@@ -340,17 +321,12 @@ def _scan_grouped_by_queries(
         heap_i = np.empty((stop - start, k), dtype=np.int64)
         kernels.heaps.init_heaps(heap_d, heap_i)
         is_lead = np.arange(part_probes.size) % n_probes == 0
-        for kernel, pairs in ((first_kernel, np.flatnonzero(is_lead)),
-                              (kernels.grouped.scan_lists_grouped, np.flatnonzero(~is_lead))):
-            pair_offsets, pair_queries, pair_consts = _pair_groups(
-                part_probes, list_consts[rows], pairs, n_lists
-            )
-            kernel(
-                np.flatnonzero(np.diff(pair_offsets)), pair_offsets, pair_queries,
-                pair_consts, weights[rows], query_sq_norms[rows], lists.codes, lists.ids,
-                lists.aux, lists.list_offsets, lists.list_sizes, metric, bits, keep_words,
-                use_filter, emit_rows, int_weights[rows], int_params[rows], heap_d, heap_i,
-            )
+        part_tables = _rows_of(tables, rows)
+        for kernel, chosen in ((first_kernel, np.flatnonzero(is_lead)),
+                               (kernels.grouped.scan_lists_grouped, np.flatnonzero(~is_lead))):
+            pairs = _pair_groups(part_probes, list_consts[rows], chosen, n_lists)
+            kernel(np.flatnonzero(np.diff(pairs.offsets)), pairs, part_tables, arrays, keep,
+                   metric, bits, emit_rows, heap_d, heap_i)
         kernels.heaps.merge_topk(heap_d, heap_i, True, out_distances[rows], out_ids[rows])
 
     run_chunks(task, n_queries, n_threads, chunks_per_thread=1)
@@ -361,14 +337,12 @@ def _rerank(engine, queries, candidate_rows, k, lists, metric, n_threads):
     n_queries = queries.shape[0]
     distances = np.empty((n_queries, k), dtype=np.float32)
     neighbors = np.empty((n_queries, k), dtype=np.int64)
-    precise, half_bits, half_table = _precise_views(lists, queries.shape[1])
+    store = _precise_views(lists, queries.shape[1])
 
     def task(start, stop):
         rows = slice(start, stop)
-        kernels.exact.rerank_rows(
-            queries[rows], precise, half_bits, half_table, candidate_rows[rows],
-            lists.ids, metric, distances[rows], neighbors[rows],
-        )
+        kernels.exact.rerank_rows(queries[rows], store, candidate_rows[rows], lists.ids, metric,
+                                  distances[rows], neighbors[rows])
 
     run_chunks(task, n_queries, n_threads, min_chunk=16)
     return distances, neighbors

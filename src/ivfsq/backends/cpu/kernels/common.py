@@ -2,6 +2,8 @@
 row that passes, the integer filter's per-query parameters, numba options.
 """
 
+from collections import namedtuple
+
 # Score cases of the kernels, one per metric family (ivfsq.metrics). The
 # per-vector auxiliary value ``aux`` differs per case: ||x_hat||^2 for L2,
 # unused for inner product, 1/||x_hat|| for cosine (0 for a zero vector,
@@ -29,3 +31,22 @@ FAST = {"reassoc", "contract", "nsz", "arcp"}
 # In the list-major scan they cost more than its dot products, so its
 # per-vector path indexes arrays in the kernel body and calls array-taking
 # helpers only for vectors that win or pass the filter.
+
+
+# Bundles of arrays the kernels take (numba unpacks them at a kernel's entry,
+# so the loops see plain arrays).
+#: A snapshot's lists: ``codes`` (uint8, rows x code bytes), ``ids``
+#: (int64), ``aux`` (float32, the metric's per-row side value), and per list
+#: ``offsets`` (first row) and ``sizes`` (rows), int64.
+ListArrays = namedtuple("ListArrays", ["codes", "ids", "aux", "offsets", "sizes"])
+#: Per query: the float weights of the scan's dot, ``|q|^2`` for L2 (else
+#: 0), and the integer filter's weights and INT_PARAMS (no columns: off).
+QueryTables = namedtuple("QueryTables", ["weights", "sq_norms", "int_weights", "int_params"])
+#: A bitset of kept ids (bit ``i`` of word ``i // 32``) and whether it applies.
+KeepFilter = namedtuple("KeepFilter", ["words", "enabled"])
+#: (query, probe) pairs grouped by list: per list ``offsets`` into the pairs'
+#: query rows ``queries`` and their list constants ``consts``.
+PairGroups = namedtuple("PairGroups", ["offsets", "queries", "consts"])
+#: The precise store: float32 ``rows``, or no rows and float16 ``half_bits``
+#: with the float32 value of every bit pattern (``half_table``).
+PreciseStore = namedtuple("PreciseStore", ["rows", "half_bits", "half_table"])

@@ -40,8 +40,13 @@ def _exact_distance(query, vector, metric):
 
 @njit(**JIT)
 def rerank_rows(
-    queries, precise, precise_half_bits, half_table, candidate_rows, ids, metric,
-    out_distances, out_ids,
+    queries,
+    store,
+    candidate_rows,
+    ids,
+    metric,
+    out_distances,
+    out_ids,
 ):
     """Exact top-k of each query over its candidate storage rows.
 
@@ -52,6 +57,7 @@ def rerank_rows(
     arithmetic on the CPU). Rows < 0 are padding. Output ascending by
     (distance, id).
     """
+    precise, precise_half_bits, half_table = store
     n_queries, n_candidates = candidate_rows.shape
     use_half = precise.shape[0] == 0
     dim = queries.shape[1]
@@ -79,8 +85,15 @@ def rerank_rows(
 
 
 @njit(fastmath=FAST, **JIT)
-def range_exact(probes, precise_queries, ids, list_offsets, list_sizes, metric, keep_words,
-                use_filter, radius, precise, precise_half_bits, half_table):
+def range_exact(
+    probes,
+    precise_queries,
+    store,
+    lists,
+    keep,
+    metric,
+    radius,
+):
     """Range search of an index with a precise store: every vector of the
     probed lists whose exact distance (as :func:`rerank_rows` computes it,
     from ``precise`` or the float16 bits) is ``<= radius``.
@@ -89,6 +102,9 @@ def range_exact(probes, precise_queries, ids, list_offsets, list_sizes, metric, 
     distance bounds the exact one, so the code scan cannot pre-select).
     Returns per-query counts and the ids and distances, query by query.
     """
+    codes, ids, aux, list_offsets, list_sizes = lists
+    keep_words, use_filter = keep
+    precise, precise_half_bits, half_table = store
     n_queries, n_probes = probes.shape
     use_half = precise.shape[0] == 0
     dim = precise_queries.shape[1]

@@ -52,23 +52,13 @@ def _block_members(pair_queries, pair_consts, query_sq_norms, block, n_block):
 @njit(fastmath=FAST, **JIT)
 def scan_lists_grouped(
     lists_to_scan,
-    pair_offsets,
-    pair_queries,
-    pair_consts,
-    weights,
-    query_sq_norms,
-    codes,
-    ids,
-    aux,
-    list_offsets,
-    list_sizes,
+    pairs,
+    tables,
+    lists,
+    keep,
     metric,
     bits,
-    keep_words,
-    use_filter,
     emit_rows,
-    int_weights,
-    int_params,
     heap_distances,
     heap_ids,
 ):
@@ -83,6 +73,10 @@ def scan_lists_grouped(
     :func:`scan_lists`. Results go into the max-heaps ``heap_*`` (one row per
     query, initialised by the caller, left unsorted).
     """
+    weights, query_sq_norms, int_weights, int_params = tables
+    codes, ids, aux, list_offsets, list_sizes = lists
+    keep_words, use_filter = keep
+    pair_offsets, pair_queries, pair_consts = pairs
     k = heap_distances.shape[1]
     code_size = codes.shape[1]
     n_chunks = n_int_chunks(int_weights, bits)
@@ -263,23 +257,13 @@ def scan_lists_grouped(
 @njit(fastmath=FAST, **JIT)
 def scan_first_lists_grouped(
     lists_to_scan,
-    pair_offsets,
-    pair_queries,
-    pair_consts,
-    weights,
-    query_sq_norms,
-    codes,
-    ids,
-    aux,
-    list_offsets,
-    list_sizes,
+    pairs,
+    tables,
+    lists,
+    keep,
     metric,
     bits,
-    keep_words,
-    use_filter,
     emit_rows,
-    int_weights,
-    int_params,
     heap_distances,
     heap_ids,
 ):
@@ -292,6 +276,10 @@ def scan_first_lists_grouped(
     :func:`scan_lists_grouped` this code made the scan of the other lists
     slower (SQ8 on fashion-mnist, 16-32 probes).
     """
+    weights, query_sq_norms, int_weights, int_params = tables
+    codes, ids, aux, list_offsets, list_sizes = lists
+    keep_words, use_filter = keep
+    pair_offsets, pair_queries, pair_consts = pairs
     k = heap_distances.shape[1]
     n_chunks = n_int_chunks(int_weights, bits)
     longest = 0

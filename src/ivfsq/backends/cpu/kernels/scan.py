@@ -151,20 +151,12 @@ def scan_list(
 def scan_lists(
     probes,
     list_consts,
-    weights,
-    query_sq_norms,
-    codes,
-    ids,
-    aux,
-    list_offsets,
-    list_sizes,
+    tables,
+    lists,
+    keep,
     metric,
     bits,
-    keep_words,
-    use_filter,
     emit_rows,
-    int_weights,
-    int_params,
     out_distances,
     out_ids,
 ):
@@ -184,6 +176,9 @@ def scan_lists(
     first list is scanned in two phases (:func:`_scan_list_bounded`) where
     :func:`two_phase_pays`; the results are the same.
     """
+    weights, query_sq_norms, int_weights, int_params = tables
+    codes, ids, aux, list_offsets, list_sizes = lists
+    keep_words, use_filter = keep
     n_queries, n_probes = probes.shape
     bounded = n_int_chunks(int_weights, bits) > 0
     lowers = np.empty(0, dtype=np.float32)
@@ -220,8 +215,14 @@ def scan_lists(
 
 @njit(fastmath=FAST, **JIT)
 def range_lists(
-    probes, list_consts, weights, query_sq_norms, codes, ids, aux, list_offsets, list_sizes,
-    metric, bits, keep_words, use_filter, int_weights, int_params, radius,
+    probes,
+    list_consts,
+    tables,
+    lists,
+    keep,
+    metric,
+    bits,
+    radius,
 ):
     """:func:`scan_lists` with the range handler: every vector of the probed
     lists whose distance is ``<= radius``.
@@ -230,6 +231,9 @@ def range_lists(
     scan order. Results go into a buffer that doubles when a query
     overflows it (that query is then scanned again).
     """
+    weights, query_sq_norms, int_weights, int_params = tables
+    codes, ids, aux, list_offsets, list_sizes = lists
+    keep_words, use_filter = keep
     n_queries, n_probes = probes.shape
     counts = np.zeros(n_queries, dtype=np.int64)
     found_d = np.empty(4096, dtype=np.float32)
@@ -410,15 +414,10 @@ def search_few(
     vmin,
     delta,
     by_residual,
-    codes,
-    ids,
-    aux,
-    list_offsets,
-    list_sizes,
+    lists,
+    keep,
     metric,
     bits,
-    keep_words,
-    use_filter,
     emit_rows,
     int_weights,
     given_probes,
@@ -437,6 +436,8 @@ def search_few(
     rows, holds the probed lists (from :func:`select_probes_bounded_few`)
     and the coarse step is skipped.
     """
+    codes, ids, aux, list_offsets, list_sizes = lists
+    keep_words, use_filter = keep
     n_queries, dim = queries.shape
     code_size = codes.shape[1]
     use_l2 = metric == METRIC_L2
@@ -492,16 +493,26 @@ def search_few(
 
 
 @njit(fastmath=FAST, **JIT)
-def int_filter_excess(lists, list_consts, weights, query_sq_norms, codes, aux, list_offsets,
-                      list_sizes, metric, bits, int_weights, int_params, k, out):
-    """Per query ``i`` and its list ``lists[i]``: the share of the list's
+def int_filter_excess(
+    probed,
+    list_consts,
+    tables,
+    lists,
+    metric,
+    bits,
+    k,
+    out,
+):
+    """Per query ``i`` and its list ``probed[i]``: the share of the list's
     rows past the first ``k`` whose integer-filter bound (the scan's, with
     these integer weights) does not rule them out at the list's k-th exact
     distance; -1 for an empty list. Arguments as in :func:`scan_lists`."""
+    weights, query_sq_norms, int_weights, int_params = tables
+    codes, _, aux, list_offsets, list_sizes = lists
     n_chunks = n_int_chunks(int_weights, bits)
     plane = plane_width(int_weights, bits)
-    for i in range(lists.shape[0]):
-        lst = lists[i]
+    for i in range(probed.shape[0]):
+        lst = probed[i]
         start = list_offsets[lst]
         n_rows = list_sizes[lst]
         if n_rows == 0:
