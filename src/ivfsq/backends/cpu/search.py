@@ -276,14 +276,10 @@ def _scan_grouped(
     of the queries instead (one heap per query), and each query's nearest
     list is scanned first (its *lead* pair, a group of its own), so its
     k-th distance is tight early and fewer candidates pass the filter.
-    Fashion-mnist SQ4, 2,000 queries, 1 thread, lead pairs first: 1.1x
-    faster at 16-32 probes, even at 4-8. Where
-    :func:`kernels.scan.two_phase_pays`, the lead lists are scanned in
-    two phases (bounds of every row, then exact scores for the rows
-    the k-th smallest upper bound leaves in). On fashion-mnist at 4
-    probes, a replay of the scan counts 17 exact scores per query in
-    the lead list instead of 31 (SQ4), and 10 instead of 28 (SQ8); the
-    lead pass took a quarter less time.
+    Where :func:`kernels.scan.two_phase_pays`, the lead lists are scanned
+    in two phases (bounds of every row, then exact scores for the rows
+    the k-th smallest upper bound leaves in), which scores fewer rows of
+    the lead list exactly than scoring them as they come.
     """
     # int16 weights for 4-bit codes give a bound as tight as 8-bit codes':
     # the lists are then cut among threads as without the filter.

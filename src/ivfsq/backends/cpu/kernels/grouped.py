@@ -290,7 +290,7 @@ def scan_first_lists_grouped(
     query scores exactly only the rows they leave in
     (:func:`score_bounded`). A separate kernel: inside
     :func:`scan_lists_grouped` this code made the scan of the other lists
-    slower (SQ8 on fashion-mnist, 16-32 probes).
+    slower.
     """
     k = heap_distances.shape[1]
     n_chunks = n_int_chunks(int_weights, bits)
