@@ -8,9 +8,8 @@ numba threading layer.
 BLAS products (coarse quantizer, k-means assignment, rotation) are split over
 the same threads, each calling a single-threaded BLAS: a multithreaded BLAS
 call leaves its worker threads spinning for a while after it returns, and on
-a small machine they take the cores from the scan kernels that follow
-(measured: a list-major scan right after a 2-thread OpenBLAS GEMM took 1.5x
-as long as the same scan alone).
+a small machine they take the cores from the scan kernels that follow,
+which then run slower.
 """
 
 import contextlib

@@ -67,9 +67,9 @@ def _quantization_mse(values, lo, hi, levels):
 
 def _quantiles(columns, fractions):
     """Per-column quantiles (NumPy's default "linear" rule), one sort for all
-    fractions: ``np.quantile`` with many fractions was 10x slower. Columns
-    are sorted as contiguous rows of the transpose (16,384 x 384: 117 ->
-    106 ms against a strided sort along axis 0)."""
+    fractions: ``np.quantile`` with many fractions is much slower. Columns
+    are sorted as contiguous rows of the transpose (faster than a strided
+    sort along axis 0)."""
     ordered = np.sort(np.ascontiguousarray(columns.T), axis=1)
     positions = np.asarray(fractions) * (ordered.shape[1] - 1)
     below = np.floor(positions).astype(np.int64)

@@ -1,9 +1,9 @@
 """Exact coarse search through a low-dimensional lower bound.
 
 Picking the ``n_probes`` best lists costs ``n_lists x dim`` multiply-adds
-per query: on fashion-mnist (1,024 lists, 784-d) that was half of a batch's
-time at 4-8 probes. When the centers lie close to a subspace, most of that
-is avoidable without changing which lists are picked:
+per query, a large share of a batch's time when few lists are probed.
+When the centers lie close to a subspace, most of that is avoidable
+without changing which lists are picked:
 
 - The centers' principal directions give an orthonormal basis ``P`` (``r``
   columns). With ``q' = q - m`` and ``c' = c - m`` (``m`` the centers' mean),
@@ -32,9 +32,8 @@ import numpy as np
 from ivfsq.backends.cpu import kernels
 
 # Smallest share of the centers' variance (about their mean) the subspace
-# keeps. Measured on fashion-mnist (1,024 lists): 0.981 at 64 dimensions,
-# where about 2.2 x n_probes lists per query are scored exactly at 4-32
-# probes; at 0.953 (32 dimensions) it was 3-5 x.
+# keeps: a smaller subspace is cheaper to score, but its looser bound leaves
+# more lists per query to score exactly.
 MIN_ENERGY = 0.98
 # Subspace sizes are multiples of this (whole SIMD registers).
 DIM_STEP = 8
@@ -145,7 +144,7 @@ def _principal_axes(centered):
     a function giving the first ``r`` axes as orthonormal rows.
 
     From the eigenvectors of the smaller Gram matrix (rows x rows or
-    columns x columns): 5-10x faster than an SVD of the rows.
+    columns x columns), which is cheaper than an SVD of the rows.
     """
     n_rows, dim = centered.shape
     if dim <= n_rows:
@@ -167,5 +166,6 @@ def _principal_axes(centered):
 
 def _cost(n_lists, dim, rank, n_probes):
     # Multiply-adds per query: projection, bound dots, and about
-    # 2 x n_probes exact dots (as measured on fashion-mnist).
+    # 2 x n_probes exact dots (an estimate of the lists whose bound does
+    # not rule them out).
     return dim * rank + n_lists * (rank + 1) + 2 * n_probes * dim

@@ -199,16 +199,15 @@ class IvfSqEngine:
 
         ``ids=None`` numbers the rows after the largest id so far; given ids
         must not be in the index already. ``labels``: the rows' lists when
-        known (from :meth:`train`, whose sample was the whole dataset: on
-        fashion-mnist that spares a GEMM of 0.5 s). ``name``: the argument
+        known (from :meth:`train`, whose sample was the whole dataset: that
+        spares assigning the rows again, a GEMM). ``name``: the argument
         errors in ``dataset`` are reported under.
 
         Codes are written straight to their rows in a new list storage, which
         replaces the current one only once every row is stored. So the lists
         are assigned first (a first pass over the rows, which also checks
         them), then the rows are read again and encoded: peak memory is the
-        new storage and a batch, not a second copy of the codes (10M x 96:
-        3.4 GiB before, with the codes held twice more).
+        new storage and a batch, not a second copy of the codes.
         """
         with self._extend_lock:
             n_rows = dataset.shape[0]

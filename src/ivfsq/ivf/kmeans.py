@@ -10,9 +10,8 @@ about ``sqrt(k)`` mesoclusters first, then each mesocluster's share of the
 ``k`` fine clusters on its own rows, then a few Lloyd iterations of all ``k``
 centers on the whole sample. An iteration over all ``k`` centers costs
 ``n * k * dim`` multiply-adds, the stages before it about ``n * sqrt(k) *
-dim``: on fashion-mnist (60k x 784, 1,024 lists) training took 10 s instead
-of 18 s, with the same recall at equal n_probes (0.9411 against 0.9413 at 8
-probes, 0.9829 against 0.9831 at 16).
+dim``, so training takes less time than with flat k-means, without losing
+recall at equal n_probes.
 """
 
 import threading
@@ -74,7 +73,7 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, 
 
     # Each thread takes its rows block by block: a single-threaded GEMM, then
     # the largest x.c - |c|^2 / 2 per row by NumPy's SIMD argmax (first index
-    # on ties), 1.5x faster than a numba argmin loop (which LLVM does not
+    # on ties), faster than a numba argmin loop (which LLVM does not
     # vectorise). Halving the norms and doubling the result are exact, so
     # the scores are those of |c|^2 - 2 x.c.
     def task(start, stop):
@@ -233,11 +232,9 @@ def _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads, sta
         # Largest-dot k-means (trained flat, all its iterations over every
         # row) runs the first half of its iterations on half the rows (a
         # fixed random half): the centers are far from converged then, and a
-        # half sample moves them as well. pypi-minilm (40k x 384, 512 lists,
-        # cosine): build 3.48 -> 2.61 s, recall@10 at 8/32/64 probes
-        # 0.7977/0.9177/0.9552 -> 0.8026/0.9181/0.9577, list imbalance 1.58
-        # -> 1.73. (L2 k-means, hierarchical, is left as it was: on
-        # fashion-mnist the half sample cost 0.005 recall at 8 probes.)
+        # half sample moves them as well, at half the cost per iteration.
+        # (L2 k-means, hierarchical, is left as it was: there the half
+        # sample cost recall.)
         first = n_iters // 2
         half = np.sort(rng.choice(n_rows, size=n_rows // 2, replace=False))
         centers = _lloyd(np.ascontiguousarray(sample[half]), centers, first, rng,

@@ -270,7 +270,7 @@ def _scan_grouped(engine, probes, list_consts, tables, lists, keep, metric, bits
     Where :func:`ivfsq.backends.cpu.kernels.scan.two_phase_pays`, the lead
     lists are scanned in two phases (bounds of every row, then exact scores
     for the rows the k-th smallest upper bound leaves in), which scores
-    fewer rows exactly than one pass whose heap fills as it goes.
+    fewer rows of the lead list exactly than scoring them as they come.
     """
     # int16 weights for 4-bit codes give a bound as tight as 8-bit codes':
     # the lists are then cut among threads as without the filter.

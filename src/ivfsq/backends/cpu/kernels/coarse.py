@@ -88,9 +88,7 @@ def _select_by_keys(scores, n_values, heap_d, heap_i, keys):
     order, into ``heap_*`` (``p`` their length): one int64 key per value
     (ordered score bits, then the index), a quickselect (a sort where it
     gives up) and a sort of the first ``p``. Where ``p`` is more than a
-    thirty-second of the values this beats a heap over every value:
-    pypi-minilm's 512 lists, 64-128 probes, 7-11 us per query instead of
-    13-25; fashion-mnist's 1,024 lists, 128 probes, 12 us instead of 26."""
+    thirty-second of the values this beats a heap over every value."""
     p = heap_d.shape[0]
     bits = scores.view(np.int32)
     for t in range(n_values):
@@ -108,8 +106,8 @@ def _select_by_keys(scores, n_values, heap_d, heap_i, keys):
 def _group_minima(values, n_groups, out):
     """Group ``g`` holds ``values[g::n_groups]``: with ``SELECT_GROUP`` (8)
     of them, rows of groups, so that the minima vectorize (a loop over the
-    members, storing into ``out`` each time, did not: 1-2 us per 1,024
-    values instead of 0.1). ``values`` is padded to whole groups with
+    members, storing into ``out`` each time, did not, and was many times
+    slower). ``values`` is padded to whole groups with
     +inf (:func:`selection_workspace`)."""
     for g in range(n_groups):
         a = min(values[g], values[g + n_groups])
@@ -141,7 +139,7 @@ def select_row(dots, center_sq_norms, use_l2, heap_d, heap_i, workspace):
     # and only those are offered to the heap (1-2 x n_probes of them
     # instead of every list). ``workspace``: selection_workspace's. A
     # function of its own, not inlined: inlined into the three kernels that
-    # select probes, it added about 10 s to their first compile. (fastmath
+    # select probes, it lengthened their first compile. (fastmath
     # leaves the scores as they were: 2 * dot is exact, so the fused
     # multiply-add rounds once, as the subtraction did.)
     scores, group_minima, seed_d, seed_i, keys = workspace
@@ -211,9 +209,8 @@ def _select_row_bounded(query, centers, center_sq_norms, use_l2, heap_d, heap_i,
     # are at or below the groups' cover (at least n_probes of them, see
     # _groups_cover) are scored exactly first, which puts the n_probes-th
     # exact score near its final value; then every other list whose bound
-    # could still beat it. Measured on fashion-mnist: scoring 2 x n_probes
-    # first was 1.1-1.4x slower; a heap over every bound (for the first
-    # ones) took 2.4-8.3 us per query at 4-32 probes.
+    # could still beat it. Scoring a fixed 2 x n_probes lists first was
+    # slower, and so was a heap over every bound (for the first ones).
     lower, group_minima, seed_d, seed_i, _ = workspace
     n_lists = centers.shape[0]
     n_probes = heap_d.shape[0]
@@ -341,7 +338,7 @@ def select_probes_bounded_few(
 @njit(inline="always")
 def center_dots(query, centers, out):
     # Four centers per pass over the query: four independent sums in flight
-    # (one at a time was 1.3x slower).
+    # (one at a time is slower).
     n_centers, dim = centers.shape
     n_blocked = n_centers - n_centers % 4
     for lst in range(0, n_blocked, 4):

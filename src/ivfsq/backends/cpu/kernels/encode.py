@@ -44,8 +44,8 @@ def quantization_mse(values, lo, delta, levels, out):
     """Per column, the mean squared error of rounding ``values`` to the
     levels ``lo + code * delta``, ``code`` in ``[0, levels]`` (float64)."""
     n_rows, dim = values.shape
-    # Multiplying by the inverse step instead of dividing by it: 6x faster
-    # (16,384 x 384 float32, eight calls: 153 -> 26 ms). Where the two round
+    # Multiplying by the inverse step instead of dividing by it is much
+    # faster. Where the two round
     # a value to different levels it lies half-way between them (to within
     # a rounding error), at the same distance from either.
     inverse = np.empty(dim, dtype=np.float64)
@@ -222,7 +222,7 @@ def _layout_levels(levels, bits, code_size, out):
     chunk layout of :mod:`ivfsq.backends.cpu.kernels.simd`."""
     if bits == 8:
         # 8-bit codes: the weights' order up to the last chunk (one flat,
-        # vectorized loop: per-chunk copies were 3x slower), then the last.
+        # vectorized loop: per-chunk copies are slower), then the last.
         chunk_bytes = simd.SQ8_CHUNK_BYTES
         body = out.shape[0] - chunk_bytes
         for j in range(body):
@@ -272,7 +272,7 @@ def _sq4_planes(weights, code_size, out, scale, scale2, scale3, inverse, limit):
     high-nibble weights are one loop of constant length, but for the last
     chunk, which skips the bytes it shares with the one before (their
     weights stay 0). Indexes are unsigned, so that numba adds no wraparound
-    of negative ones (which kept these loops from vectorizing: 3x slower).
+    of negative ones (which kept these loops from vectorizing).
     """
     half = np.uint64(simd.SQ4_CHUNK_BYTES)
     width = np.uint64(out.shape[0] // simd.SQ4_PLANES)

@@ -274,7 +274,7 @@ def scan_first_lists_grouped(
     query scores exactly only the rows they leave in
     (:func:`score_bounded`). A separate kernel: inside
     :func:`scan_lists_grouped` this code made the scan of the other lists
-    slower (SQ8 on fashion-mnist, 16-32 probes).
+    slower.
     """
     weights, query_sq_norms, int_weights, int_params = tables
     codes, ids, aux, list_offsets, list_sizes = lists

@@ -102,8 +102,8 @@ def scan_list(
             if first == row and not any_may_pass(
                     metric, base, int_scale, margin, q_sq, worst, dots,
                     (aux[first], aux[first + 1], aux[first + 2], aux[first + 3])):
-                # The common case: one branch for the block (1.2x faster
-                # than a branch per row, 1M x 128 at 1 probe).
+                # The common case: one branch for the block (faster than
+                # a branch per row).
                 row = first + 4
                 continue
         elif n_chunks > 0:
@@ -366,10 +366,9 @@ def score_bounded(w, heap_d, heap_i, k, metric, base, codes, bits, start, n_rows
 def two_phase_pays(k, code_size, n_rows):
     """Whether a first list of ``n_rows`` rows is worth two phases: they save
     exact scores (about 2k of them, each reading ``code_size`` bytes) and
-    cost a few nanoseconds per row. On fashion-mnist (60-row lists, 392-
-    and 784-byte rows, k = 10) they took a quarter off the first lists'
-    scan; on 1M x 128 (980-row lists of 128 bytes) single queries were no
-    faster."""
+    cost a bound per row. ``TWO_PHASE_MIN_RATIO`` weighs the bytes of the
+    exact scores saved against that per-row cost: few rows of long codes pay
+    off, many rows of short codes do not."""
     return k * code_size >= TWO_PHASE_MIN_RATIO * n_rows
 
 

@@ -84,8 +84,8 @@ SQ8_MIN_WEIGHT_LIMIT = 255
 # rounded residual of the ones before it (see encode.int_weights_row).
 # The first is the filter's; the exact score of a row it lets through is
 # ``s1 (W1 . u) + s2 (W2 . u) + s3 (W3 . u)``, summed in float64: two more
-# integer dots instead of a float one, which cost 2-3 times as much on
-# fashion-mnist (784-d). It is within float32 rounding of ``w . u``: each
+# integer dots instead of a float one, which costs more than both. It is
+# within float32 rounding of ``w . u``: each
 # plane's step is 1/254 of the one before, and the last residual is about
 # ``max|w| / 2**24``.
 SQ4_PLANES = 3
@@ -171,7 +171,7 @@ def _target_has_avx2():
 # of the kernels is keyed on the CPU); the environment switch only decides
 # whether the scans use them. Were it to pick the code too, a kernel cached
 # in a run with IVFSQ_INT_DOTS=0 would bring the portable loops into later
-# runs that use the filter (measured: 6x slower SQ4 batches).
+# runs that use the filter (and make their SQ4 batches much slower).
 HAS_AVX2_DOTS = _target_has_avx2()
 HAS_INT_DOTS = os.environ.get("IVFSQ_INT_DOTS", "1") != "0" and HAS_AVX2_DOTS
 
