@@ -449,7 +449,7 @@ def _cmd_info(args):
     if not pathlib.Path(args.index).is_file():
         raise UserError(f"index: no such file: {args.index}")
     header, arrays = _format.read_index_file(args.index, mmap=True)
-    index = ivf_sq._index_from_file(args.index, header, arrays)
+    index = ivf_sq.index_from_file_contents(args.index, header, arrays)
     sizes = np.asarray(index.list_sizes)
     params = {name: getattr(index.index_params, name) for name in _param_names()}
     description = {

@@ -35,7 +35,7 @@ import numpy as np
 from ivfsq import metrics
 from ivfsq._validation import check_int
 from ivfsq.backends.cpu import kernels
-from ivfsq.neighbors import ivf_sq
+from ivfsq.neighbors import filters, ivf_sq
 from ivfsq.neighbors.filters import Filter
 
 MANIFEST = "manifest.json"
@@ -292,7 +292,7 @@ def search(search_params, index, queries, k, filter=None, batch_size=SEARCH_BATC
     if filter is not None:
         if not isinstance(filter, Filter):
             raise TypeError(f"filter must be a filters.Filter, got {type(filter).__name__}")
-        keep_words, n_bits = filter._words, filter.n_bits
+        keep_words, n_bits = filters.kernel_words(filter), filter.n_bits
     ray = _ray()
     words_ref = ray.put(keep_words) if keep_words is not None else None
     n_queries = queries.shape[0]

@@ -78,6 +78,13 @@ def from_bitset(bitset):
     return Filter(words, int(words.shape[0]) * 32)
 
 
+def kernel_words(filter):
+    """The filter's uint32 words as the search kernels read them: its own
+    buffer, not a copy (searches only read it; :attr:`Filter.bitset` is
+    the read-only view for users)."""
+    return filter._words
+
+
 def no_filter():
     """No filtering: every id is kept. Same as passing ``filter=None``."""
     return None

@@ -39,7 +39,7 @@ from ivfsq.ivf.engine import IvfSqEngine
 from ivfsq.ivf.planner import SearchPlan
 from ivfsq.neighbors._index_params import IndexParams
 from ivfsq.neighbors._search_params import SearchParams
-from ivfsq.neighbors.filters import Filter
+from ivfsq.neighbors.filters import Filter, kernel_words
 
 __all__ = [
     "Index",
@@ -532,7 +532,7 @@ def _filter_words(filter, engine):
             f"filter must cover every id in the index (at least {engine.next_id} bits), "
             f"got {filter.n_bits} bits"
         )
-    return filter._words
+    return kernel_words(filter)
 
 
 def range_search(search_params, index, queries, radius, resources=None, filter=None):
@@ -779,11 +779,13 @@ def load(filename, resources=None, *, mmap=False):
     """
     check_bool("mmap", mmap)
     header, arrays = _format.read_index_file(filename, mmap=mmap)
-    return _index_from_file(filename, header, arrays)
+    return index_from_file_contents(filename, header, arrays)
 
 
-def _index_from_file(filename, header, arrays):
-    """The index in a file's contents (from ``read_index_file``), checked."""
+def index_from_file_contents(filename, header, arrays):
+    """The index in a file's contents (the header and sections
+    :func:`ivfsq.io.format.read_index_file` returns), checked as
+    :func:`load` checks them; ``filename`` names the file in errors."""
     engine, params = _persistence.from_file_contents(
         filename, header, arrays, lambda fields: IndexParams(**fields)
     )
