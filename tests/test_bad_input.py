@@ -293,3 +293,28 @@ def test_one_dot_fast_path_finds_every_bad_row(dtype):
         each_fine = np.full((8, 4), np.sqrt(MAX_SQ_NORM / 4 * 0.9), dtype=dtype)
         assert float((each_fine.astype(np.float64) ** 2).sum()) > MAX_SQ_NORM
         assert to_float32_checked("queries", each_fine).shape == (8, 4)
+
+
+def test_read_only_inputs_compile_no_second_kernel_specialization(tmp_path):
+    # A read-only memory map (or an array from Ray's object store) searches
+    # and extends like a writeable array, through the same compiled kernels.
+    from ivfsq.backends.cpu import kernels
+    from ivfsq.datasets import make_blobs_lowrank
+
+    base, queries = make_blobs_lowrank(2000, 24, n_queries=20, seed=4)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=8), base)
+    params = ivf_sq.SearchParams(n_probes=3)
+    expected = [ivf_sq.search(params, index, queries[:n], 5) for n in (1, 20)]
+    np.save(tmp_path / "queries.npy", queries)
+    read_only = np.load(tmp_path / "queries.npy", mmap_mode="r")
+    assert not read_only.flags.writeable
+    kernel_list = [kernels.scan.search_few, kernels.scan.scan_lists,
+                   kernels.grouped.scan_lists_grouped, kernels.encode.query_weights,
+                   kernels.encode.list_constants, kernels.encode.encode_sq]
+    signatures = [len(kernel.signatures) for kernel in kernel_list]
+    for n, (distances, neighbors) in zip((1, 20), expected):
+        got = ivf_sq.search(params, index, read_only[:n], 5)
+        np.testing.assert_array_equal(got[0], distances)
+        np.testing.assert_array_equal(got[1], neighbors)
+    ivf_sq.extend(index, read_only, None)
+    assert [len(kernel.signatures) for kernel in kernel_list] == signatures

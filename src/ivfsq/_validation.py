@@ -130,15 +130,26 @@ def check_matrix(name, value, *, dim=None, allow_empty=False):
     return array
 
 
+def _kernel_ready(array, dtype):
+    """``array`` as a C-contiguous, writeable array of ``dtype`` (a view when
+    it is one already). The kernels are compiled for writeable arrays: a
+    read-only view (a read-only memory map, an array from Ray's object
+    store) would compile a second specialization of every kernel it
+    reaches, so it is copied, one batch at a time where it is large."""
+    converted = np.ascontiguousarray(array, dtype=dtype)
+    return converted if converted.flags.writeable else converted.copy()
+
+
 def to_float32(name, array, start=0):
-    """Return a C-contiguous float32 copy or view of ``array``, rejecting NaN/inf.
+    """Return a C-contiguous, writeable float32 copy or view of ``array``,
+    rejecting NaN/inf.
 
     ``start`` is the row offset of ``array`` in the caller's input, so that the
     error can name the offending row.
     """
     # Values past float32's range become inf, reported below (not warned of).
     with np.errstate(over="ignore"):
-        converted = np.ascontiguousarray(array, dtype=np.float32)
+        converted = _kernel_ready(array, np.float32)
     if array.dtype.kind == "f":
         finite = np.isfinite(converted)
         if not finite.all():
@@ -176,7 +187,7 @@ def to_float32_checked(name, array, start=0, *, magnitudes=True):
     """
     # Overflow and NaN only send the input to the checks that name the row.
     with np.errstate(over="ignore", invalid="ignore"):
-        converted = np.ascontiguousarray(array, dtype=np.float32)
+        converted = _kernel_ready(array, np.float32)
         flat = converted.reshape(-1)
         if flat.size and float(np.dot(flat, flat)) <= MAX_SQ_NORM:
             return converted
