@@ -17,7 +17,7 @@ from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
 from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq.ivf.lists import ListStorage
-from ivfsq.ivf.planner import SMALL_BATCH_QUERIES, plan_search
+from ivfsq.ivf.planner import SEARCH_BLOCK_QUERIES, SMALL_BATCH_QUERIES, plan_search
 from ivfsq.ivf.transforms import random_orthogonal, rotate, unrotate
 
 # Rows converted, assigned and encoded at a time: bounds the float32 working
@@ -350,11 +350,17 @@ class IvfSqEngine:
 
     def plan(self, lists, n_queries, n_probes, n_threads, scan="auto", int_filter="auto"):
         """The :class:`~ivfsq.ivf.planner.SearchPlan` for one block of
-        queries against the snapshot ``lists``."""
-        return plan_search(
-            self.quantizer, lists, self.centers.shape[0], n_queries,
-            min(n_probes, self.centers.shape[0]), n_threads, scan=scan, int_filter=int_filter,
-            sq4_int16_pays=lambda: self.sq4_int16_pays(lists),
+        queries against the snapshot ``lists`` (made once per snapshot and
+        arguments: a plan depends on nothing else)."""
+        n_probes = min(n_probes, self.centers.shape[0])
+        n_queries = min(n_queries, SEARCH_BLOCK_QUERIES)  # what the plan depends on
+        return self._tuning.get(
+            lists, ("plan", n_queries, n_probes, n_threads, scan, int_filter),
+            lambda: plan_search(
+                self.quantizer, lists, self.centers.shape[0], n_queries, n_probes, n_threads,
+                scan=scan, int_filter=int_filter,
+                sq4_int16_pays=lambda: self.sq4_int16_pays(lists),
+            ),
         )
 
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0,
@@ -369,26 +375,21 @@ class IvfSqEngine:
         """
         lists = self.lists  # one snapshot for the whole search
         n_queries = prepared.shape[0]
+        plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter)
+        if n_queries <= plan.block_queries:
+            return search.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
+                                       n_threads, refine_ratio)
         distances = np.empty((n_queries, k), dtype=np.float32)
         neighbors = np.empty((n_queries, k), dtype=np.int64)
-        start = 0
-        while start < n_queries:
+        for start in range(0, n_queries, plan.block_queries):
+            # Each block is planned for its own size (the last may be small).
             plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter)
             rows = slice(start, start + plan.block_queries)
-            if start == 0 and n_queries <= plan.block_queries:
-                return self._search_block(
-                    plan, prepared, lists, k, n_probes, keep_words, n_threads, refine_ratio
-                )
-            distances[rows], neighbors[rows] = self._search_block(
-                plan, prepared[rows], lists, k, n_probes, keep_words, n_threads, refine_ratio
+            distances[rows], neighbors[rows] = search.search_block(
+                self, plan, prepared[rows], lists, k, n_probes, keep_words, n_threads,
+                refine_ratio,
             )
-            start += plan.block_queries
         return distances, neighbors
-
-    def _search_block(self, plan, prepared, lists, k, n_probes, keep_words, n_threads,
-                      refine_ratio):
-        return search.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
-                                   n_threads, refine_ratio)
 
     def range_search(self, prepared, radius, n_probes, keep_words, n_threads,
                      int_filter="auto"):

@@ -61,10 +61,13 @@ def _pair_groups(probes, list_consts, pairs, n_lists):
     return kernels.common.PairGroups(pair_offsets, pair_queries, pair_consts)
 
 
+_NO_FILTER = kernels.common.KeepFilter(np.zeros(0, dtype=np.uint32), False)
+
+
 def _kernel_filter(keep_words):
     """The filter as the kernels take it (no words without a filter)."""
     if keep_words is None:
-        return kernels.common.KeepFilter(np.zeros(0, dtype=np.uint32), False)
+        return _NO_FILTER
     return kernels.common.KeepFilter(keep_words, True)
 
 
@@ -119,7 +122,7 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
             probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
         kernels.scan.search_few(
             queries, engine.centers, engine.center_sq_norms, n_probes, engine.quantizer.vmin,
-            engine.quantizer.delta, engine.by_residual, arrays, keep, metric, bits, refine,
+            engine.quantizer.delta, engine.by_residual, *arrays, metric, bits, *keep, refine,
             engine.quantizer.int_weights_buffer(1, plan.int_weights, plan.wide), probes,
             distances, neighbors,
         )

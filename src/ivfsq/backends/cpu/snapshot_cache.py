@@ -11,6 +11,9 @@ import threading
 import weakref
 
 
+_MISSING = object()
+
+
 class SnapshotCache:
     """``get(snapshot, key, compute)``: ``compute()`` once per snapshot and key.
 
@@ -32,10 +35,13 @@ class SnapshotCache:
         self._lock = threading.Lock()
 
     def get(self, snapshot, key, compute):
-        with self._lock:
-            values = self._entries.get(snapshot)
-            if values is not None and key in values:
-                return values[key]
+        # A hit takes no lock: entries are only ever added, and a snapshot's
+        # dict is stored whole before any reader can find it.
+        values = self._entries.get(snapshot)
+        if values is not None:
+            value = values.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
         value = compute()
         with self._lock:
             return self._entries.setdefault(snapshot, {}).setdefault(key, value)

@@ -413,10 +413,15 @@ def search_few(
     vmin,
     delta,
     by_residual,
-    lists,
-    keep,
+    codes,
+    ids,
+    aux,
+    list_offsets,
+    list_sizes,
     metric,
     bits,
+    keep_words,
+    use_filter,
     emit_rows,
     int_weights,
     given_probes,
@@ -424,6 +429,11 @@ def search_few(
     out_ids,
 ):
     """The whole search of a few queries in one call, on one thread.
+
+    It takes the lists and the filter as plain arrays, not bundles: it is
+    called once per query batch of the latency path, where numba's typing
+    of tuple arguments at each call would cost more than its scan of a
+    small list.
 
     Per query: coarse dots and probe selection (:func:`select_probes_small`),
     list constants (:func:`list_constants`), weights (:func:`query_weights`)
@@ -435,8 +445,6 @@ def search_few(
     rows, holds the probed lists (from :func:`select_probes_bounded_few`)
     and the coarse step is skipped.
     """
-    codes, ids, aux, list_offsets, list_sizes = lists
-    keep_words, use_filter = keep
     n_queries, dim = queries.shape
     code_size = codes.shape[1]
     use_l2 = metric == METRIC_L2
