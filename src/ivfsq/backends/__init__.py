@@ -1,1 +1,38 @@
-"""Compute backends: the CPU one (NumPy + numba kernels)."""
+"""Compute backends and their registry.
+
+A backend executes search plans (:mod:`ivfsq.ivf.planner`) over an
+engine's lists. Its module provides:
+
+- ``search_block(engine, plan, prepared, lists, k, n_probes, keep_words,
+  n_threads, refine_ratio) -> (distances, ids)``: one block of queries,
+  internal distances, sorted;
+- ``range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
+  int_filter) -> (offsets, ids, distances)``.
+
+Which backend runs a call is decided here, from ``Resources(device=...)``:
+``"cpu"`` (NumPy + numba kernels) is the one there is; the entry of a GPU
+backend goes beside it. Per-backend state tuned on an index's data lives in
+the backend, keyed by the list snapshot it was tuned on.
+
+>>> from ivfsq import backends
+>>> backends.NAMES
+('cpu',)
+>>> backends.get("cpu").__name__
+'ivfsq.backends.cpu.search'
+"""
+
+import importlib
+
+__all__ = ["BACKENDS", "NAMES", "get"]
+
+#: Device name -> the module implementing the backend (imported on first use).
+BACKENDS = {"cpu": "ivfsq.backends.cpu.search"}
+NAMES = tuple(BACKENDS)
+
+
+def get(device):
+    """The backend module of ``device``; ValueError naming the choices."""
+    module = BACKENDS.get(device) if isinstance(device, str) else None
+    if module is None:
+        raise ValueError(f"device must be one of {', '.join(map(repr, NAMES))}, got {device!r}")
+    return importlib.import_module(module)

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from ivfsq import codecs, metrics
+from ivfsq import backends, codecs, metrics
 from ivfsq._progress import report
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
@@ -364,40 +364,42 @@ class IvfSqEngine:
         )
 
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0,
-               scan="auto", int_filter="auto"):
+               scan="auto", int_filter="auto", device="cpu"):
         """Internal (smaller is better) distances and ids, (nq, k).
 
         ``prepared`` queries come from :meth:`prepare`. With a precise store,
         ``ceil(refine_ratio * k)`` candidates per query are scored on the
         codes and re-ranked with exact distances. Large batches are searched
         in blocks of queries, all against one snapshot of the lists, each
-        as the planner says (``scan`` and ``int_filter`` override it).
+        as the planner says (``scan`` and ``int_filter`` override it), on
+        the backend of ``device`` (:mod:`ivfsq.backends`).
         """
+        backend = backends.get(device)
         lists = self.lists  # one snapshot for the whole search
         n_queries = prepared.shape[0]
         plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter)
         if n_queries <= plan.block_queries:
-            return search.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
-                                       n_threads, refine_ratio)
+            return backend.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
+                                        n_threads, refine_ratio)
         distances = np.empty((n_queries, k), dtype=np.float32)
         neighbors = np.empty((n_queries, k), dtype=np.int64)
         for start in range(0, n_queries, plan.block_queries):
             # Each block is planned for its own size (the last may be small).
             plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter)
             rows = slice(start, start + plan.block_queries)
-            distances[rows], neighbors[rows] = search.search_block(
+            distances[rows], neighbors[rows] = backend.search_block(
                 self, plan, prepared[rows], lists, k, n_probes, keep_words, n_threads,
                 refine_ratio,
             )
         return distances, neighbors
 
     def range_search(self, prepared, radius, n_probes, keep_words, n_threads,
-                     int_filter="auto"):
+                     int_filter="auto", device="cpu"):
         """Per query, the stored vectors with internal distance <= ``radius``
         (see :func:`ivfsq.backends.cpu.search.range_search`): CSR arrays
         ``offsets``, ``ids`` and internal distances."""
-        return search.range_search(self, prepared, radius, n_probes, keep_words, n_threads,
-                                   int_filter)
+        return backends.get(device).range_search(self, prepared, radius, n_probes, keep_words,
+                                                 n_threads, int_filter)
 
     def sq4_int16_pays(self, lists):
         """Whether int16 filter weights pay for these 4-bit codes: where the

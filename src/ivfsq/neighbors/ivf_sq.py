@@ -31,7 +31,7 @@ from ivfsq._validation import (
     check_matrix,
     check_output,
 )
-from ivfsq.common import resolve_n_threads
+from ivfsq.common import resolve_device, resolve_n_threads
 from ivfsq.io import format as _format
 from ivfsq.ivf import persistence as _persistence
 from ivfsq.ivf import tune as _tune
@@ -590,7 +590,7 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
     prepared = engine.prepare("queries", queries)[0]
     offsets, neighbors, distances = engine.range_search(
         prepared, internal, search_params.n_probes, keep_words, resolve_n_threads(resources),
-        int_filter=search_params.int_filter,
+        int_filter=search_params.int_filter, device=resolve_device(resources),
     )
     return offsets, neighbors, metric.to_public(distances)
 
@@ -678,6 +678,7 @@ def search(
         out_d, out_i = engine.search(
             query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio,
             scan=search_params.scan, int_filter=search_params.int_filter,
+            device=resolve_device(resources),
         )
     else:
         out_d = np.empty((0, k), dtype=np.float32)

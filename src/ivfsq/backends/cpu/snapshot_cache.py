@@ -10,7 +10,6 @@ drops them with it.
 import threading
 import weakref
 
-
 _MISSING = object()
 
 
