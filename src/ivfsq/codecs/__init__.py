@@ -43,8 +43,8 @@ class CodecKind:
     uniform : bool
         One range for every dimension instead of one per dimension.
     default_range_stat : str
-        The range statistic of ``range_stat=None`` (the best measured; the
-        benchmark pages have the runs).
+        The range statistic of ``range_stat=None`` (the one that gave the best
+        recall; the benchmark pages have the runs).
     """
 
     name: str

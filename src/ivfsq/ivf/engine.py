@@ -13,6 +13,7 @@ from ivfsq._progress import report
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
 from ivfsq.backends.cpu import kernels, search
+from ivfsq.backends.cpu.search import normalize_rows
 from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
 from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
@@ -30,13 +31,6 @@ COARSE_BLOCK_QUERIES = 2048
 # int8 ones let this share of a list's rows more than k through (see
 # IvfSqEngine.sq4_int16_pays).
 SQ4_WIDE_MIN_EXCESS = 0.1
-
-def normalize_rows(vectors):
-    """Rows (float32, C-contiguous) scaled to unit L2 norm in place; zero rows
-    stay zero. Returns the vectors and a boolean mask of the nonzero rows."""
-    nonzero = np.empty(vectors.shape[0], dtype=np.bool_)
-    kernels.encode.normalize_rows(vectors, nonzero)
-    return vectors, nonzero
 
 
 class IvfSqEngine:

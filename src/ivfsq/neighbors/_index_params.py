@@ -64,8 +64,8 @@ class IndexParams:
         cuVS does), "quantile" (clip at the ``range_quantile`` and ``1 -
         range_quantile`` quantiles) or "mse" (per dimension, the quantile clip
         with the least quantization error). ``None``: "mse" for "sq8",
-        "minmax" for "sq8_uniform", "quantile" for 4-bit quantizers (the best
-        measured; see the benchmark pages of the documentation).
+        "minmax" for "sq8_uniform", "quantile" for 4-bit quantizers (the ones
+        that gave the best recall; see the benchmark pages of the documentation).
     range_quantile : float, default = 0.001
         The clipped fraction on each side for ``range_stat="quantile"``.
     transform : str or None, default = None

@@ -61,6 +61,14 @@ def _pair_groups(probes, list_consts, pairs, n_lists):
     return kernels.common.PairGroups(pair_offsets, pair_queries, pair_consts)
 
 
+def normalize_rows(vectors):
+    """Rows (float32, C-contiguous) scaled to unit L2 norm in place; zero rows
+    stay zero. Returns the vectors and a boolean mask of the nonzero rows."""
+    nonzero = np.empty(vectors.shape[0], dtype=np.bool_)
+    kernels.encode.normalize_rows(vectors, nonzero)
+    return vectors, nonzero
+
+
 _NO_FILTER = kernels.common.KeepFilter(np.zeros(0, dtype=np.uint32), False)
 
 
@@ -240,7 +248,7 @@ def int8_excess(engine, lists, k=10, n_samples=32):
     centers, labels = engine.code_reference(labels[picked])
     queries = quantizer.decode(lists.codes[rows], centers, labels)
     if engine.metric.normalized:
-        kernels.encode.normalize_rows(queries, np.empty(queries.shape[0], dtype=np.bool_))
+        normalize_rows(queries)
     probes = engine.coarse_probes(queries, 1, 1)
     consts, query_sq_norms = engine.list_constants(queries, probes, 1)
     weights = quantizer.weights(queries)
