@@ -12,7 +12,7 @@ from ivfsq import backends, codecs, metrics
 from ivfsq._progress import report
 from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq._validation import check_magnitudes, to_float32, to_float32_checked
-from ivfsq.backends.cpu import kernels, search
+from ivfsq.backends.cpu import fastscan, kernels, search
 from ivfsq.backends.cpu.search import normalize_rows
 from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
 from ivfsq.ivf.coarse import CoarseBound
@@ -342,23 +342,32 @@ class IvfSqEngine:
         run_chunks(task, probes.shape[0], n_threads, min_chunk=64, chunks_per_thread=1)
         return out, sq_norms
 
-    def plan(self, lists, n_queries, n_probes, n_threads, scan="auto", int_filter="auto"):
+    def plan(self, lists, n_queries, n_probes, n_threads, scan="auto", int_filter="auto",
+             first_pass=0):
         """The :class:`~ivfsq.ivf.planner.SearchPlan` for one block of
         queries against the snapshot ``lists`` (made once per snapshot and
         arguments: a plan depends on nothing else)."""
         n_probes = min(n_probes, self.centers.shape[0])
         n_queries = min(n_queries, SEARCH_BLOCK_QUERIES)  # what the plan depends on
         return self._tuning.get(
-            lists, ("plan", n_queries, n_probes, n_threads, scan, int_filter),
+            lists, ("plan", n_queries, n_probes, n_threads, scan, int_filter, first_pass),
             lambda: plan_search(
                 self.quantizer, lists, self.centers.shape[0], n_queries, n_probes, n_threads,
                 scan=scan, int_filter=int_filter,
-                sq4_int16_pays=lambda: self.sq4_int16_pays(lists),
+                sq4_int16_pays=lambda: self.sq4_int16_pays(lists), first_pass=first_pass,
             ),
         )
 
+    def first_pass_layout(self, lists):
+        """The block-interleaved 4-bit codes of the snapshot ``lists`` for
+        the first pass (made on first use, once per snapshot)."""
+        return self._tuning.get(
+            lists, "first_pass_layout",
+            lambda: fastscan.first_pass_layout(lists, self.quantizer.code_size),
+        )
+
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0,
-               scan="auto", int_filter="auto", device="cpu"):
+               scan="auto", int_filter="auto", device="cpu", first_pass=0):
         """Internal (smaller is better) distances and ids, (nq, k).
 
         ``prepared`` queries come from :meth:`prepare`. With a precise store,
@@ -366,12 +375,13 @@ class IvfSqEngine:
         codes and re-ranked with exact distances. Large batches are searched
         in blocks of queries, all against one snapshot of the lists, each
         as the planner says (``scan`` and ``int_filter`` override it), on
-        the backend of ``device`` (:mod:`ivfsq.backends`).
+        the backend of ``device`` (:mod:`ivfsq.backends`). ``first_pass``:
+        the candidates per query of a 4-bit first pass (0: none).
         """
         backend = backends.get(device)
         lists = self.lists  # one snapshot for the whole search
         n_queries = prepared.shape[0]
-        plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter)
+        plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter, first_pass)
         if n_queries <= plan.block_queries:
             return backend.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
                                         n_threads, refine_ratio)
@@ -379,7 +389,8 @@ class IvfSqEngine:
         neighbors = np.empty((n_queries, k), dtype=np.int64)
         for start in range(0, n_queries, plan.block_queries):
             # Each block is planned for its own size (the last may be small).
-            plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter)
+            plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter,
+                             first_pass)
             rows = slice(start, start + plan.block_queries)
             distances[rows], neighbors[rows] = backend.search_block(
                 self, plan, prepared[rows], lists, k, n_probes, keep_words, n_threads,

@@ -21,6 +21,12 @@ The paths:
     Big batches: the (query, probe) pairs are grouped by list and each list
     is read once for all its queries.
 
+With a 4-bit first pass (``first_pass``, the candidates it keeps), a
+query's probed lists are scored 16 rows at a time on 4-bit codes and only
+the candidates on their 8-bit codes
+(:mod:`ivfsq.backends.cpu.kernels.fastscan`); the path is then ``"few"``
+or ``"per_query"`` and there is no integer filter.
+
 The integer filter (``int_filter``) scores each row first with an integer
 dot of quantized query weights (``"int8"`` or ``"int16"`` weights), whose
 error bound rules most rows out before their exact score; ``"off"`` scores
@@ -35,6 +41,8 @@ from ivfsq.backends.cpu import kernels
 __all__ = ["SCANS", "INT_FILTERS", "SearchPlan", "plan_search"]
 
 SCANS = ("auto", "few", "per_query", "per_list", "list_major")
+# The paths a search with a 4-bit first pass can take.
+FIRST_PASS_SCANS = ("few", "per_query")
 INT_FILTERS = ("auto", "off", "int8", "int16")
 
 # Batches up to this size take the one-call path (and compute their coarse
@@ -73,12 +81,15 @@ class SearchPlan:
     coarse_in_kernel : bool
         The coarse step runs in one numba call (few queries) rather than as
         a BLAS product with the centers.
+    first_pass : int
+        Candidates per query of the 4-bit first pass, or 0 (none).
     """
 
     path: str
     int_filter: str
     block_queries: int = SEARCH_BLOCK_QUERIES
     coarse_in_kernel: bool = False
+    first_pass: int = 0
 
     @property
     def int_weights(self):
@@ -107,15 +118,19 @@ def _check_override(what, value, allowed, why):
 
 
 def plan_search(quantizer, lists, n_lists, n_queries, n_probes, n_threads, *, scan="auto",
-                int_filter="auto", sq4_int16_pays=None):
+                int_filter="auto", sq4_int16_pays=None, first_pass=0):
     """The plan for ``n_queries`` queries probing ``n_probes`` of ``n_lists``
     lists (a snapshot ``lists`` of code rows) on ``n_threads`` threads.
 
     ``scan`` and ``int_filter`` override the path and the filter (``"auto"``
     chooses). ``sq4_int16_pays()`` says whether int16 weights pay for these
     4-bit codes (an estimate on the index's data, cached per snapshot by
-    the caller); it is asked only where the choice arises.
+    the caller); it is asked only where the choice arises. ``first_pass``:
+    the candidates of a 4-bit first pass (0: none).
     """
+    if first_pass:
+        return _first_pass_plan(quantizer, lists, n_queries, n_probes, n_threads, scan,
+                                first_pass)
     allowed = int_filter_choices(quantizer)
     _check_override("int_filter", int_filter, allowed,
                     "" if len(allowed) > 1 else " (the CPU has no integer dots for its codes)")
@@ -130,6 +145,31 @@ def plan_search(quantizer, lists, n_lists, n_queries, n_probes, n_threads, *, sc
         int_filter=int_filter,
         block_queries=SEARCH_BLOCK_QUERIES,
         coarse_in_kernel=n_queries_block <= SMALL_BATCH_QUERIES,
+    )
+
+
+def _first_pass_plan(quantizer, lists, n_queries, n_probes, n_threads, scan, first_pass):
+    if quantizer.bits != 8:
+        raise ValueError(
+            f"first_pass_candidates needs 8-bit codes ('sq8' or 'sq8_uniform'), got an index "
+            f"with {quantizer.bits}-bit codes"
+        )
+    _check_override("scan", scan, FIRST_PASS_SCANS, " with first_pass_candidates")
+    n_queries_block = min(n_queries, SEARCH_BLOCK_QUERIES)
+    path = scan
+    if path == "auto":
+        # Parallel over queries where there are several and they scan more
+        # than the pool's hand-off costs; else one call on this thread.
+        few = n_threads == 1 or (
+            n_queries_block <= SMALL_BATCH_QUERIES
+            and _scan_bytes(lists, n_queries_block * n_probes) < FEW_MAX_SCAN_BYTES)
+        path = "few" if few else "per_query"
+    return SearchPlan(
+        path=path,
+        int_filter="off",
+        block_queries=SEARCH_BLOCK_QUERIES,
+        coarse_in_kernel=n_queries_block <= SMALL_BATCH_QUERIES,
+        first_pass=first_pass,
     )
 
 

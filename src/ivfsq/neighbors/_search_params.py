@@ -30,21 +30,40 @@ class SearchParams:
         or int16 query weights, or ``"off"``. Which ones an index can take
         depends on its codes and the CPU; others raise ``ValueError`` at
         search time. Like ``scan``, it changes speed, not results.
+    first_pass_candidates : int or None, default = None
+        For 8-bit codes ("sq8", "sq8_uniform"): score every probed vector
+        first on 4-bit codes derived from its 8-bit ones (each 4-bit level is
+        17 of the 8-bit levels; 16 rows are scored at a time from a
+        block-interleaved copy made once per list snapshot, ``dim / 2 + 4``
+        bytes per vector), keep this many of the best per query, and score
+        only those on the 8-bit codes. Several times faster per scanned
+        vector; the results are the exact scan's wherever its ``k`` nearest
+        are among the candidates, so recall grows with the value (see the
+        user guide for what to choose). ``None`` scans the 8-bit codes
+        directly. Values below the number of results asked for count as
+        that number; ``scan`` may then be "auto", "few" or "per_query", and
+        ``int_filter`` is not used.
 
     Examples
     --------
     >>> from ivfsq.neighbors import ivf_sq
-    >>> ivf_sq.SearchParams(n_probes=32)
-    SearchParams(n_probes=32, refine_ratio=None, scan='auto', int_filter='auto')
+    >>> ivf_sq.SearchParams(n_probes=32)  # doctest: +NORMALIZE_WHITESPACE
+    SearchParams(n_probes=32, refine_ratio=None, scan='auto', int_filter='auto',
+                 first_pass_candidates=None)
     """
 
-    def __init__(self, *, n_probes=20, refine_ratio=None, scan="auto", int_filter="auto"):
+    def __init__(self, *, n_probes=20, refine_ratio=None, scan="auto", int_filter="auto",
+                 first_pass_candidates=None):
         self._n_probes = check_int("n_probes", n_probes, minimum=1)
         self._refine_ratio = None
         if refine_ratio is not None:
             self._refine_ratio = check_float("refine_ratio", refine_ratio, minimum=1.0)
         self._scan = check_choice("scan", scan, SCANS)
         self._int_filter = check_choice("int_filter", int_filter, INT_FILTERS)
+        self._first_pass_candidates = None
+        if first_pass_candidates is not None:
+            self._first_pass_candidates = check_int(
+                "first_pass_candidates", first_pass_candidates, minimum=1)
 
     def get_handle(self):
         """An opaque handle (cuVS compatibility): the parameters object itself."""
@@ -54,7 +73,10 @@ class SearchParams:
     refine_ratio = property(lambda self: self._refine_ratio, doc="Re-ranked candidates per k.")
     scan = property(lambda self: self._scan, doc="The scan path, or 'auto'.")
     int_filter = property(lambda self: self._int_filter, doc="The integer filter, or 'auto'.")
+    first_pass_candidates = property(lambda self: self._first_pass_candidates,
+                                     doc="Candidates kept by the 4-bit first pass, or None.")
 
     def __repr__(self):
         return (f"SearchParams(n_probes={self._n_probes}, refine_ratio={self._refine_ratio!r}, "
-                f"scan={self._scan!r}, int_filter={self._int_filter!r})")
+                f"scan={self._scan!r}, int_filter={self._int_filter!r}, "
+                f"first_pass_candidates={self._first_pass_candidates!r})")

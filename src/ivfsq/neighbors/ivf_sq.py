@@ -679,6 +679,7 @@ def search(
             query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio,
             scan=search_params.scan, int_filter=search_params.int_filter,
             device=resolve_device(resources),
+            first_pass=search_params.first_pass_candidates or 0,
         )
     else:
         out_d = np.empty((0, k), dtype=np.float32)
@@ -729,7 +730,8 @@ def search_plan(search_params, index, n_queries, resources=None):
     engine = _check_index(index)
     n_queries = check_int("n_queries", n_queries, minimum=1)
     return engine.plan(engine.lists, n_queries, search_params.n_probes,
-                       resolve_n_threads(resources), search_params.scan, search_params.int_filter)
+                       resolve_n_threads(resources), search_params.scan, search_params.int_filter,
+                       search_params.first_pass_candidates or 0)
 
 
 def save(filename, index, resources=None):

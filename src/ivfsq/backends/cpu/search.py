@@ -122,6 +122,12 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     arrays = _list_arrays(lists)
     distances = np.empty((n_queries, n_candidates), dtype=np.float32)
     neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
+    if plan.first_pass:
+        _search_first_pass(engine, plan, queries, lists, n_probes, keep, n_threads, refine,
+                           distances, neighbors)
+        if refine:
+            return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
+        return distances, neighbors
     if plan.path == "few":
         # The whole search in one kernel call (after one for the probes
         # where the coarse bound pays).
@@ -174,6 +180,33 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     if refine:
         return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
     return distances, neighbors
+
+
+def _search_first_pass(engine, plan, queries, lists, n_probes, keep, n_threads, emit_rows,
+                       distances, neighbors):
+    """The search with a 4-bit first pass (kernels.fastscan), into
+    ``distances`` and ``neighbors`` (their columns: the results per query)."""
+    layout = engine.first_pass_layout(lists)
+    n_candidates = max(plan.first_pass, distances.shape[1])
+    quantizer = engine.quantizer
+
+    def run(rows, probes):
+        kernels.fastscan.search_first_pass(
+            queries[rows], engine.centers, engine.center_sq_norms, n_probes, quantizer.vmin,
+            quantizer.delta, engine.by_residual, *_list_arrays(lists), *layout,
+            engine.kernel_metric, *keep, emit_rows, n_candidates, probes,
+            distances[rows], neighbors[rows],
+        )
+
+    if plan.path == "few":
+        probes = _NO_PROBES
+        if engine.coarse_bound(n_probes) is not None:
+            probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
+        run(slice(None), probes)
+        return
+    probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
+    run_chunks(lambda start, stop: run(slice(start, stop), probes[start:stop]),
+               queries.shape[0], n_threads)
 
 
 def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,

@@ -8,6 +8,7 @@
 - :mod:`~ivfsq.backends.cpu.kernels.scan`: the per-query scan, the one-call search;
 - :mod:`~ivfsq.backends.cpu.kernels.grouped`: the list-major scan of big batches;
 - :mod:`~ivfsq.backends.cpu.kernels.exact`: exact distances (re-rank, refine);
+- :mod:`~ivfsq.backends.cpu.kernels.fastscan`: the 4-bit first pass over blocks of rows;
 - :mod:`~ivfsq.backends.cpu.kernels.simd`: the AVX2 integer-dot intrinsics.
 
 Kernels take arrays and scalars only. They are serial, compiled with
@@ -35,6 +36,7 @@ from ivfsq.backends.cpu.kernels import (  # noqa: E402  (after the cache stamp)
     common,
     encode,
     exact,
+    fastscan,
     grouped,
     heaps,
     scan,
@@ -42,4 +44,4 @@ from ivfsq.backends.cpu.kernels import (  # noqa: E402  (after the cache stamp)
     simd,
 )
 
-__all__ = ["coarse", "common", "encode", "exact", "grouped", "heaps", "scan", "score", "simd"]
+__all__ = ["coarse", "common", "encode", "exact", "fastscan", "grouped", "heaps", "scan", "score", "simd"]
