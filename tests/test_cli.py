@@ -69,6 +69,20 @@ def test_search_with_all_probes_finds_the_exact_neighbours_mostly(files):
     assert mapped.split("recall@10 ")[1] == out.split("recall@10 ")[1]
 
 
+def test_search_with_a_first_pass_finds_what_the_exact_scan_finds(files):
+    status, exact, err = run("search", files["index"], files["folder"], "-k", 10,
+                             "--n-probes", 8, "--gt", files["folder"])
+    assert status == 0, err
+    status, first, err = run("search", files["index"], files["folder"], "-k", 10,
+                             "--n-probes", 8, "--gt", files["folder"],
+                             "--first-pass-candidates", 200)
+    assert status == 0, err
+    recall = float(first.split("recall@10 ")[1].split()[0])
+    assert abs(recall - float(exact.split("recall@10 ")[1].split()[0])) <= 0.005
+    status, _, err = run("search", files["index"], files["folder"], "--first-pass-candidates", 0)
+    assert status == 2 and "--first-pass-candidates: expected a positive integer, got '0'" in err
+
+
 def test_search_refine_ratio_needs_a_precise_store(files, tmp_path):
     assert_one_line_error(*run("search", files["index"], files["folder"], "--refine-ratio", 2),
                           "refine_ratio", "reorder=True")

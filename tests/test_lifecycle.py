@@ -153,7 +153,8 @@ def test_remove_validates_ids(data):
 def test_tune_picks_the_fewest_probes_that_reach_the_target(data):
     base, queries = data
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=40), base)
-    params, points = ivf_sq.tune(index, queries, target_recall=0.9, k=10)
+    params, points = ivf_sq.tune(index, queries, target_recall=0.9, k=10, first_pass=False)
+    assert params.first_pass_candidates is None
     # Independent check: exact neighbours among the decoded vectors.
     decoded = ivf_sq.reconstruct(index, np.arange(N_ROWS))
     truth = np.argsort(distances_to(queries, decoded, "sqeuclidean"), axis=1)[:, :10]
@@ -169,6 +170,30 @@ def test_tune_picks_the_fewest_probes_that_reach_the_target(data):
     recalls = [point["recall"] for point in points]
     assert recalls == sorted(recalls) and recalls[-1] >= 0.9
     assert all(point["qps"] > 0 and point["refine_ratio"] is None for point in points)
+
+
+def test_tune_sweeps_the_first_pass_for_8_bit_codes_and_picks_the_fastest(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=40), base)
+    truth = np.argsort(distances_to(queries, base, "sqeuclidean"), axis=1)[:, :10]
+    params, front = ivf_sq.tune(index, queries, target_recall=0.9, k=10, ground_truth=truth)
+    assert params.first_pass_candidates in (None, 20, 40)
+    _, found = ivf_sq.search(params, index, queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]) >= 0.9
+    # The chosen point is on the measured front, and the fastest there that
+    # reaches the target.
+    reached = [point for point in front if point["recall"] >= 0.9]
+    fastest = max(reached, key=lambda point: point["qps"])
+    assert (fastest["n_probes"], fastest["first_pass_candidates"]) == (
+        params.n_probes, params.first_pass_candidates)
+    assert {point["first_pass_candidates"] for point in front} <= {None, 20, 40}
+    sq4 = ivf_sq.build(ivf_sq.IndexParams(n_lists=40, quantizer="sq4"), base)
+    with pytest.raises(ValueError, match="first_pass=True needs 8-bit codes"):
+        ivf_sq.tune(sq4, queries, target_recall=0.9, k=10, first_pass=True)
+    with pytest.raises(TypeError, match="first_pass must be a bool or None, got str"):
+        ivf_sq.tune(index, queries, target_recall=0.9, k=10, first_pass="yes")
+    params, _ = ivf_sq.tune(sq4, queries, target_recall=0.5, k=10)
+    assert params.first_pass_candidates is None
 
 
 def test_tune_with_given_ground_truth_and_a_precise_store(data):

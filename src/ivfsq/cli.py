@@ -165,6 +165,10 @@ def _parser():
     search.add_argument("--refine-ratio", type=float, default=None,
                         help="candidates per neighbour re-ranked exactly (indexes built "
                              "with --reorder; default 2)")
+    search.add_argument("--first-pass-candidates", type=_positive_int, default=None,
+                        help="score the probed vectors on 4-bit codes first and keep this "
+                             "many per query for the 8-bit codes (8-bit indexes; default: "
+                             "no first pass)")
     search.add_argument("-o", "--output", default=None,
                         help="write neighbour ids to this .npy file and distances next to "
                              "it (<name>_dist.npy)")
@@ -398,7 +402,8 @@ def _cmd_search(args):
     if queries.ndim != 2 or queries.shape[1] != index.dim:
         raise UserError(f"queries have dimension {queries.shape[-1]} but the index has "
                         f"dimension {index.dim}")
-    params = ivf_sq.SearchParams(n_probes=args.n_probes, refine_ratio=args.refine_ratio)
+    params = ivf_sq.SearchParams(n_probes=args.n_probes, refine_ratio=args.refine_ratio,
+                                 first_pass_candidates=args.first_pass_candidates)
     truth = None
     if args.gt is not None:
         truth = _ground_truth_of(args.gt)

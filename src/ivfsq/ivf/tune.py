@@ -12,6 +12,17 @@ _PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384
                 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 # refine_ratio values tried for an index with a precise store.
 REFINE_RATIOS = (1.0, 2.0, 4.0)
+# first_pass_candidates tried for 8-bit codes, as multiples of k (None: the
+# exact scan).
+FIRST_PASS_FACTORS = (None, 2, 4)
+
+
+def variants(has_precise, first_pass, k):
+    """The (refine_ratio, first_pass_candidates) pairs swept besides n_probes."""
+    refine_ratios = REFINE_RATIOS if has_precise else (None,)
+    factors = FIRST_PASS_FACTORS if first_pass else (None,)
+    return [(ratio, None if factor is None else factor * k)
+            for ratio in refine_ratios for factor in factors]
 
 
 def stored_ground_truth(engine, queries, k):
@@ -28,17 +39,19 @@ def stored_ground_truth(engine, queries, k):
 
 def choose(points, target_recall, k, by_qps):
     """The point that :func:`ivfsq.neighbors.ivf_sq.tune` returns: among
-    those reaching ``target_recall``, the fastest (``by_qps``, for indexes
-    with a precise store, where the refine ratio trades recall for time) or
-    the fewest ``n_probes`` (work grows with them, whatever timing noise
-    says). ValueError naming the best recall when none reaches it."""
+    those reaching ``target_recall``, the fastest (``by_qps``, where more
+    than n_probes is swept: the refine ratio or the first pass trade recall
+    for time) or the fewest ``n_probes`` (work grows with them, whatever
+    timing noise says). ValueError naming the best recall when none
+    reaches it."""
     reached = [point for point in points if point["recall"] >= target_recall]
     if not reached:
         best = max(points, key=lambda point: point["recall"])
         raise ValueError(
             f"target_recall {target_recall} is not reached: the best measured recall@{k} was "
             f"{best['recall']:.4f} (n_probes={best['n_probes']}, "
-            f"refine_ratio={best['refine_ratio']})"
+            f"refine_ratio={best['refine_ratio']}, "
+            f"first_pass_candidates={best['first_pass_candidates']})"
         )
     if by_qps:
         return max(reached, key=lambda point: point["qps"])
@@ -50,24 +63,28 @@ def probe_counts(n_lists):
     return counts + [n_lists]
 
 
-def sweep(search, n_queries, truth, k, n_lists, target_recall, refine_ratios):
-    """Measure ``search(n_probes, refine_ratio)`` over increasing n_probes
-    until every refine ratio meets the target (or n_probes reaches n_lists).
+def sweep(search, n_queries, truth, k, n_lists, target_recall, variants):
+    """Measure ``search(n_probes, refine_ratio, first_pass_candidates)`` over
+    increasing n_probes until every variant (a pair of the last two, see
+    :func:`variants`) meets the target (or n_probes reaches n_lists).
 
-    Returns the measured points, dicts of n_probes, refine_ratio, recall,
-    qps and seconds (the fastest of several timed runs after a warm one).
+    Returns the measured points, dicts of n_probes, refine_ratio,
+    first_pass_candidates, recall, qps and seconds (the fastest of several
+    timed runs after a warm one).
     """
     points = []
-    pending = list(refine_ratios)
+    pending = list(variants)
     for n_probes in probe_counts(n_lists):
-        for refine_ratio in list(pending):
-            neighbors = search(n_probes, refine_ratio, n_queries)  # warm
-            seconds = _best_time(lambda: search(n_probes, refine_ratio, n_queries))
+        for variant in list(pending):
+            refine_ratio, candidates = variant
+            neighbors = search(n_probes, refine_ratio, candidates, n_queries)  # warm
+            seconds = _best_time(lambda: search(n_probes, refine_ratio, candidates, n_queries))
             recall = recall_at_k(neighbors, truth, k)
             points.append({"n_probes": n_probes, "refine_ratio": refine_ratio,
-                           "recall": recall, "qps": n_queries / seconds, "seconds": seconds})
+                           "first_pass_candidates": candidates, "recall": recall,
+                           "qps": n_queries / seconds, "seconds": seconds})
             if recall >= target_recall or math.isclose(recall, 1.0):
-                pending.remove(refine_ratio)
+                pending.remove(variant)
         if not pending:
             break
     return points

@@ -425,14 +425,17 @@ def reconstruct(index, ids, resources=None):
     return engine.reconstruct(ids)
 
 
-def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None):
+def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None,
+         first_pass=None):
     """The cheapest search parameters that reach a recall on sample queries.
 
     ``n_probes`` is swept upwards (1, 2, 3, 4, 6, 8, 12, ... n_lists, each
     about 1.5x the last) until the target is met; for an index with a
-    precise store each ``refine_ratio`` of 1, 2 and 4 is swept too. Each
-    setting is searched once to warm up, then timed (the fastest of at
-    least 3 runs, repeated for at least 0.05 s).
+    precise store each ``refine_ratio`` of 1, 2 and 4 is swept too, and for
+    8-bit codes the exact scan and a 4-bit first pass keeping ``2 k`` and
+    ``4 k`` candidates (``first_pass_candidates``). Each setting is
+    searched once to warm up, then timed (the fastest of at least 3 runs,
+    repeated for at least 0.05 s).
 
     Parameters
     ----------
@@ -453,16 +456,20 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None)
         ``ground_truth``.
     resources : ivfsq.common.Resources, optional
         Threads for the timed searches (QPS depends on it).
+    first_pass : bool or None, default = None
+        Sweep the 4-bit first pass too: ``None`` where the codes are 8-bit,
+        ``False`` never (``True`` for 4-bit codes is an error).
 
     Returns
     -------
     search_params : SearchParams
-        Among the measured settings that reach ``target_recall``: the fewest
-        ``n_probes``, or, with a precise store, the highest measured QPS.
+        Among the measured settings that reach ``target_recall``: the
+        highest measured QPS where more than ``n_probes`` is swept (a
+        precise store or the first pass), else the fewest ``n_probes``.
     points : list of dict
         The measured Pareto front (no point has both higher recall and
         higher QPS), by increasing recall: ``n_probes``, ``refine_ratio``,
-        ``recall``, ``qps``, ``seconds``.
+        ``first_pass_candidates``, ``recall``, ``qps``, ``seconds``.
 
     Raises
     ------
@@ -503,17 +510,29 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None)
                 f"ground_truth must have shape ({n_queries}, >= {k}) (one row per query), "
                 f"got shape {truth.shape}"
             )
-    refine_ratios = _tune.REFINE_RATIOS if engine.has_precise else (None,)
+    eight_bit = engine.quantizer.bits == 8
+    if first_pass is None:
+        first_pass = eight_bit
+    elif not isinstance(first_pass, (bool, np.bool_)):
+        raise TypeError(f"first_pass must be a bool or None, got {type(first_pass).__name__}")
+    elif first_pass and not eight_bit:
+        raise ValueError(
+            f"first_pass=True needs 8-bit codes ('sq8' or 'sq8_uniform'), got an index with "
+            f"{engine.quantizer.bits}-bit codes"
+        )
+    variants = _tune.variants(engine.has_precise, first_pass, k)
 
-    def run(n_probes, refine_ratio, count):
-        params = SearchParams(n_probes=n_probes, refine_ratio=refine_ratio)
+    def run(n_probes, refine_ratio, candidates, count):
+        params = SearchParams(n_probes=n_probes, refine_ratio=refine_ratio,
+                              first_pass_candidates=candidates)
         return search(params, index, queries[:count], k, resources=resources)[1]
 
     points = _tune.sweep(run, n_queries, truth[:, :k], k, index.n_lists, target_recall,
-                         refine_ratios)
-    chosen = _tune.choose(points, target_recall, k, by_qps=engine.has_precise)
+                         variants)
+    chosen = _tune.choose(points, target_recall, k, by_qps=len(variants) > 1)
     return (
-        SearchParams(n_probes=chosen["n_probes"], refine_ratio=chosen["refine_ratio"]),
+        SearchParams(n_probes=chosen["n_probes"], refine_ratio=chosen["refine_ratio"],
+                     first_pass_candidates=chosen["first_pass_candidates"]),
         _tune.pareto_front(points),
     )
 

@@ -251,11 +251,39 @@ def distance_terms(metric, base, scale, q_sq):
 
 # ------------------------------------------------------------- the search
 @njit(inline="always")
-def _cut(cand_d, cand_k, n_kept, n_keep):
+def _kth_smallest(values, n, kth, scratch):
+    """The ``kth`` smallest (0-based) of ``values[:n]`` (quickselect on a
+    copy in ``scratch``: no allocation, linear on average)."""
+    for c in range(n):
+        scratch[c] = values[c]
+    low, high = 0, n - 1
+    while low < high:
+        pivot = scratch[(low + high) >> 1]
+        i, j = low, high
+        while i <= j:
+            while scratch[i] < pivot:
+                i += 1
+            while scratch[j] > pivot:
+                j -= 1
+            if i <= j:
+                scratch[i], scratch[j] = scratch[j], scratch[i]
+                i += 1
+                j -= 1
+        if kth <= j:
+            high = j
+        elif kth >= i:
+            low = i
+        else:
+            break
+    return scratch[kth]
+
+
+@njit(inline="always")
+def _cut(cand_d, cand_k, n_kept, n_keep, scratch):
     """Keep the ``n_keep`` smallest of the first ``n_kept`` candidates
     (ties at the cut by their order), moved to the front; returns their
     count and the largest kept distance."""
-    cutoff = np.partition(cand_d[:n_kept], n_keep - 1)[n_keep - 1]
+    cutoff = _kth_smallest(cand_d, n_kept, n_keep - 1, scratch)
     below = 0
     for c in range(n_kept):
         if cand_d[c] < cutoff:
@@ -329,6 +357,7 @@ def search_first_pass(
     # would sift at each of them), and a threshold that is the cut's.
     cand_d = np.empty(2 * n_candidates, dtype=np.float32)
     cand_k = np.empty(2 * n_candidates, dtype=np.int64)
+    scratch = np.empty(2 * n_candidates, dtype=np.float32)
     for i in range(n_queries):
         query = queries[i]
         if given_probes.shape[0] > 0:
@@ -363,14 +392,14 @@ def search_first_pass(
                     if use_filter and not is_kept(keep_words, ids[row]):
                         continue
                     if n_kept == cand_d.shape[0]:
-                        n_kept, worst = _cut(cand_d, cand_k, n_kept, n_candidates)
+                        n_kept, worst = _cut(cand_d, cand_k, n_kept, n_candidates, scratch)
                         if block_distances[r] > worst:
                             continue
                     cand_d[n_kept] = block_distances[r]
                     cand_k[n_kept] = tag | row
                     n_kept += 1
         if n_kept > n_candidates:
-            n_kept, worst = _cut(cand_d, cand_k, n_kept, n_candidates)
+            n_kept, worst = _cut(cand_d, cand_k, n_kept, n_candidates, scratch)
         heap_d = out_distances[i]
         heap_i = out_ids[i]
         heap_init(heap_d, heap_i)
