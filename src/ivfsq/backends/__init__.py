@@ -28,11 +28,17 @@ __all__ = ["BACKENDS", "NAMES", "get"]
 #: Device name -> the module implementing the backend (imported on first use).
 BACKENDS = {"cpu": "ivfsq.backends.cpu.search"}
 NAMES = tuple(BACKENDS)
+# Imported backends by device: a search asks for its backend on every call,
+# and a dict hit costs less than the import machinery's lookup.
+_LOADED = {}
 
 
 def get(device):
     """The backend module of ``device``; ValueError naming the choices."""
+    loaded = _LOADED.get(device) if isinstance(device, str) else None
+    if loaded is not None:
+        return loaded
     module = BACKENDS.get(device) if isinstance(device, str) else None
     if module is None:
         raise ValueError(f"device must be one of {', '.join(map(repr, NAMES))}, got {device!r}")
-    return importlib.import_module(module)
+    return _LOADED.setdefault(device, importlib.import_module(module))
