@@ -191,6 +191,72 @@ def at_recall(results, recall, key):
     return float(math.exp(math.log(low[1]) + fraction * (math.log(high[1]) - math.log(low[1]))))
 
 
+def measure(search_batch, search_one, set_threads, queries, gt, args):
+    """Recall, batch QPS and single-query latency of one configuration.
+
+    ``search_batch()`` returns the ids of all queries; ``search_one(i)``
+    searches query ``i`` alone; ``set_threads(n)`` sets the thread count of
+    the library (batch search uses ``args.threads``, latency 1 thread).
+    """
+    from ivfsq.datasets import recall_at_k
+
+    set_threads(args.threads)
+    neighbors = search_batch()  # warm-up (and numba compilation for ivfsq)
+    recall = recall_at_k(np.asarray(neighbors)[:, :args.k], gt[:, :args.k])
+    result = {"recall": recall}
+    result.update(measure_batch_qps(search_batch, queries.shape[0], args.min_seconds))
+    set_threads(1)
+    result.update(measure_latency(search_one, min(args.latency_queries, queries.shape[0])))
+    set_threads(args.threads)
+    return result
+
+
+def best_of_rounds(rounds):
+    """One result per n_probes from several sweeps: the round with the best
+    QPS, with the lowest p50/p90 latency of all rounds and every round's QPS
+    kept in ``qps_rounds``. Recall is the same in every round."""
+    merged = []
+    for per_round in zip(*rounds):
+        best = dict(max(per_round, key=lambda result: result["qps"]))
+        for key in ("latency_p50_ms", "latency_p90_ms"):
+            best[key] = min(result[key] for result in per_round)
+        best["qps_rounds"] = [result["qps"] for result in per_round]
+        merged.append(best)
+    return merged
+
+
+def write_plot(path, curves, title):
+    """Recall-vs-QPS plot (log y) with one curve per library; skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; skipping the plot "
+              "(pip install matplotlib, or pip install -e '.[bench]')")
+        return
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for label, results, param in curves:
+        recalls = [r["recall"] for r in results]
+        qps = [r["qps"] for r in results]
+        axes.plot(recalls, qps, marker="o", label=label)
+        for r in results:
+            axes.annotate(str(r[param]), (r["recall"], r["qps"]), fontsize=7,
+                          textcoords="offset points", xytext=(3, 3))
+    axes.set_yscale("log")
+    axes.set_xlabel("recall@k")
+    axes.set_ylabel("queries per second (batch, log scale)")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"plot written to {path}")
+
+
 def load_benchmark_data(dataset, max_queries):
     """Load base, queries, ground-truth ids and metric for ``--dataset``: a
     shared data set's name, a data set folder, ``synthetic`` (100,000 x 96)
