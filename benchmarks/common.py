@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing, hardware info and output.
+"""Helpers shared by the benchmark scripts: timing, hardware info, data
+sets and output.
 
 Everything here is library-neutral: a search is passed in as a plain
 function, so the same code times ivfsq, FAISS and hnswlib.
@@ -11,6 +12,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import statistics
 import sys
 import time
@@ -19,6 +21,12 @@ import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results"
+# Data sets derived from the shared ones (git-ignored, computed once).
+DERIVED_DATA_DIR = REPO_ROOT / "benchmarks" / "results" / "datasets"
+# "<data set>-pca<dim>": a data set projected to <dim> dimensions by PCA.
+PCA_NAME = re.compile(r"^(?P<source>.+)-pca(?P<dim>[0-9]+)$")
+# Ground truth depth of a derived data set, as in the shared ones.
+DERIVED_GT_DEPTH = 100
 
 # Every benchmark imports this module first: when ivfsq is not installed,
 # the source tree next to this folder is used.
@@ -257,20 +265,102 @@ def write_plot(path, curves, title):
     print(f"plot written to {path}")
 
 
+class DatasetNotFoundError(SystemExit):
+    """A data set name that is not a folder, a shared data set or a set
+    derived from one. A ``SystemExit``: scripts that do not catch it exit
+    with its message."""
+
+
+def pca_dataset_dir(source, dim):
+    """The folder of ``source`` (a shared data set's name or a folder)
+    projected to ``dim`` dimensions by PCA, computed on first use.
+
+    The principal directions are the top ``dim`` eigenvectors of the base's
+    covariance (float64, the base mean-centred); the base and the queries
+    are centred with the base's mean and projected onto them. The metric is
+    the source's, and the exact top-100 ground truth is recomputed by
+    blocked brute force (:func:`ivfsq.datasets.brute_force_knn`). The result
+    is written under ``DERIVED_DATA_DIR/<source>-pca<dim>`` as a data set
+    folder (``base.npy``, ``query.npy``, ``gt_<tag>.npy``, ``pca.json``)
+    and read from there afterwards.
+    """
+    from ivfsq.datasets import brute_force_knn, find_shared_dataset, load_dataset_dir
+
+    source_folder = pathlib.Path(source) if os.path.isdir(source) else find_shared_dataset(source)
+    if source_folder is None:
+        raise DatasetNotFoundError(f"data set {source!r} not found (not a folder, and no "
+                                   f"shared data set of that name), so no PCA projection of it")
+    folder = DERIVED_DATA_DIR / f"{source_folder.resolve().name}-pca{dim}"
+    if (folder / "base.npy").is_file():
+        return folder
+    data = load_dataset_dir(source_folder)
+    base = np.array(data["base"], dtype=np.float64)  # a copy: centred in place
+    n_rows, source_dim = base.shape
+    if not 1 <= dim < source_dim:
+        raise SystemExit(f"PCA dimension must be between 1 and {source_dim - 1} for "
+                         f"{source!r}, got {dim}")
+    print(f"deriving {folder.name}: PCA of {source_folder.name} ({n_rows} x {source_dim}) to "
+          f"{dim} dimensions, exact top-{DERIVED_GT_DEPTH} ground truth ({data['metric']})")
+    mean = base.mean(axis=0)
+    base -= mean
+    eigenvalues, eigenvectors = np.linalg.eigh(base.T @ base / max(1, n_rows - 1))
+    top = np.argsort(eigenvalues)[::-1][:dim]
+    directions = eigenvectors[:, top]
+    projected_base = np.ascontiguousarray(base @ directions, dtype=np.float32)
+    del base
+    queries = np.asarray(data["queries"], dtype=np.float64) - mean
+    projected_queries = np.ascontiguousarray(queries @ directions, dtype=np.float32)
+    _, gt = brute_force_knn(projected_base, projected_queries, DERIVED_GT_DEPTH, data["metric"])
+    tag = {"sqeuclidean": "l2", "cosine": "cosine", "inner_product": "ip"}[data["metric"]]
+    # Written to a temporary folder and renamed, so an interrupted run leaves no half set.
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    np.save(partial / "base.npy", projected_base)
+    np.save(partial / "query.npy", projected_queries)
+    np.save(partial / f"gt_{tag}.npy", gt.astype(np.int32))
+    with open(partial / "pca.json", "w") as out:
+        json.dump({
+            "source": str(source_folder.resolve()),
+            "source_dim": int(source_dim),
+            "dim": int(dim),
+            "metric": data["metric"],
+            "explained_variance_ratio": float(eigenvalues[top].sum() / eigenvalues.sum()),
+            "created": utc_timestamp(),
+        }, out, indent=2)
+    partial.rename(folder)
+    return folder
+
+
+def dataset_dir(dataset):
+    """The folder of a data set name: a folder, a shared data set, or
+    ``<data set>-pca<dim>`` (:func:`pca_dataset_dir`); raises
+    :class:`DatasetNotFoundError` otherwise."""
+    from ivfsq.datasets import find_shared_dataset
+
+    if os.path.isdir(dataset):
+        return pathlib.Path(dataset)
+    folder = find_shared_dataset(dataset)
+    if folder is not None:
+        return folder
+    derived = PCA_NAME.match(dataset)
+    if derived is not None:
+        return pca_dataset_dir(derived["source"], int(derived["dim"]))
+    raise DatasetNotFoundError(f"data set {dataset!r} not found (not a folder, and no shared "
+                               f"data set of that name)")
+
+
 def load_benchmark_data(dataset, max_queries):
     """Load base, queries, ground-truth ids and metric for ``--dataset``: a
-    shared data set's name, a data set folder, ``synthetic`` (100,000 x 96)
-    or ``synthetic:ROWS:DIM`` (``make_blobs_lowrank``, exact ground truth).
+    shared data set's name, a data set folder, ``<data set>-pca<dim>`` (a
+    shared data set projected to ``dim`` dimensions, see
+    :func:`pca_dataset_dir`), ``synthetic`` (100,000 x 96) or
+    ``synthetic:ROWS:DIM`` (``make_blobs_lowrank``, exact ground truth).
 
     The base and queries are returned as float32 (both libraries get the
-    same float32 arrays; the conversion is not timed).
+    same float32 arrays; the conversion is not timed). A name that is none
+    of these raises :class:`DatasetNotFoundError`.
     """
-    from ivfsq.datasets import (
-        brute_force_knn,
-        find_shared_dataset,
-        load_dataset_dir,
-        make_blobs_lowrank,
-    )
+    from ivfsq.datasets import brute_force_knn, load_dataset_dir, make_blobs_lowrank
 
     if dataset == "synthetic" or dataset.startswith("synthetic:"):
         # "synthetic" is 100,000 x 96; "synthetic:ROWS:DIM" sets both.
@@ -281,10 +371,7 @@ def load_benchmark_data(dataset, max_queries):
         _, gt = brute_force_knn(base, queries, 100, metric)
         name = f"synthetic-{n_rows}x{dim}"
     else:
-        folder = pathlib.Path(dataset) if os.path.isdir(dataset) else find_shared_dataset(dataset)
-        if folder is None:
-            raise SystemExit(f"data set {dataset!r} not found (not a folder, and no shared "
-                             f"data set of that name)")
+        folder = dataset_dir(dataset)
         data = load_dataset_dir(folder)
         if data["gt"] is None:
             raise SystemExit(f"data set folder {str(folder)!r} has no ground truth file")
