@@ -1,12 +1,13 @@
 """The peer libraries of the side-by-side benchmarks: how each index is
 built, sized and searched.
 
-FAISS ``IndexIVFScalarQuantizer``, hnswlib and usearch. Each library is
-imported inside the functions that use it, so a script that imports this
-module runs without the libraries it does not ask for. Every ``sweep_*``
-returns one result dict per value of its search knob, measured with
-:func:`common.measure`; every ``build_*`` returns ``(index, seconds)`` with
-the build (and any normalisation of the base) inside the timing.
+FAISS (``IndexIVFScalarQuantizer`` and ``IndexHNSWSQ``), hnswlib, usearch
+and ScaNN. Each library is imported inside the functions that use it, so a
+script that imports this module runs without the libraries it does not ask
+for. Every ``sweep_*`` returns one result dict per value of its search knob,
+measured with :func:`common.measure`; every ``build_*`` returns ``(index,
+seconds)`` with the build (and any normalisation of the base) inside the
+timing.
 """
 
 import os
@@ -21,6 +22,12 @@ TRAIN_SEED = 0
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_VALUES = (10, 20, 40, 80, 160, 320)
+FAISS_HNSW_M = 32
+FAISS_HNSW_EF_CONSTRUCTION = 80
+SCANN_DIMS_PER_BLOCK = 2
+SCANN_REORDER_NEIGHBORS = 100
+# ScaNN's anisotropic quantization weight, for the dot-product distance only.
+SCANN_ANISOTROPIC_THRESHOLD = 0.2
 
 
 def training_rows(n_rows, n_lists, seed=TRAIN_SEED):
@@ -89,12 +96,14 @@ def faiss_bytes_per_vector(index):
     ids, centroids, quantizer ranges, headers). ``lists``: code size + 8 byte
     id, i.e. the inverted-list payload only.
     """
+    return faiss_serialized_bytes_per_vector(index), index.code_size + 8
+
+
+def faiss_serialized_bytes_per_vector(index):
+    """``len(faiss.serialize_index(index)) / N`` of any FAISS index."""
     import faiss
 
-    n_rows = index.ntotal
-    serialized = len(faiss.serialize_index(index)) / n_rows
-    lists = index.code_size + 8
-    return serialized, lists
+    return len(faiss.serialize_index(index)) / index.ntotal
 
 
 def sweep_faiss(index, queries, gt, metric, args, n_probes_values):
@@ -120,6 +129,60 @@ def sweep_faiss(index, queries, gt, metric, args, n_probes_values):
 
         result = measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
         result["n_probes"] = n_probes
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------
+# FAISS IndexHNSWSQ
+# --------------------------------------------------------------------------
+
+def build_faiss_hnsw_sq(base, metric, threads):
+    """Build FAISS ``IndexHNSWSQ`` (QT_8bit, M=32, efConstruction=80).
+
+    The scalar quantizer is trained on the whole base, then the base is
+    added. Cosine data is normalised and searched as inner product (the
+    normalisation is timed). Returns ``(index, seconds)``.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    faiss_metric = faiss.METRIC_L2 if metric == "sqeuclidean" else faiss.METRIC_INNER_PRODUCT
+
+    def build():
+        index = faiss.IndexHNSWSQ(base.shape[1], faiss.ScalarQuantizer.QT_8bit, FAISS_HNSW_M,
+                                  faiss_metric)
+        index.hnsw.efConstruction = FAISS_HNSW_EF_CONSTRUCTION
+        vectors = normalized(base) if metric == "cosine" else base
+        index.train(vectors)
+        index.add(vectors)
+        return index
+
+    return time_call(build)
+
+
+def sweep_faiss_hnsw(index, queries, gt, metric, args, ef_values):
+    """Measure a FAISS HNSW index at every ``efSearch`` in ``ef_values`` (>= k).
+
+    For cosine, normalising the queries is part of each timed search.
+    """
+    import faiss
+
+    def prepare(rows):
+        return normalized(rows) if metric == "cosine" else rows
+
+    results = []
+    for ef in sorted({max(ef, args.k) for ef in ef_values}):
+        index.hnsw.efSearch = ef
+
+        def search_batch():
+            return index.search(prepare(queries), args.k)[1]
+
+        def search_one(i):
+            return index.search(prepare(queries[i:i + 1]), args.k)
+
+        result = measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
+        result["ef"] = ef
         results.append(result)
     return results
 
@@ -217,5 +280,91 @@ def sweep_usearch(index, queries, gt, args, ef_values=HNSW_EF_VALUES):
 
         result = measure(search_batch, search_one, set_threads, queries, gt, args)
         result["ef"] = ef
+        results.append(result)
+    return results
+
+
+# --------------------------------------------------------------------------
+# ScaNN
+# --------------------------------------------------------------------------
+
+def unit_rows(vectors):
+    """Rows scaled to unit L2 norm (a float32 copy; zero rows stay zero), as
+    a ScaNN user normalises cosine data with NumPy."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def build_scann(base, metric, n_lists, threads, k):
+    """Build a ScaNN searcher: a k-means tree of ``n_lists`` leaves, 4-bit
+    anisotropic hashing of pairs of dimensions, exact re-ranking.
+
+    ``dot_product`` for cosine (on L2-normalised vectors; the normalisation
+    is timed) and inner product, with spherical partitioning and the
+    anisotropic threshold 0.2; ``squared_l2`` for L2, with ScaNN's default
+    (no anisotropic weight). The tree is trained on as many rows as the IVF
+    indexes (``n_lists * 256``, capped at N), with ``threads`` training
+    threads; the searcher then searches with ``threads`` threads.
+    Returns ``(searcher, seconds)``.
+    """
+    import scann
+
+    dot = metric != "sqeuclidean"
+    ah_options = {"anisotropic_quantization_threshold": SCANN_ANISOTROPIC_THRESHOLD} if dot else {}
+    n_train = len(training_rows(base.shape[0], n_lists))
+
+    def build():
+        vectors = unit_rows(base) if metric == "cosine" else base
+        searcher = (
+            scann.scann_ops_pybind.builder(vectors, k, "dot_product" if dot else "squared_l2")
+            .tree(num_leaves=n_lists, num_leaves_to_search=max(1, n_lists // 16),
+                  training_sample_size=n_train, spherical=dot, quantize_centroids=True)
+            .score_ah(SCANN_DIMS_PER_BLOCK, **ah_options)
+            .reorder(SCANN_REORDER_NEIGHBORS)
+            .set_n_training_threads(threads)
+            .build()
+        )
+        searcher.set_num_threads(threads)
+        return searcher
+
+    return time_call(build)
+
+
+def scann_bytes_per_vector(searcher, n_rows):
+    """Size of ScaNN's serialized searcher per vector: the sum of the files
+    ``serialize`` writes (codes, tree, token of each row and the float32
+    rows kept for re-ranking)."""
+    with tempfile.TemporaryDirectory() as folder:
+        searcher.serialize(folder)
+        total = sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
+    return total / n_rows
+
+
+def sweep_scann(searcher, queries, gt, metric, args, leaves_values, pre_reorder):
+    """Measure ScaNN at every ``leaves_to_search`` in ``leaves_values`` with
+    ``pre_reorder`` candidates re-ranked exactly.
+
+    Batches go to ``search_batched_parallel`` (ScaNN's own thread pool, sized
+    by ``set_num_threads``); single queries to ``search``. For cosine,
+    normalising the queries is part of each timed search. ScaNN returns
+    uint32 ids; the batch search converts them to int64.
+    """
+    prepare = unit_rows if metric == "cosine" else (lambda rows: rows)
+    results = []
+    for leaves in leaves_values:
+        def search_batch():
+            ids, _ = searcher.search_batched_parallel(
+                prepare(queries), args.k, leaves_to_search=leaves,
+                pre_reorder_num_neighbors=pre_reorder)
+            return ids.astype(np.int64)
+
+        def search_one(i):
+            return searcher.search(prepare(queries[i]), args.k, leaves_to_search=leaves,
+                                   pre_reorder_num_neighbors=pre_reorder)
+
+        result = measure(search_batch, search_one, searcher.set_num_threads, queries, gt, args)
+        result["leaves"] = leaves
+        result["pre_reorder"] = pre_reorder
         results.append(result)
     return results
