@@ -120,12 +120,14 @@ def build_ivfsq(base, metric, n_lists, threads):
     return time_call(lambda: ivf_sq.build(params, base, resources=resources))
 
 
-def sweep_ivfsq(index, queries, gt, args):
-    """Measure ivfsq at every n_probes; returns a list of result dicts."""
+def sweep_ivfsq(index, queries, gt, args, n_probes_values, search_kwargs=None):
+    """Measure ivfsq at every n_probes in ``n_probes_values``, with the
+    ``SearchParams`` keywords ``search_kwargs`` besides ``n_probes``;
+    returns a list of result dicts."""
     threads = {"n": args.threads}
     results = []
-    for n_probes in args.n_probes:
-        params = ivf_sq.SearchParams(n_probes=n_probes)
+    for n_probes in n_probes_values:
+        params = ivf_sq.SearchParams(n_probes=n_probes, **(search_kwargs or {}))
 
         def search_batch():
             resources = Resources(n_threads=threads["n"])
@@ -269,7 +271,7 @@ def main(argv=None):
 
     ivfsq_rounds, faiss_rounds = [], []
     for _ in range(max(1, args.rounds)):
-        ivfsq_rounds.append(sweep_ivfsq(ivfsq_index, queries, gt, args))
+        ivfsq_rounds.append(sweep_ivfsq(ivfsq_index, queries, gt, args, args.n_probes))
         faiss_rounds.append(sweep_faiss(faiss_index, queries, gt, metric, args,
                                         args.n_probes))
     ivfsq_results = best_of_rounds(ivfsq_rounds)

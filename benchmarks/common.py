@@ -7,6 +7,7 @@ function, so the same code times ivfsq, FAISS and hnswlib.
 
 import datetime
 import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -115,12 +116,19 @@ def cpu_model():
 
 
 def library_version(module_name):
-    """``module.__version__`` of an importable module, else None."""
+    """``module.__version__`` of an importable module (else the version of
+    the installed distribution of that name, or "unknown"), else None."""
     try:
         module = importlib.import_module(module_name)
     except ImportError:
         return None
-    return getattr(module, "__version__", "unknown")
+    version = getattr(module, "__version__", None)
+    if version is None:
+        try:
+            version = importlib.metadata.version(module_name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+    return version
 
 
 def hardware_info(module_names=("numpy", "numba", "ivfsq", "faiss", "hnswlib", "usearch")):
@@ -199,6 +207,25 @@ def at_recall(results, recall, key):
     return float(math.exp(math.log(low[1]) + fraction * (math.log(high[1]) - math.log(low[1]))))
 
 
+def pareto_frontier(results, key, larger_is_better=True):
+    """The points of one sweep that no other point beats on both recall and
+    ``key``, by increasing recall.
+
+    Give them to :func:`at_recall` when a sweep is not monotone: where
+    several points share a recall (a plateau) or a point of higher recall has
+    the better value (noise), the dominated points are dropped, so the
+    interpolation uses the best value reached at each recall.
+    """
+    sign = 1 if larger_is_better else -1
+    frontier, best = [], None
+    # By decreasing recall, the best value first among equal recalls.
+    for result in sorted(results, key=lambda r: (-r["recall"], -sign * r[key])):
+        if best is None or sign * result[key] > best:
+            frontier.append(result)
+            best = sign * result[key]
+    return frontier[::-1]
+
+
 def measure(search_batch, search_one, set_threads, queries, gt, args):
     """Recall, batch QPS and single-query latency of one configuration.
 
@@ -233,8 +260,13 @@ def best_of_rounds(rounds):
     return merged
 
 
-def write_plot(path, curves, title):
-    """Recall-vs-QPS plot (log y) with one curve per library; skipped without matplotlib."""
+def write_plot(path, curves, title, figsize=(7, 5), min_recall=None):
+    """Recall-vs-QPS plot (log y) with one curve per library; skipped without matplotlib.
+
+    ``curves`` are ``(label, results, param)``: each point is annotated with
+    its ``param`` value. ``min_recall`` starts the recall axis there (the
+    points below it are left out of view).
+    """
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -243,7 +275,7 @@ def write_plot(path, curves, title):
         print("note: matplotlib is not installed; skipping the plot "
               "(pip install matplotlib, or pip install -e '.[bench]')")
         return
-    figure, axes = plt.subplots(figsize=(7, 5))
+    figure, axes = plt.subplots(figsize=figsize)
     for label, results, param in curves:
         recalls = [r["recall"] for r in results]
         qps = [r["qps"] for r in results]
@@ -252,6 +284,8 @@ def write_plot(path, curves, title):
             axes.annotate(str(r[param]), (r["recall"], r["qps"]), fontsize=7,
                           textcoords="offset points", xytext=(3, 3))
     axes.set_yscale("log")
+    if min_recall is not None:
+        axes.set_xlim(left=min_recall)
     axes.set_xlabel("recall@k")
     axes.set_ylabel("queries per second (batch, log scale)")
     axes.set_title(title)
