@@ -16,39 +16,43 @@ See benchmarks/README.md for the options.
 """
 
 import argparse
-import os
-import pathlib
-import tempfile
 
-import faiss
-import numpy as np
 from common import (
     RESULTS_DIR,
     at_recall,
+    best_of_rounds,
     default_n_lists,
     format_table,
     hardware_info,
     load_benchmark_data,
-    measure_batch_qps,
-    measure_latency,
+    measure,
     parse_int_list,
     time_call,
     utc_timestamp,
     warn_if_busy,
     write_jsonl,
+    write_plot,
+)
+from peers import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    KMEANS_N_ITERS,
+    TRAIN_POINTS_PER_LIST,
+    TRAIN_SEED,
+    build_faiss,
+    build_hnswlib,
+    build_usearch,
+    faiss_bytes_per_vector,
+    hnswlib_bytes_per_vector,
+    sweep_faiss,
+    sweep_hnswlib,
+    sweep_usearch,
+    training_rows,
+    usearch_dtype,
 )
 
 from ivfsq.common import Resources
-from ivfsq.datasets import recall_at_k
 from ivfsq.neighbors import ivf_sq
-
-KMEANS_N_ITERS = 20
-TRAIN_POINTS_PER_LIST = 256
-TRAIN_SEED = 0
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_VALUES = (10, 20, 40, 80, 160, 320)
-
 
 # --------------------------------------------------------------------------
 # command line and data
@@ -90,30 +94,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def training_rows(n_rows, n_lists, seed=TRAIN_SEED):
-    """Row numbers of the k-means / quantizer training sample.
-
-    The same procedure as ``ivfsq.ivf.engine.IvfSqEngine.train`` (seeded
-    ``default_rng(seed).choice`` without replacement, sorted), so FAISS is
-    trained on exactly the rows ivfsq samples internally while that code is
-    unchanged.
-    """
-    n_train = min(n_rows, n_lists * TRAIN_POINTS_PER_LIST)
-    if n_train == n_rows:
-        return np.arange(n_rows)
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n_rows, size=n_train, replace=False))
-
-
-def normalized(vectors):
-    """A row-normalised float32 copy (for FAISS with the cosine metric)."""
-    out = np.array(vectors, dtype=np.float32, copy=True)
-    faiss.normalize_L2(out)
-    return out
-
-
 # --------------------------------------------------------------------------
-# the three libraries
+# ivfsq (the other libraries are in peers.py)
 # --------------------------------------------------------------------------
 
 def warm_up_ivfsq(base, metric, threads):
@@ -138,123 +120,14 @@ def build_ivfsq(base, metric, n_lists, threads):
     return time_call(lambda: ivf_sq.build(params, base, resources=resources))
 
 
-def build_faiss(base, metric, n_lists, threads):
-    """Build FAISS IndexIVFScalarQuantizer (QT_8bit, by residual).
-
-    Timed: normalising the base (cosine only), gathering the training rows,
-    ``train`` and ``add``. Returns ``(index, seconds)``.
-    """
-    faiss.omp_set_num_threads(threads)
-    rows = training_rows(base.shape[0], n_lists)
-    dim = base.shape[1]
-    if metric == "sqeuclidean":
-        faiss_metric, coarse = faiss.METRIC_L2, faiss.IndexFlatL2(dim)
-    else:  # cosine (on normalised vectors) and inner_product
-        faiss_metric, coarse = faiss.METRIC_INNER_PRODUCT, faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(
-        coarse, dim, n_lists, faiss.ScalarQuantizer.QT_8bit, faiss_metric
-    )
-    index.by_residual = True
-    index.cp.niter = KMEANS_N_ITERS
-    index.cp.max_points_per_centroid = 1 << 30  # we already sampled: no subsampling
-
-    def build():
-        vectors = normalized(base) if metric == "cosine" else base
-        index.train(np.ascontiguousarray(vectors[rows]))
-        index.add(vectors)
-        return index
-
-    return time_call(build)
-
-
-def faiss_bytes_per_vector(index):
-    """Bytes per vector of the FAISS index, two ways.
-
-    ``serialized``: ``len(faiss.serialize_index(index)) / N`` (codes, 8-byte
-    ids, centroids, quantizer ranges, headers). ``lists``: code size + 8 byte
-    id, i.e. the inverted-list payload only.
-    """
-    n_rows = index.ntotal
-    serialized = len(faiss.serialize_index(index)) / n_rows
-    lists = index.code_size + 8
-    return serialized, lists
-
-
-def build_hnswlib(hnswlib, base, metric, threads):
-    """Build an hnswlib index (M=16, ef_construction=200); return ``(index, seconds)``."""
-    space = {"sqeuclidean": "l2", "cosine": "cosine", "inner_product": "ip"}[metric]
-    index = hnswlib.Index(space=space, dim=base.shape[1])
-
-    def build():
-        index.init_index(max_elements=base.shape[0], ef_construction=HNSW_EF_CONSTRUCTION,
-                         M=HNSW_M, random_seed=100)
-        index.set_num_threads(threads)
-        index.add_items(base, np.arange(base.shape[0]))
-        return index
-
-    return time_call(build)
-
-
-def hnswlib_bytes_per_vector(index, n_rows):
-    """Serialized size of an hnswlib index per vector (vectors + graph)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "hnsw.bin")
-        index.save_index(path)
-        return os.path.getsize(path) / n_rows
-
-
-def usearch_dtype(metric):
-    """usearch's int8 vectors for cosine; float16 otherwise: usearch scales
-    every vector to unit norm before rounding it to int8 (for every metric),
-    so int8 cannot hold L2 or inner-product data (fashion-mnist L2 recall@10
-    stayed at 0.46)."""
-    return "i8" if metric == "cosine" else "f16"
-
-
-def build_usearch(base, metric, threads):
-    """Build a usearch HNSW index (connectivity 16, expansion_add 200) with
-    :func:`usearch_dtype` vectors; return ``(index, seconds)``."""
-    from usearch.index import Index as UsearchIndex
-
-    kind = {"sqeuclidean": "l2sq", "cosine": "cos", "inner_product": "ip"}[metric]
-
-    def build():
-        index = UsearchIndex(ndim=base.shape[1], metric=kind, dtype=usearch_dtype(metric),
-                             connectivity=HNSW_M, expansion_add=HNSW_EF_CONSTRUCTION)
-        index.add(np.arange(base.shape[0]), base, threads=threads)
-        return index
-
-    return time_call(build)
-
-
-# --------------------------------------------------------------------------
-# one measurement
-# --------------------------------------------------------------------------
-
-def measure(search_batch, search_one, set_threads, queries, gt, args):
-    """Recall, batch QPS and single-query latency of one configuration.
-
-    ``search_batch()`` returns the ids of all queries; ``search_one(i)``
-    searches query ``i`` alone; ``set_threads(n)`` sets the thread count of
-    the library (batch search uses ``args.threads``, latency 1 thread).
-    """
-    set_threads(args.threads)
-    neighbors = search_batch()  # warm-up (and numba compilation for ivfsq)
-    recall = recall_at_k(np.asarray(neighbors)[:, :args.k], gt[:, :args.k])
-    result = {"recall": recall}
-    result.update(measure_batch_qps(search_batch, queries.shape[0], args.min_seconds))
-    set_threads(1)
-    result.update(measure_latency(search_one, min(args.latency_queries, queries.shape[0])))
-    set_threads(args.threads)
-    return result
-
-
-def sweep_ivfsq(index, queries, gt, args):
-    """Measure ivfsq at every n_probes; returns a list of result dicts."""
+def sweep_ivfsq(index, queries, gt, args, n_probes_values, search_kwargs=None):
+    """Measure ivfsq at every n_probes in ``n_probes_values``, with the
+    ``SearchParams`` keywords ``search_kwargs`` besides ``n_probes``;
+    returns a list of result dicts."""
     threads = {"n": args.threads}
     results = []
-    for n_probes in args.n_probes:
-        params = ivf_sq.SearchParams(n_probes=n_probes)
+    for n_probes in n_probes_values:
+        params = ivf_sq.SearchParams(n_probes=n_probes, **(search_kwargs or {}))
 
         def search_batch():
             resources = Resources(n_threads=threads["n"])
@@ -269,87 +142,6 @@ def sweep_ivfsq(index, queries, gt, args):
 
         result = measure(search_batch, search_one, set_threads, queries, gt, args)
         result["n_probes"] = n_probes
-        results.append(result)
-    return results
-
-
-def sweep_faiss(index, queries, gt, metric, args):
-    """Measure FAISS at every n_probes; returns a list of result dicts.
-
-    For cosine, normalising the queries is part of each timed search (ivfsq
-    normalises inside its search too).
-    """
-    results = []
-    for n_probes in args.n_probes:
-        index.nprobe = min(n_probes, index.nlist)
-
-        def prepare(rows):
-            return normalized(rows) if metric == "cosine" else rows
-
-        def search_batch():
-            return index.search(prepare(queries), args.k)[1]
-
-        def search_one(i):
-            return index.search(prepare(queries[i:i + 1]), args.k)
-
-        result = measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
-        result["n_probes"] = n_probes
-        results.append(result)
-    return results
-
-
-def best_of_rounds(rounds):
-    """One result per n_probes from several sweeps: the round with the best
-    QPS, with the lowest p50/p90 latency of all rounds and every round's QPS
-    kept in ``qps_rounds``. Recall is the same in every round."""
-    merged = []
-    for per_round in zip(*rounds):
-        best = dict(max(per_round, key=lambda result: result["qps"]))
-        for key in ("latency_p50_ms", "latency_p90_ms"):
-            best[key] = min(result[key] for result in per_round)
-        best["qps_rounds"] = [result["qps"] for result in per_round]
-        merged.append(best)
-    return merged
-
-
-def sweep_hnswlib(index, queries, gt, args):
-    """Measure hnswlib at every ef in HNSW_EF_VALUES (ef >= k)."""
-    results = []
-    for ef in sorted({max(ef, args.k) for ef in HNSW_EF_VALUES}):
-        index.set_ef(ef)
-
-        def search_batch():
-            return index.knn_query(queries, k=args.k)[0]
-
-        def search_one(i):
-            return index.knn_query(queries[i:i + 1], k=args.k)
-
-        result = measure(search_batch, search_one, index.set_num_threads, queries, gt, args)
-        result["ef"] = ef
-        results.append(result)
-    return results
-
-
-def sweep_usearch(index, queries, gt, args):
-    """Measure usearch at every expansion_search in HNSW_EF_VALUES (>= k)."""
-    results = []
-    scaled = np.ascontiguousarray(queries)
-    threads = {"n": args.threads}
-
-    def set_threads(n):
-        threads["n"] = n
-
-    for ef in sorted({max(ef, args.k) for ef in HNSW_EF_VALUES}):
-        index.expansion_search = ef
-
-        def search_batch():
-            return index.search(scaled, args.k, threads=threads["n"]).keys.astype(np.int64)
-
-        def search_one(i):
-            return index.search(scaled[i], args.k, threads=1)
-
-        result = measure(search_batch, search_one, set_threads, queries, gt, args)
-        result["ef"] = ef
         results.append(result)
     return results
 
@@ -440,38 +232,6 @@ def make_records(library, results, common_fields, extra_fields):
     return records
 
 
-def write_plot(path, curves, title):
-    """Recall-vs-QPS plot (log y) with one curve per library; skipped without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed; skipping the plot "
-              "(pip install matplotlib, or pip install -e '.[bench]')")
-        return
-    figure, axes = plt.subplots(figsize=(7, 5))
-    for label, results, param in curves:
-        recalls = [r["recall"] for r in results]
-        qps = [r["qps"] for r in results]
-        axes.plot(recalls, qps, marker="o", label=label)
-        for r in results:
-            axes.annotate(str(r[param]), (r["recall"], r["qps"]), fontsize=7,
-                          textcoords="offset points", xytext=(3, 3))
-    axes.set_yscale("log")
-    axes.set_xlabel("recall@k")
-    axes.set_ylabel("queries per second (batch, log scale)")
-    axes.set_title(title)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    print(f"plot written to {path}")
-
-
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -511,8 +271,9 @@ def main(argv=None):
 
     ivfsq_rounds, faiss_rounds = [], []
     for _ in range(max(1, args.rounds)):
-        ivfsq_rounds.append(sweep_ivfsq(ivfsq_index, queries, gt, args))
-        faiss_rounds.append(sweep_faiss(faiss_index, queries, gt, metric, args))
+        ivfsq_rounds.append(sweep_ivfsq(ivfsq_index, queries, gt, args, args.n_probes))
+        faiss_rounds.append(sweep_faiss(faiss_index, queries, gt, metric, args,
+                                        args.n_probes))
     ivfsq_results = best_of_rounds(ivfsq_rounds)
     faiss_results = best_of_rounds(faiss_rounds)
 

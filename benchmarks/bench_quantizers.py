@@ -26,15 +26,8 @@ import pathlib
 import faiss
 import numpy as np
 
-# bench_faiss (through common) puts the source tree on sys.path when ivfsq is not
-# installed, so it is imported before the ivfsq modules below.
-from bench_faiss import (
-    KMEANS_N_ITERS,
-    TRAIN_POINTS_PER_LIST,
-    TRAIN_SEED,
-    normalized,
-    training_rows,
-)
+# common puts the source tree on sys.path when ivfsq is not installed, so it
+# (and peers, which imports it) are imported before the ivfsq modules below.
 from common import (
     RESULTS_DIR,
     default_n_lists,
@@ -46,6 +39,13 @@ from common import (
     utc_timestamp,
     warn_if_busy,
     write_jsonl,
+)
+from peers import (
+    KMEANS_N_ITERS,
+    TRAIN_POINTS_PER_LIST,
+    TRAIN_SEED,
+    normalized,
+    training_rows,
 )
 
 from ivfsq.common import Resources
