@@ -195,6 +195,21 @@ def test_a_few_candidates_find_nearly_all_of_the_exact_top_k(data, metric):
     np.testing.assert_allclose(first[0][common], exact[0][common], rtol=1e-5, atol=1e-5)
 
 
+def test_memory_counts_the_first_pass_copy_once_made(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS), base)
+    assert index.memory_breakdown["first_pass"] == 0
+    before = index.memory_bytes
+    ivf_sq.search(ivf_sq.SearchParams(n_probes=2, first_pass_candidates=20), index, queries, 10)
+    blocks = sum(-(-size // 16) for size in index._engine.lists.list_sizes)
+    per_block = kernel.block_bytes(base.shape[1]) + 16 * 4
+    assert index.memory_breakdown["first_pass"] == blocks * per_block + 8 * (N_LISTS + 1)
+    assert index.memory_bytes == before + index.memory_breakdown["first_pass"]
+    # A new snapshot (extend) has no copy until a search asks for one.
+    index = ivf_sq.extend(index, base[:10], np.arange(len(base), len(base) + 10))
+    assert index.memory_breakdown["first_pass"] == 0
+
+
 def test_fewer_candidates_than_results_count_as_the_results(data):
     base, queries = data
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS), base)

@@ -366,6 +366,11 @@ class IvfSqEngine:
             lambda: fastscan.first_pass_layout(lists, self.quantizer.code_size),
         )
 
+    def first_pass_nbytes(self, lists):
+        """Bytes of the first pass's copy of ``lists``, 0 until a search made it."""
+        layout = self._tuning.peek(lists, "first_pass_layout")
+        return 0 if layout is None else sum(array.nbytes for array in layout)
+
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0,
                scan="auto", int_filter="auto", device="cpu", first_pass=0):
         """Internal (smaller is better) distances and ids, (nq, k).

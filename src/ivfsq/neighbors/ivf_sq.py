@@ -169,7 +169,10 @@ class Index:
         ``codes``, ``ids``, ``norms`` (one float32 per vector) and ``precise``
         (the reorder store, 0 without one) count allocated rows, spare list
         capacity included; then ``list_metadata``, ``centers`` (with their
-        squared norms), ``quantizer`` (the range table) and ``rotation``.
+        squared norms), ``quantizer`` (the range table), ``rotation``, and
+        ``first_pass``: the 4-bit copy of the lists that searches with
+        ``first_pass_candidates`` scan (0 until one has made it; it is not
+        saved with the index).
         """
         engine = self._require_trained()
         lists = engine.lists
@@ -182,6 +185,7 @@ class Index:
             "centers": engine.centers.nbytes + engine.center_sq_norms.nbytes,
             "quantizer": engine.quantizer.nbytes,
             "rotation": 0 if engine.rotation is None else engine.rotation.nbytes,
+            "first_pass": engine.first_pass_nbytes(lists),
         }
 
     def __repr__(self):

@@ -33,6 +33,12 @@ class SnapshotCache:
         self._entries = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
+    def peek(self, snapshot, key, default=None):
+        """The value stored for ``snapshot`` and ``key``, or ``default``
+        (nothing is computed)."""
+        values = self._entries.get(snapshot)
+        return default if values is None else values.get(key, default)
+
     def get(self, snapshot, key, compute):
         # A hit takes no lock: entries are only ever added, and a snapshot's
         # dict is stored whole before any reader can find it.
