@@ -22,6 +22,7 @@ See benchmarks/README.md for what is measured and how long it takes.
 import argparse
 import dataclasses
 import importlib
+import math
 import pathlib
 import sys
 import time
@@ -34,7 +35,6 @@ from common import (
     DatasetNotFoundError,
     at_recall,
     best_of_rounds,
-    default_n_lists,
     format_table,
     hardware_info,
     load_benchmark_data,
@@ -122,6 +122,15 @@ class Curve:
 # --------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------
+
+def frontier_n_lists(n_rows):
+    """The lists (ScaNN's leaves) of every IVF index of a run: the power of
+    two nearest ``sqrt(n_rows)`` (at least 16), ScaNN's rule of thumb, so
+    lists hold ~100-200 rows on the small shared sets (``4 sqrt(N)``, FAISS's,
+    leaves them at 30-60 rows, where per-list work dominates every IVF
+    library's search)."""
+    return max(16, 1 << int(round(math.log2(math.sqrt(n_rows)))))
+
 
 def parse_n_lists(text):
     """``"1024"`` (every data set) or ``"fashion-mnist=1024,siftsmall=64"``."""
@@ -419,7 +428,7 @@ def run_dataset(name, data, libraries, args):
     """Build and sweep every library on data set ``name`` (as asked for on
     the command line); return its n_lists, builds and (merged) curves."""
     n_rows = data["base"].shape[0]
-    n_lists = args.n_lists.get(name, args.n_lists.get(None, default_n_lists(n_rows)))
+    n_lists = args.n_lists.get(name, args.n_lists.get(None, frontier_n_lists(n_rows)))
     builds, curves = [], []
     for library in libraries:
         start = time.perf_counter()
