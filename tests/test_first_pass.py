@@ -239,3 +239,30 @@ def test_first_pass_plans_and_refusals(data):
     sq4 = ivf_sq.build(ivf_sq.IndexParams(n_lists=N_LISTS, quantizer="sq4"), base)
     with pytest.raises(ValueError, match="needs 8-bit codes .* got an index with 4-bit codes"):
         ivf_sq.search(params, sq4, queries, 10)
+
+
+@njit
+def _cut_copy(distances, keys, n_keep):
+    d, k = distances.copy(), keys.copy()
+    scratch = np.empty_like(d)
+    kept, cutoff = kernel._cut(d, k, d.shape[0], n_keep, scratch)
+    return d[:kept], k[:kept], cutoff
+
+
+@pytest.mark.parametrize("n, n_keep, levels", [(2, 1, 0), (20, 10, 0), (80, 40, 0),
+                                               (80, 40, 5), (33, 1, 3), (64, 63, 0)])
+def test_the_candidate_cut_keeps_the_smallest(n, n_keep, levels):
+    rng = np.random.default_rng(n + levels)
+    distances = rng.random(n).astype(np.float32)
+    if levels:
+        distances = np.floor(distances * levels).astype(np.float32)  # many ties
+    keys = np.arange(n, dtype=np.int64) * 7
+    kept_d, kept_k, cutoff = _cut_copy(distances, keys, n_keep)
+    assert kept_d.shape[0] == n_keep
+    assert cutoff == np.sort(distances)[n_keep - 1]
+    np.testing.assert_array_equal(np.sort(kept_d), np.sort(distances)[:n_keep])
+    # Keys travel with their distances, in scan order; ties at the cut by order.
+    np.testing.assert_array_equal(distances[kept_k // 7], kept_d)
+    assert (np.diff(kept_k) > 0).all()
+    tied = np.flatnonzero(distances == cutoff)
+    assert set(kept_k[kept_d == cutoff] // 7) == set(tied[:np.sum(kept_d == cutoff)])
