@@ -43,6 +43,7 @@ from ivfsq.backends.cpu.kernels.coarse import center_dots, select_row, selection
 from ivfsq.backends.cpu.kernels.common import FAST, JIT, METRIC_IP, METRIC_L2
 from ivfsq.backends.cpu.kernels.encode import dot64, list_constant, weights_row
 from ivfsq.backends.cpu.kernels.heaps import greater, heap_init, heap_push_replace, heap_sort
+from ivfsq.backends.cpu.kernels.scan import HISTOGRAM_BUCKETS, _kth_smallest_cover
 from ivfsq.backends.cpu.kernels.score import exact_score, is_kept, score_to_distance
 
 # Rows per block (the int16 lanes of one 256-bit register).
@@ -182,6 +183,35 @@ def _block_scores_ir():
     return intrinsic(typer)
 
 
+def _prefetch_ir():
+    def codegen(context, builder, signature, args):
+        array_value, index = args
+        array = context.make_array(signature.args[0])(context, builder, array_value)
+        index = context.cast(builder, index, signature.args[1], types.int64)
+        address = builder.gep(
+            builder.bitcast(array.data, _I8.as_pointer()),
+            [builder.mul(index, builder.extract_value(array.strides, 0))],
+        )
+        prefetch = builder.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]),
+            name="llvm.prefetch.p0i8")
+        # A read, kept in all cache levels, of data (not instructions).
+        builder.call(prefetch, [address, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                                ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    def typer(typingctx, array, index):
+        return types.none(array, index), codegen
+
+    return intrinsic(typer)
+
+
+#: ``prefetch(array, i)``: ask for the cache line where ``array[i]`` starts
+#: (the candidates' rows are scattered: their loads would otherwise wait
+#: one after the other).
+prefetch = _prefetch_ir()
+
+
 @njit(inline="always")
 def block_scores_portable(codes, block, weights, quads, alpha, beta, gamma, epsilon, aux, worst,
                           out):
@@ -279,6 +309,20 @@ def _kth_smallest(values, n, kth, scratch):
 
 
 @njit(inline="always")
+def _keep_at_most(cand_d, cand_k, n_kept, cutoff):
+    """Move the candidates at or below ``cutoff`` to the front, in scan
+    order; returns their count (branch-free: a candidate is always copied
+    and the count moves on when it stays)."""
+    kept = 0
+    for c in range(n_kept):
+        d = cand_d[c]
+        cand_d[kept] = d
+        cand_k[kept] = cand_k[c]
+        kept += d <= cutoff
+    return kept
+
+
+@njit(inline="always")
 def _cut(cand_d, cand_k, n_kept, n_keep, scratch):
     """Keep the ``n_keep`` smallest of the first ``n_kept`` candidates
     (ties at the cut by their order), moved to the front; returns their
@@ -286,19 +330,31 @@ def _cut(cand_d, cand_k, n_kept, n_keep, scratch):
     cutoff = _kth_smallest(cand_d, n_kept, n_keep - 1, scratch)
     below = 0
     for c in range(n_kept):
-        if cand_d[c] < cutoff:
-            below += 1
+        below += cand_d[c] < cutoff
     at_cutoff = n_keep - below
     kept = 0
     for c in range(n_kept):
         d = cand_d[c]
-        if d < cutoff or (d == cutoff and at_cutoff > 0):
-            if d == cutoff:
-                at_cutoff -= 1
-            cand_d[kept] = d
-            cand_k[kept] = cand_k[c]
-            kept += 1
+        stays = d < cutoff or (d == cutoff and at_cutoff > 0)
+        at_cutoff -= d == cutoff and stays
+        cand_d[kept] = d
+        cand_k[kept] = cand_k[c]
+        kept += stays
     return kept, cutoff
+
+
+@njit(inline="always")
+def _cut_cover(cand_d, cand_k, n_kept, n_keep, capacity, scratch, counts):
+    """Make room in the candidate buffer: keep those at or below a cover of
+    the ``n_keep``-th smallest (a histogram's bound, no sort: a cut whose
+    branches cannot be predicted costs more than the whole block scan), or
+    exactly the ``n_keep`` smallest where that leaves no room for a block.
+    Returns the count kept and the new threshold."""
+    cover = _kth_smallest_cover(cand_d, n_kept, n_keep, counts)
+    kept = _keep_at_most(cand_d, cand_k, n_kept, cover)
+    if kept <= capacity - 2 * BLOCK_ROWS:
+        return kept, cover
+    return _cut(cand_d, cand_k, kept, n_keep, scratch)
 
 
 @njit(fastmath=FAST, **JIT)
@@ -352,12 +408,15 @@ def search_first_pass(
     int_weights = np.zeros(blocks.shape[1] * 2, dtype=np.int8)
     quads = np.int64(blocks.shape[1] // (QUAD_GROUPS * GROUP_BYTES))
     block_distances = np.empty(BLOCK_ROWS, dtype=np.float32)
-    # The candidates: a buffer of twice n_candidates, cut back to the
-    # n_candidates best whenever it fills (O(1) a candidate, where a heap
-    # would sift at each of them), and a threshold that is the cut's.
-    cand_d = np.empty(2 * n_candidates, dtype=np.float32)
-    cand_k = np.empty(2 * n_candidates, dtype=np.int64)
-    scratch = np.empty(2 * n_candidates, dtype=np.float32)
+    # The candidates: a buffer of twice n_candidates (and a block), cut back
+    # to the n_candidates best whenever a block might not fit (O(1) a
+    # candidate, where a heap would sift at each of them), and a threshold
+    # that is the cut's.
+    capacity = 2 * n_candidates + 2 * BLOCK_ROWS
+    cand_d = np.empty(capacity, dtype=np.float32)
+    cand_k = np.empty(capacity, dtype=np.int64)
+    scratch = np.empty(capacity, dtype=np.float32)
+    counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
         if given_probes.shape[0] > 0:
@@ -384,18 +443,20 @@ def search_first_pass(
                                     block_aux, worst, block_distances)
                 if mask == 0:
                     continue
+                if n_kept > capacity - BLOCK_ROWS:
+                    # Room for the whole block first: the cut stays out of
+                    # the per-row loop below.
+                    n_kept, worst = _cut_cover(cand_d, cand_k, n_kept, n_candidates, capacity,
+                                               scratch, counts)
                 row0 = first_row + (b - block_offsets[lst]) * BLOCK_ROWS
                 for r in range(BLOCK_ROWS):
-                    if (mask >> r) & 1 == 0 or block_distances[r] > worst:
+                    dist = block_distances[r]
+                    if (mask >> r) & 1 == 0 or dist > worst:
                         continue
                     row = row0 + r
                     if use_filter and not is_kept(keep_words, ids[row]):
                         continue
-                    if n_kept == cand_d.shape[0]:
-                        n_kept, worst = _cut(cand_d, cand_k, n_kept, n_candidates, scratch)
-                        if block_distances[r] > worst:
-                            continue
-                    cand_d[n_kept] = block_distances[r]
+                    cand_d[n_kept] = dist
                     cand_k[n_kept] = tag | row
                     n_kept += 1
         if n_kept > n_candidates:
@@ -404,6 +465,11 @@ def search_first_pass(
         heap_i = out_ids[i]
         heap_init(heap_d, heap_i)
         k = heap_d.shape[0]
+        for c in range(n_kept):
+            row = cand_k[c] & ROW_MASK
+            prefetch(codes, row)
+            prefetch(aux, row)
+            prefetch(ids, row)
         for c in range(n_kept):
             key = cand_k[c]
             row = key & ROW_MASK
