@@ -4,7 +4,7 @@ scan when every probed row is a candidate."""
 
 import numpy as np
 import pytest
-from conftest import METRICS, exact_knn
+from conftest import METRICS, assert_same_results, exact_knn
 from numba import njit
 
 from ivfsq.backends.cpu import fastscan
@@ -129,15 +129,6 @@ def exact_and_first_pass(index, queries, k, n_probes, candidates, **kwargs):
     return exact, first
 
 
-def assert_same(first, second, queries):
-    (d1, i1), (d2, i2) = first, second
-    scale = 1.0 + float(np.einsum("ij,ij->i", queries, queries).max())
-    np.testing.assert_allclose(d1, d2, rtol=0, atol=2e-5 * scale)
-    differ = i1 != i2
-    assert np.all(np.abs(d1 - d2)[differ] <= 2e-5 * scale)  # only ties may swap
-    assert differ.mean() < 0.01
-
-
 @pytest.mark.parametrize("quantizer", ["sq8", "sq8_uniform"])
 @pytest.mark.parametrize("metric", METRICS)
 def test_every_probed_row_a_candidate_gives_the_exact_scan(data, quantizer, metric):
@@ -148,7 +139,7 @@ def test_every_probed_row_a_candidate_gives_the_exact_scan(data, quantizer, metr
         resources = Resources(n_threads=n_threads)
         exact, first = exact_and_first_pass(index, queries[:n_queries], 10, 5, len(base),
                                             resources=resources)
-        assert_same(first, exact, queries[:n_queries])
+        assert_same_results(first, exact, queries[:n_queries])
 
 
 @pytest.mark.parametrize("case", ["no_residual", "rotation", "filter", "reorder", "extend"])
@@ -175,7 +166,7 @@ def test_first_pass_keeps_the_index_semantics(data, case):
                               index, queries, 10)
         assert (after[1] >= 2000).any() and not (before[1] >= 2000).any()
     exact, first = exact_and_first_pass(index, queries, 10, 6, len(base), **kwargs)
-    assert_same(first, exact, queries)
+    assert_same_results(first, exact, queries)
     if case == "filter":
         assert keep[first[1]].all()
 

@@ -4,7 +4,7 @@ every code width and metric."""
 
 import numpy as np
 import pytest
-from conftest import METRICS
+from conftest import METRICS, assert_same_results
 
 from ivfsq.common import Resources
 from ivfsq.neighbors import filters, ivf_sq
@@ -24,15 +24,6 @@ def search_with(path, index, queries, k, params, **kwargs):
     forced = ivf_sq.SearchParams(n_probes=params.n_probes, refine_ratio=params.refine_ratio,
                                  scan=path)
     return ivf_sq.search(forced, index, queries, k, **kwargs)
-
-
-def assert_same_results(first, second, queries):
-    (d1, i1), (d2, i2) = first, second
-    scale = 1.0 + float(np.einsum("ij,ij->i", queries, queries).max())
-    np.testing.assert_allclose(d1, d2, rtol=0, atol=2e-5 * scale)
-    differ = i1 != i2
-    assert np.all(np.abs(d1 - d2)[differ] <= 2e-5 * scale)  # only ties may swap
-    assert differ.mean() < 0.01
 
 
 @pytest.mark.parametrize("quantizer", ["sq8", "sq4"])

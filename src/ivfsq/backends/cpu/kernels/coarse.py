@@ -336,6 +336,21 @@ def select_probes_bounded_few(
 
 
 @njit(inline="always")
+def query_probes(query, i, given_probes, centers, center_sq_norms, use_l2, dots, probe_scores,
+                 probe_lists, workspace):
+    """Query ``i``'s probed lists into ``probe_lists``: row ``i`` of
+    ``given_probes`` where it has rows, else the coarse step of the one-call
+    searches (:func:`center_dots`, then :func:`select_row` with ``dots``,
+    ``probe_scores`` and ``workspace`` as its buffers)."""
+    if given_probes.shape[0] > 0:
+        for p in range(probe_lists.shape[0]):
+            probe_lists[p] = given_probes[i, p]
+    else:
+        center_dots(query, centers, dots)
+        select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists, workspace)
+
+
+@njit(inline="always")
 def center_dots(query, centers, out):
     # Four centers per pass over the query: four independent sums in flight
     # (one at a time is slower).

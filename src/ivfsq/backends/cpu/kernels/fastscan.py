@@ -39,7 +39,11 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ivfsq.backends.cpu.kernels import simd
-from ivfsq.backends.cpu.kernels.coarse import center_dots, select_row, selection_workspace
+from ivfsq.backends.cpu.kernels.coarse import (
+    _partition_smallest,
+    query_probes,
+    selection_workspace,
+)
 from ivfsq.backends.cpu.kernels.common import FAST, JIT, METRIC_IP, METRIC_L2
 from ivfsq.backends.cpu.kernels.encode import dot64, list_constant, weights_row
 from ivfsq.backends.cpu.kernels.heaps import greater, heap_init, heap_push_replace, heap_sort
@@ -282,30 +286,14 @@ def distance_terms(metric, base, scale, q_sq):
 # ------------------------------------------------------------- the search
 @njit(inline="always")
 def _kth_smallest(values, n, kth, scratch):
-    """The ``kth`` smallest (0-based) of ``values[:n]`` (quickselect on a
-    copy in ``scratch``: no allocation, linear on average)."""
+    """The ``kth`` smallest (0-based) of ``values[:n]``: the largest of the
+    ``kth + 1`` smallest that a quickselect on a copy in ``scratch`` moves
+    to the front (a sort where it gives up)."""
     for c in range(n):
         scratch[c] = values[c]
-    low, high = 0, n - 1
-    while low < high:
-        pivot = scratch[(low + high) >> 1]
-        i, j = low, high
-        while i <= j:
-            while scratch[i] < pivot:
-                i += 1
-            while scratch[j] > pivot:
-                j -= 1
-            if i <= j:
-                scratch[i], scratch[j] = scratch[j], scratch[i]
-                i += 1
-                j -= 1
-        if kth <= j:
-            high = j
-        elif kth >= i:
-            low = i
-        else:
-            break
-    return scratch[kth]
+    if not _partition_smallest(scratch, n, kth + 1):
+        scratch[:n].sort()
+    return scratch[:kth + 1].max()
 
 
 @njit(inline="always")
@@ -419,12 +407,8 @@ def search_first_pass(
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
-        if given_probes.shape[0] > 0:
-            for p in range(n_probes):
-                probe_lists[p] = given_probes[i, p]
-        else:
-            center_dots(query, centers, dots)
-            select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists, workspace)
+        query_probes(query, i, given_probes, centers, center_sq_norms, use_l2, dots,
+                     probe_scores, probe_lists, workspace)
         weights_row(query, delta, 8, code_size, weights)
         scale = first_pass_weights(weights, int_weights)
         q_sq = np.float32(dot64(query, query)) if use_l2 else np.float32(0.0)

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from ivfsq.backends.cpu.kernels import simd
-from ivfsq.backends.cpu.kernels.coarse import center_dots, select_row, selection_workspace
+from ivfsq.backends.cpu.kernels.coarse import query_probes, selection_workspace
 from ivfsq.backends.cpu.kernels.common import (
     FAST,
     HANDLE_RANGE,
@@ -462,12 +462,8 @@ def search_few(
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
-        if given_probes.shape[0] > 0:
-            for p in range(n_probes):
-                probe_lists[p] = given_probes[i, p]
-        else:
-            center_dots(query, centers, dots)
-            select_row(dots, center_sq_norms, use_l2, probe_scores, probe_lists, workspace)
+        query_probes(query, i, given_probes, centers, center_sq_norms, use_l2, dots,
+                     probe_scores, probe_lists, workspace)
         weights_row(query, delta, bits, code_size, weights)
         if int_weights.shape[1] > 0:
             int_weights_row(weights, bits, code_size, int_weights[0], levels, int_params[0])
