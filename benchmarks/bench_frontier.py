@@ -26,7 +26,7 @@ import math
 import pathlib
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import peers
 from bench_faiss import sweep_ivfsq

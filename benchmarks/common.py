@@ -168,8 +168,7 @@ def write_jsonl(path, records):
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as out:
-        for record in records:
-            out.write(json.dumps(record, sort_keys=True) + "\n")
+        out.writelines(json.dumps(record, sort_keys=True) + "\n" for record in records)
 
 
 def format_table(headers, rows):

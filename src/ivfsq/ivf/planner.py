@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from ivfsq.backends.cpu import kernels
 
-__all__ = ["SCANS", "INT_FILTERS", "SearchPlan", "plan_search"]
+__all__ = ["INT_FILTERS", "SCANS", "SearchPlan", "plan_search"]
 
 SCANS = ("auto", "few", "per_query", "per_list", "list_major")
 # The paths a search with a 4-bit first pass can take.
