@@ -22,6 +22,7 @@ See benchmarks/README.md for what is measured and how long it takes.
 import argparse
 import dataclasses
 import importlib
+import json
 import math
 import pathlib
 import sys
@@ -51,7 +52,9 @@ from ivfsq.neighbors import ivf_sq
 # The ivfsq configurations: one index per entry, built with
 # IndexParams(n_lists=..., metric=..., **index), and one curve per entry of
 # "search", swept as SearchParams(n_probes=p, **search) for p in "n_probes"
-# (values above n_lists / 4 are left out).
+# (values above n_lists * "max_probe_share" are left out; 1/4 unless given:
+# the configurations with re-ranking go further, since only they climb past
+# the 8-bit codes' recall ceiling).
 N_PROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 IVFSQ_CONFIGS = [
     {"name": "sq8", "index": {}, "search": [{}, {"first_pass_candidates": 20},
@@ -59,9 +62,10 @@ IVFSQ_CONFIGS = [
     # float16 re-ranking: 2.5 dim bytes per vector, under ScaNN's 4.25 dim.
     {"name": "sq4+reorder16", "index": {"quantizer": "sq4", "reorder": True,
                                         "precise_dtype": "float16"},
-     "search": [{"refine_ratio": 2}, {"refine_ratio": 4}], "n_probes": N_PROBES},
+     "search": [{"refine_ratio": 2}, {"refine_ratio": 4}], "n_probes": N_PROBES,
+     "max_probe_share": 0.5},
     {"name": "sq8+reorder", "index": {"quantizer": "sq8", "reorder": True},
-     "search": [{"refine_ratio": 2}], "n_probes": N_PROBES},
+     "search": [{"refine_ratio": 2}], "n_probes": N_PROBES, "max_probe_share": 0.5},
 ]
 EF_VALUES = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 SCANN_PRE_REORDER = (40, 100)
@@ -117,6 +121,14 @@ class Curve:
     results: list = dataclasses.field(default_factory=list)
     # Numba specializations of ivfsq added during the measured rounds.
     compiled_during_sweep: int = 0
+    # What the configuration holds per vector when it searches, where that
+    # differs from its build's (the first pass's copy of the lists).
+    bytes_per_vector: float = None
+
+    @property
+    def search_bytes_per_vector(self):
+        return self.build.bytes_per_vector if self.bytes_per_vector is None \
+            else self.bytes_per_vector
 
 
 # --------------------------------------------------------------------------
@@ -175,6 +187,9 @@ def parse_args(argv=None):
                         help="builds of each index; the fastest is reported (default: 1)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke mode: every other sweep point and the quick defaults above")
+    parser.add_argument("--replot", type=pathlib.Path, default=None, metavar="JSONL",
+                        help="only redraw the plots of an earlier run's frontier.jsonl into "
+                             "--out-dir (nothing is measured)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=OUT_DIR,
                         help="where frontier.md, frontier.jsonl and the plots go "
                              "(default: benchmarks/results/frontier)")
@@ -286,14 +301,19 @@ def build_ivfsq_curves(data, n_lists, args):
                        "imbalance_factor": index.imbalance_factor,
                        "compiled_during_build": compiled})
         builds.append(build)
-        n_probes_values = sweep_values(config["n_probes"], args, max(1, n_lists // 4))
+        n_probes_values = sweep_values(config["n_probes"], args,
+                                       max(1, int(n_lists * config.get("max_probe_share", 0.25))))
         for search_kwargs in config["search"]:
             warm_up_ivfsq_searches(index, search_kwargs, queries, n_probes_values, args.threads)
+            # The first pass's copy of the lists exists once such a search ran.
+            extra = index.memory_breakdown.get("first_pass", 0) \
+                if search_kwargs.get("first_pass_candidates") else 0
             curves.append(Curve(
                 "ivfsq", label(config, search_kwargs), "n_probes", build,
                 lambda index=index, search_kwargs=search_kwargs, values=n_probes_values:
                     sweep_ivfsq(index, queries, gt, args, values, search_kwargs),
-                {"index_params": config["index"], "search_params": search_kwargs}, index))
+                {"index_params": config["index"], "search_params": search_kwargs}, index,
+                bytes_per_vector=build.bytes_per_vector + extra / base.shape[0]))
     return builds, curves
 
 
@@ -557,7 +577,7 @@ def report_dataset(report, data, n_lists, builds, curves, libraries, plans, args
             build = best["curve"].build
             table.append([library, best["curve"].config, f"{best['qps']:,.0f}",
                           fmt(best["p50_ms"], ".3f"), f"{build.seconds:.2f}",
-                          f"{build.bytes_per_vector:.1f}"])
+                          f"{best['curve'].search_bytes_per_vector:.1f}"])
         report.table(["library", "config", "QPS", "p50 ms", "build s", "bytes/vec"], table)
         report.text(f"ivfsq / best peer: QPS {fmt(ratios['qps_ratio'], '.2f')} "
                     f"(against {ratios['qps_peer'] or '—'}; above 1: ivfsq is faster), p50 "
@@ -631,7 +651,7 @@ def dataset_records(data, n_lists, builds, curves, plans, args, hardware):
                             "config": curve.config, "index": curve.build.name,
                             "knob": curve.knob, "knob_value": result[curve.knob], **curve.details,
                             "build_seconds": curve.build.seconds,
-                            "bytes_per_vector": curve.build.bytes_per_vector,
+                            "bytes_per_vector": curve.search_bytes_per_vector,
                             "compiled_during_sweep": curve.compiled_during_sweep, **result})
     records += [{**fields, "record": "plan", **plan} for plan in plans]
     return records
@@ -640,6 +660,32 @@ def dataset_records(data, n_lists, builds, curves, plans, args, hardware):
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
+
+def plot_dataset(out_dir, name, n_rows, dim, metric, n_lists, threads, curves):
+    write_plot(out_dir / f"frontier_{name}.png", curves,
+               f"{name} ({n_rows} x {dim}, {metric}), n_lists={n_lists}, {threads} thread(s)",
+               figsize=(10, 7), min_recall=PLOT_MIN_RECALL)
+
+
+def replot(jsonl, out_dir):
+    """Redraw each data set's plot from the ``point`` records of a run's
+    JSON lines, curves in the order the run measured them."""
+    datasets = {}
+    with open(jsonl) as lines:
+        for line in lines:
+            record = json.loads(line)
+            if record.get("record") != "point":
+                continue
+            dataset = datasets.setdefault(record["dataset"], {"first": record, "curves": {}})
+            label = f"{record['library']} {record['config']}"
+            dataset["curves"].setdefault(label, (label, [], record["knob"]))[1].append(record)
+    if not datasets:
+        raise SystemExit(f"no point records in {jsonl}")
+    for name, dataset in datasets.items():
+        first = dataset["first"]
+        plot_dataset(out_dir, name, first["n_rows"], first["dim"], first["metric"],
+                     first["n_lists"], first["threads"], list(dataset["curves"].values()))
+
 
 def benchmark_dataset(name, libraries, report, args, hardware):
     """Load, build, sweep and report one data set; returns its summary rows
@@ -656,10 +702,8 @@ def benchmark_dataset(name, libraries, report, args, hardware):
     n_lists, builds, curves = run_dataset(name, data, libraries, args)
     plans = representative_plans(curves, data["queries"].shape[0], args.threads)
     summary = report_dataset(report, data, n_lists, builds, curves, libraries, plans, args)
-    write_plot(args.out_dir / f"frontier_{data['name']}.png",
-               [(f"{c.library} {c.config}", c.results, c.knob) for c in curves],
-               f"{data['name']} ({n_rows} x {dim}, {data['metric']}), n_lists={n_lists}, "
-               f"{args.threads} thread(s)", figsize=(10, 7), min_recall=PLOT_MIN_RECALL)
+    plot_dataset(args.out_dir, data["name"], n_rows, dim, data["metric"], n_lists, args.threads,
+                 [(f"{c.library} {c.config}", c.results, c.knob) for c in curves])
     return summary, dataset_records(data, n_lists, builds, curves, plans, args, hardware)
 
 
@@ -678,6 +722,9 @@ def machine_line(hardware, libraries):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot is not None:
+        replot(args.replot, args.out_dir)
+        return
     warn_if_busy()
     hardware = hardware_info(("numpy", "numba", "ivfsq", "faiss", "hnswlib", "usearch", "scann"))
     libraries = available_libraries(args.libraries)

@@ -275,10 +275,18 @@ def write_plot(path, curves, title, figsize=(7, 5), min_recall=None):
               "(pip install matplotlib, or pip install -e '.[bench]')")
         return
     figure, axes = plt.subplots(figsize=figsize)
-    for label, results, param in curves:
+    # Ten colours repeat past ten curves: past that, twenty, and ivfsq's
+    # curves solid with circles, the others dashed with other markers, so that
+    # no two curves look alike.
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    other_markers = "s^vD<>ph*X"
+    for i, (label, results, param) in enumerate(curves):
         recalls = [r["recall"] for r in results]
         qps = [r["qps"] for r in results]
-        axes.plot(recalls, qps, marker="o", label=label)
+        ours = label.startswith("ivfsq")
+        axes.plot(recalls, qps, label=label, color=colours[i % len(colours)],
+                  marker="o" if ours else other_markers[i % len(other_markers)],
+                  linestyle="-" if ours else "--")
         for r in results:
             axes.annotate(str(r[param]), (r["recall"], r["qps"]), fontsize=7,
                           textcoords="offset points", xytext=(3, 3))
