@@ -295,6 +295,61 @@ def test_one_dot_fast_path_finds_every_bad_row(dtype):
         assert to_float32_checked("queries", each_fine).shape == (8, 4)
 
 
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
+def test_prepare_one_call_path_matches_general_path(metric, monkeypatch):
+    # A few float32 rows are checked (and normalized) by one kernel call; the
+    # result, and the error for every kind of bad row, must be the general
+    # path's, which FAST_PREPARE_ROWS = 0 forces.
+    from ivfsq.ivf import engine as engine_module
+    from ivfsq.ivf.engine import FAST_PREPARE_ROWS
+
+    rng = np.random.default_rng(3)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=4, metric=metric),
+                         rng.standard_normal((400, 8)).astype(np.float32))
+    engine = index._engine
+    rows = rng.standard_normal((FAST_PREPARE_ROWS, 8)).astype(np.float32)
+    rows[5] = 0.0  # a zero row: cosine keeps it zero and marks it
+    rows[6] = 3e18  # squared norm 7.2e37: only cosine takes it
+    cases = [rows[:1], rows[:7], rows]
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = rows[:3].copy()
+        broken[2, 4] = bad
+        cases.append(broken)
+
+    def outcome(case):
+        original = case.copy()
+        try:
+            vectors, nonzero = engine.prepare("queries", case)
+        except ValueError as error:
+            return str(error)
+        np.testing.assert_array_equal(case, original)  # the caller's rows are untouched
+        return vectors.copy(), None if nonzero is None else nonzero.copy()
+
+    from ivfsq.backends.cpu import kernels
+
+    calls = []
+    one_call = kernels.encode.checked_rows
+    monkeypatch.setattr(kernels.encode, "checked_rows",
+                        lambda *args: calls.append(1) or one_call(*args))
+    fast = [outcome(case) for case in cases]
+    assert len(calls) == len(cases)  # every case took the one-call path first
+    monkeypatch.setattr(engine_module, "FAST_PREPARE_ROWS", 0)
+    general = [outcome(case) for case in cases]
+    for got, expected in zip(fast, general):
+        if isinstance(expected, str):
+            assert got == expected
+        else:
+            np.testing.assert_array_equal(got[0], expected[0])
+            if expected[1] is None:
+                assert got[1] is None
+            else:
+                np.testing.assert_array_equal(got[1], expected[1])
+    if metric == "cosine":
+        assert isinstance(fast[1], tuple) and not fast[1][1][5] and fast[1][1][6]
+    else:
+        assert "too large for float32 distances: row 6" in fast[1]
+
+
 def test_read_only_inputs_compile_no_second_kernel_specialization(tmp_path):
     # A read-only memory map (or an array from Ray's object store) searches
     # and extends like a writeable array, through the same compiled kernels.

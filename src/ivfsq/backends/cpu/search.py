@@ -190,22 +190,24 @@ def _search_first_pass(engine, plan, queries, lists, n_probes, keep, n_threads, 
     n_candidates = max(plan.first_pass, distances.shape[1])
     quantizer = engine.quantizer
 
-    def run(rows, probes):
+    arrays = _list_arrays(lists)
+
+    def run(some_queries, probes, out_d, out_i):
         kernels.fastscan.search_first_pass(
-            queries[rows], engine.centers, engine.center_sq_norms, n_probes, quantizer.vmin,
-            quantizer.delta, engine.by_residual, *_list_arrays(lists), *layout,
-            engine.kernel_metric, *keep, emit_rows, n_candidates, probes,
-            distances[rows], neighbors[rows],
+            some_queries, engine.centers, engine.center_sq_norms, n_probes, quantizer.vmin,
+            quantizer.delta, engine.by_residual, *arrays, *layout,
+            engine.kernel_metric, *keep, emit_rows, n_candidates, probes, out_d, out_i,
         )
 
     if plan.path == "few":
         probes = _NO_PROBES
         if engine.coarse_bound(n_probes) is not None:
             probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-        run(slice(None), probes)
+        run(queries, probes, distances, neighbors)
         return
     probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-    run_chunks(lambda start, stop: run(slice(start, stop), probes[start:stop]),
+    run_chunks(lambda start, stop: run(queries[start:stop], probes[start:stop],
+                                       distances[start:stop], neighbors[start:stop]),
                queries.shape[0], n_threads)
 
 
