@@ -106,30 +106,31 @@ def faiss_serialized_bytes_per_vector(index):
     return len(faiss.serialize_index(index)) / index.ntotal
 
 
-def sweep_faiss(index, queries, gt, metric, args, n_probes_values):
-    """Measure FAISS IVF at every ``n_probes``; returns a list of result dicts.
-
-    For cosine, normalising the queries is part of each timed search (ivfsq
-    normalises inside its search too).
-    """
+def _measure_faiss(index, queries, gt, metric, args):
+    """One sweep point of a FAISS index as it is set now. For cosine,
+    normalising the queries is part of each timed search (ivfsq normalises
+    inside its search too)."""
     import faiss
 
+    def prepare(rows):
+        return normalized(rows) if metric == "cosine" else rows
+
+    def search_batch():
+        return index.search(prepare(queries), args.k)[1]
+
+    def search_one(i):
+        return index.search(prepare(queries[i:i + 1]), args.k)
+
+    return measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
+
+
+def sweep_faiss(index, queries, gt, metric, args, n_probes_values):
+    """Measure FAISS IVF at every ``n_probes``; returns a list of result dicts."""
     results = []
     for n_probes in n_probes_values:
         index.nprobe = min(n_probes, index.nlist)
-
-        def prepare(rows):
-            return normalized(rows) if metric == "cosine" else rows
-
-        def search_batch():
-            return index.search(prepare(queries), args.k)[1]
-
-        def search_one(i):
-            return index.search(prepare(queries[i:i + 1]), args.k)
-
-        result = measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
-        result["n_probes"] = n_probes
-        results.append(result)
+        results.append({**_measure_faiss(index, queries, gt, metric, args),
+                        "n_probes": n_probes})
     return results
 
 
@@ -162,28 +163,11 @@ def build_faiss_hnsw_sq(base, metric, threads):
 
 
 def sweep_faiss_hnsw(index, queries, gt, metric, args, ef_values):
-    """Measure a FAISS HNSW index at every ``efSearch`` in ``ef_values`` (>= k).
-
-    For cosine, normalising the queries is part of each timed search.
-    """
-    import faiss
-
-    def prepare(rows):
-        return normalized(rows) if metric == "cosine" else rows
-
+    """Measure a FAISS HNSW index at every ``efSearch`` in ``ef_values`` (>= k)."""
     results = []
     for ef in sorted({max(ef, args.k) for ef in ef_values}):
         index.hnsw.efSearch = ef
-
-        def search_batch():
-            return index.search(prepare(queries), args.k)[1]
-
-        def search_one(i):
-            return index.search(prepare(queries[i:i + 1]), args.k)
-
-        result = measure(search_batch, search_one, faiss.omp_set_num_threads, queries, gt, args)
-        result["ef"] = ef
-        results.append(result)
+        results.append({**_measure_faiss(index, queries, gt, metric, args), "ef": ef})
     return results
 
 
