@@ -121,14 +121,13 @@ class Curve:
     results: list = dataclasses.field(default_factory=list)
     # Numba specializations of ivfsq added during the measured rounds.
     compiled_during_sweep: int = 0
-    # What the configuration holds per vector when it searches, where that
-    # differs from its build's (the first pass's copy of the lists).
+    # What the configuration holds per vector when it searches: its build's,
+    # unless given (the first pass adds its copy of the lists).
     bytes_per_vector: float = None
 
-    @property
-    def search_bytes_per_vector(self):
-        return self.build.bytes_per_vector if self.bytes_per_vector is None \
-            else self.bytes_per_vector
+    def __post_init__(self):
+        if self.bytes_per_vector is None:
+            self.bytes_per_vector = self.build.bytes_per_vector
 
 
 # --------------------------------------------------------------------------
@@ -577,7 +576,7 @@ def report_dataset(report, data, n_lists, builds, curves, libraries, plans, args
             build = best["curve"].build
             table.append([library, best["curve"].config, f"{best['qps']:,.0f}",
                           fmt(best["p50_ms"], ".3f"), f"{build.seconds:.2f}",
-                          f"{best['curve'].search_bytes_per_vector:.1f}"])
+                          f"{best['curve'].bytes_per_vector:.1f}"])
         report.table(["library", "config", "QPS", "p50 ms", "build s", "bytes/vec"], table)
         report.text(f"ivfsq / best peer: QPS {fmt(ratios['qps_ratio'], '.2f')} "
                     f"(against {ratios['qps_peer'] or '—'}; above 1: ivfsq is faster), p50 "
@@ -651,7 +650,7 @@ def dataset_records(data, n_lists, builds, curves, plans, args, hardware):
                             "config": curve.config, "index": curve.build.name,
                             "knob": curve.knob, "knob_value": result[curve.knob], **curve.details,
                             "build_seconds": curve.build.seconds,
-                            "bytes_per_vector": curve.search_bytes_per_vector,
+                            "bytes_per_vector": curve.bytes_per_vector,
                             "compiled_during_sweep": curve.compiled_during_sweep, **result})
     records += [{**fields, "record": "plan", **plan} for plan in plans]
     return records

@@ -5,7 +5,6 @@ into this module, which works on float32 C-contiguous arrays only.
 """
 
 import threading
-import weakref
 
 import numpy as np
 
@@ -25,10 +24,10 @@ from ivfsq.ivf.transforms import random_orthogonal, rotate, unrotate
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
 ENCODE_BATCH_ROWS = 65536
-# Up to this many rows, float32 input is checked (and normalized) by one
-# kernel call in prepare() instead of a conversion, a BLAS dot and a
-# normalization: most of a single query's cost before the search itself.
-# Larger batches keep that path.
+# Up to this many rows, float32 input is checked by one kernel call in
+# prepare() instead of a conversion and a BLAS dot under np.errstate: most
+# of a single query's cost before the search itself. Larger batches keep
+# that path.
 FAST_PREPARE_ROWS = 64
 # Queries per coarse-quantizer block and thread: bounds the (queries x
 # n_lists) matrix of dot products.
@@ -68,7 +67,6 @@ class IvfSqEngine:
         self._extend_lock = threading.Lock()
         self._coarse_bound = None  # CoarseBound, False when it does not pay
         self._tuning = SnapshotCache()  # values tuned on a snapshot of the lists
-        self._last_plan = None  # (weak ref to a snapshot, plan key, plan)
 
     @property
     def has_precise(self):
@@ -185,15 +183,13 @@ class IvfSqEngine:
         normalized = self.metric.normalized
         if (rows.shape[0] <= FAST_PREPARE_ROWS and type(rows) is np.ndarray
                 and rows.dtype == np.float32 and rows.flags.c_contiguous
-                and rows.flags.writeable):
-            # A few float32 rows (a query): checked (and normalized into a
-            # copy) in one kernel call; any failure takes the path below,
-            # which names the row.
-            out = np.empty_like(rows) if normalized else rows
-            nonzero = np.empty(rows.shape[0], dtype=np.bool_)
-            if kernels.encode.checked_rows(rows, out, nonzero, normalized, MAX_SQ_NORM):
-                return out, (nonzero if normalized else None)
-        vectors = to_float32_checked(name, rows, start, magnitudes=not normalized)
+                and rows.flags.writeable
+                and kernels.encode.rows_within(rows, np.inf if normalized else MAX_SQ_NORM)):
+            # A few float32 rows (a query), kernel-ready and checked in one
+            # call; any failure takes the general check, which names the row.
+            vectors = rows
+        else:
+            vectors = to_float32_checked(name, rows, start, magnitudes=not normalized)
         nonzero = None
         if normalized:
             if np.may_share_memory(vectors, rows):
@@ -366,23 +362,14 @@ class IvfSqEngine:
         arguments: a plan depends on nothing else)."""
         n_probes = min(n_probes, self.centers.shape[0])
         n_queries = min(n_queries, SEARCH_BLOCK_QUERIES)  # what the plan depends on
-        key = ("plan", n_queries, n_probes, n_threads, scan, int_filter, first_pass)
-        # The last plan made, for repeated searches alike (a tuple swapped
-        # whole, so threads read it without a lock; a weak reference, so it
-        # does not keep a replaced snapshot alive).
-        last = self._last_plan
-        if last is not None and last[1] == key and last[0]() is lists:
-            return last[2]
-        plan = self._tuning.get(
-            lists, key,
+        return self._tuning.get(
+            lists, ("plan", n_queries, n_probes, n_threads, scan, int_filter, first_pass),
             lambda: plan_search(
                 self.quantizer, lists, self.centers.shape[0], n_queries, n_probes, n_threads,
                 scan=scan, int_filter=int_filter,
                 sq4_int16_pays=lambda: self.sq4_int16_pays(lists), first_pass=first_pass,
             ),
         )
-        self._last_plan = (weakref.ref(lists), key, plan)
-        return plan
 
     def first_pass_layout(self, lists):
         """The block-interleaved 4-bit codes of the snapshot ``lists`` for

@@ -32,17 +32,32 @@ class SnapshotCache:
     def __init__(self):
         self._entries = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        # (weak reference to the snapshot last found, its dict): searches
+        # repeat on one snapshot, and a weak-dictionary lookup makes a new
+        # weak reference each time. The pair is swapped whole, so readers
+        # need no lock, and it keeps no replaced snapshot alive.
+        self._last = None
+
+    def _values(self, snapshot):
+        """``snapshot``'s dict of values, or None."""
+        last = self._last
+        if last is not None and last[0]() is snapshot:
+            return last[1]
+        values = self._entries.get(snapshot)
+        if values is not None:
+            self._last = (weakref.ref(snapshot), values)
+        return values
 
     def peek(self, snapshot, key, default=None):
         """The value stored for ``snapshot`` and ``key``, or ``default``
         (nothing is computed)."""
-        values = self._entries.get(snapshot)
+        values = self._values(snapshot)
         return default if values is None else values.get(key, default)
 
     def get(self, snapshot, key, compute):
         # A hit takes no lock: entries are only ever added, and a snapshot's
         # dict is stored whole before any reader can find it.
-        values = self._entries.get(snapshot)
+        values = self._values(snapshot)
         if values is not None:
             value = values.get(key, _MISSING)
             if value is not _MISSING:

@@ -82,34 +82,19 @@ def normalize_rows(vectors, nonzero):
 
 
 @njit(**JIT)
-def checked_rows(rows, out, nonzero, normalize, max_sq_norm):
+def rows_within(rows, max_sq_norm):
     """Whether every row of ``rows`` is finite with a squared norm of at most
-    ``max_sq_norm`` (summed in float64, where the squares of float32 values
-    cannot overflow); with ``normalize``, only finiteness is asked, and the
-    rows are written to ``out`` scaled to unit norm (zero rows stay zero,
-    ``nonzero[i]`` says which were not), as :func:`normalize_rows` would.
-
-    One pass for what a few queries need before a search. False sends the
-    caller to the checks that name the offending row; ``out`` is then left
-    partly written.
-    """
+    ``max_sq_norm`` (``inf``: finiteness only), summed in float64, where the
+    squares of float32 values cannot overflow. False sends the caller to the
+    checks that name the offending row."""
     n_rows, dim = rows.shape
     for i in range(n_rows):
         total = 0.0
         for j in range(dim):
             total += np.float64(rows[i, j]) * np.float64(rows[i, j])
         # NaN fails both comparisons; inf fails the first.
-        if not total < np.inf or (not normalize and not total <= max_sq_norm):
+        if not (total < np.inf and total <= max_sq_norm):
             return False
-        if normalize:
-            nonzero[i] = total > 0.0
-            if total > 0.0:
-                norm = np.float32(np.sqrt(total))
-                for j in range(dim):
-                    out[i, j] = rows[i, j] / norm
-            else:
-                for j in range(dim):
-                    out[i, j] = rows[i, j]
     return True
 
 
