@@ -1,4 +1,5 @@
-"""The thread helpers: the BLAS limit, parallel products, progress reports."""
+"""The thread helpers: the chunked runner, the BLAS limit, parallel products,
+progress reports."""
 
 import threading
 
@@ -85,3 +86,98 @@ def test_progress_reports_cover_build_and_save(blobs, tmp_path):
     count = len(reports)
     ivf_sq.build(ivf_sq.IndexParams(n_lists=16), base)
     assert len(reports) == count
+
+
+def _covered(n_items, n_threads, **kwargs):
+    """How many times run_chunks hands each item to a task, and the threads
+    that ran them."""
+    counts = np.zeros(n_items, dtype=np.int64)
+    threads = set()
+    lock = threading.Lock()
+
+    def task(start, stop):
+        assert 0 <= start < stop <= n_items
+        with lock:
+            counts[start:stop] += 1
+            threads.add(threading.get_ident())
+
+    _threads.run_chunks(task, n_items, n_threads, **kwargs)
+    return counts, threads
+
+
+@pytest.mark.parametrize("n_items", [0, 1, 2, 7, 100, 1001])
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("min_chunk, chunks_per_thread", [(1, 4), (1, 1), (16, 4), (500, 2)])
+def test_every_item_once(n_items, n_threads, min_chunk, chunks_per_thread):
+    counts, _ = _covered(n_items, n_threads, min_chunk=min_chunk,
+                         chunks_per_thread=chunks_per_thread)
+    assert np.all(counts == 1)
+
+
+def test_one_thread_runs_inline():
+    _, threads = _covered(100, 1)
+    assert threads == {threading.get_ident()}
+
+
+def test_caller_takes_chunks_too():
+    # The caller works through the chunks itself while pool threads join
+    # in: with tasks that wait for a second thread, both must have run one.
+    barrier = threading.Barrier(2, timeout=10)
+    ran = []
+
+    def task(start, stop):
+        ran.append(threading.get_ident())
+        if len(ran) <= 2:
+            barrier.wait()
+
+    _threads.run_chunks(task, 8, 2, chunks_per_thread=4)
+    assert threading.get_ident() in ran
+    assert len(set(ran)) == 2
+
+
+def test_first_error_propagates_and_stops_new_chunks():
+    started = []
+    lock = threading.Lock()
+
+    def task(start, stop):
+        with lock:
+            started.append(start)
+        if start == 0:
+            raise RuntimeError("chunk 0 failed")
+
+    with pytest.raises(RuntimeError, match="chunk 0 failed"):
+        _threads.run_chunks(task, 64, 2, chunks_per_thread=32)
+    # The caller takes chunk 0 first; after it fails only chunks already
+    # claimed by the other thread may still run.
+    assert len(started) < 64
+
+
+def test_nested_calls_finish():
+    # A task that itself runs chunks: the pool may be busy with the outer
+    # call's tasks, and the inner call must not wait for it.
+    totals = np.zeros(6, dtype=np.int64)
+
+    def outer(start, stop):
+        for row in range(start, stop):
+            def inner(a, b, row=row):
+                totals[row] += b - a  # each inner call writes its own row
+            _threads.run_chunks(inner, 50, 2, chunks_per_thread=4)
+
+    _threads.run_chunks(outer, 6, 2, chunks_per_thread=3)
+    assert np.all(totals == 50)
+
+
+def test_concurrent_callers():
+    results = {}
+
+    def caller(name):
+        counts, _ = _covered(300, 2, chunks_per_thread=4)
+        results[name] = counts
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 4
+    assert all(np.all(counts == 1) for counts in results.values())

@@ -51,7 +51,17 @@ def _get_pool(n_threads):
 def run_chunks(task, n_items, n_threads, min_chunk=1, chunks_per_thread=4):
     """Call ``task(start, stop)`` over ``[0, n_items)`` split into chunks.
 
-    Runs inline when one thread suffices. Exceptions propagate to the caller.
+    Runs inline when one thread suffices. Otherwise the calling thread and
+    up to ``n_threads - 1`` pool threads take chunks in turn from a shared
+    counter until none is left: the caller never waits idle, and a pool
+    thread that wakes late (waking one costs tens of microseconds on some
+    machines, as much as a small batch's whole scan) only finds fewer
+    chunks to take. It also cannot deadlock when the pool is busy, with
+    other callers' work or with the caller's own (a task that itself calls
+    ``run_chunks``): the caller alone then runs every chunk.
+
+    Exceptions propagate to the caller; after the first, no new chunk is
+    started.
     """
     if n_items <= 0:
         return
@@ -60,14 +70,49 @@ def run_chunks(task, n_items, n_threads, min_chunk=1, chunks_per_thread=4):
         task(0, n_items)
         return
     bounds = [round(n_items * c / n_chunks) for c in range(n_chunks + 1)]
-    pool = _get_pool(n_threads)
-    futures = [
-        pool.submit(task, bounds[c], bounds[c + 1])
-        for c in range(n_chunks)
-        if bounds[c + 1] > bounds[c]
-    ]
-    for future in futures:
-        future.result()
+    claim = _ChunkCounter(n_chunks)
+
+    def take_chunks():
+        while (chunk := claim.next()) is not None:
+            try:
+                task(bounds[chunk], bounds[chunk + 1])
+            except BaseException:
+                claim.stop()
+                raise
+
+    pool = _get_pool(n_threads - 1)
+    futures = [pool.submit(take_chunks) for _ in range(min(n_threads, n_chunks) - 1)]
+    try:
+        take_chunks()
+    finally:
+        # Every helper has returned (or raised) before the caller's arrays
+        # may go out of scope.
+        errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+class _ChunkCounter:
+    """Hands out chunk numbers 0, 1, ... n_chunks - 1, each once, to any
+    thread; then None (also after :meth:`stop`)."""
+
+    def __init__(self, n_chunks):
+        self._next = 0
+        self._n_chunks = n_chunks
+        self._lock = threading.Lock()
+
+    def next(self):
+        with self._lock:
+            chunk = self._next
+            if chunk >= self._n_chunks:
+                return None
+            self._next = chunk + 1
+            return chunk
+
+    def stop(self):
+        with self._lock:
+            self._next = self._n_chunks
 
 
 @contextlib.contextmanager
