@@ -297,9 +297,9 @@ def test_one_dot_fast_path_finds_every_bad_row(dtype):
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
 def test_prepare_one_call_path_matches_general_path(metric, monkeypatch):
-    # A few float32 rows are checked by one kernel call; the result, and the
-    # error for every kind of bad row, must be the general path's, which
-    # FAST_PREPARE_ROWS = 0 forces.
+    # A few float32 rows are checked (and normalized, for cosine) by one
+    # kernel call; the result, and the error for every kind of bad row, must
+    # be the general path's, which FAST_PREPARE_ROWS = 0 forces.
     from ivfsq.ivf import engine as engine_module
     from ivfsq.ivf.engine import FAST_PREPARE_ROWS
 
@@ -328,9 +328,10 @@ def test_prepare_one_call_path_matches_general_path(metric, monkeypatch):
     from ivfsq.backends.cpu import kernels
 
     calls = []
-    one_call = kernels.encode.rows_within
-    monkeypatch.setattr(kernels.encode, "rows_within",
-                        lambda *args: calls.append(1) or one_call(*args))
+    for kernel_name in ("rows_within", "normalized_within"):  # l2/ip, cosine
+        one_call = getattr(kernels.encode, kernel_name)
+        monkeypatch.setattr(kernels.encode, kernel_name,
+                            lambda *args, one_call=one_call: calls.append(1) or one_call(*args))
     fast = [outcome(case) for case in cases]
     assert len(calls) == len(cases)  # every case took the one-call path first
     monkeypatch.setattr(engine_module, "FAST_PREPARE_ROWS", 0)

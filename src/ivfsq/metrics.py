@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# float32, as the distances: a Python float would be converted at each call.
+_ZERO = np.float32(0.0)
+
 __all__ = ["Metric", "METRICS", "NAMES", "FAMILIES", "get", "of_family"]
 
 # The kernels' score cases: squared L2 (with the rows' squared norms), the
@@ -87,7 +90,7 @@ class Metric:
         Squared L2 computed from expanded dots can round below zero: it is
         clamped at 0 (before the square root for ``euclidean``)."""
         if self.family == "l2":
-            np.maximum(distances, 0.0, out=distances)
+            np.maximum(distances, _ZERO, out=distances)
             if self.root:
                 np.sqrt(distances, out=distances)
         elif self.higher_is_better:

@@ -183,13 +183,19 @@ class IvfSqEngine:
         normalized = self.metric.normalized
         if (rows.shape[0] <= FAST_PREPARE_ROWS and type(rows) is np.ndarray
                 and rows.dtype == np.float32 and rows.flags.c_contiguous
-                and rows.flags.writeable
-                and kernels.encode.rows_within(rows, np.inf if normalized else MAX_SQ_NORM)):
-            # A few float32 rows (a query), kernel-ready and checked in one
-            # call; any failure takes the general check, which names the row.
-            vectors = rows
-        else:
-            vectors = to_float32_checked(name, rows, start, magnitudes=not normalized)
+                and rows.flags.writeable):
+            # A few float32 rows (a query), kernel-ready: checked (and, for
+            # cosine, normalized into a copy) in one kernel call; any
+            # failure takes the general check, which names the row.
+            if not normalized:
+                if kernels.encode.rows_within(rows, MAX_SQ_NORM):
+                    return rows, None
+            else:
+                vectors = np.empty_like(rows)
+                nonzero = np.empty(rows.shape[0], dtype=np.bool_)
+                if kernels.encode.normalized_within(rows, vectors, nonzero):
+                    return vectors, nonzero
+        vectors = to_float32_checked(name, rows, start, magnitudes=not normalized)
         nonzero = None
         if normalized:
             if np.may_share_memory(vectors, rows):
@@ -370,6 +376,12 @@ class IvfSqEngine:
                 sq4_int16_pays=lambda: self.sq4_int16_pays(lists), first_pass=first_pass,
             ),
         )
+
+    def snapshot_value(self, lists, key, compute):
+        """``compute()`` for the snapshot ``lists`` and ``key``, made once
+        and kept as long as the snapshot (a backend's arguments derived from
+        it, for instance)."""
+        return self._tuning.get(lists, key, compute)
 
     def first_pass_layout(self, lists):
         """The block-interleaved 4-bit codes of the snapshot ``lists`` for

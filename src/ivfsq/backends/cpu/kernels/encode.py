@@ -63,22 +63,39 @@ def quantization_mse(values, lo, delta, levels, out):
         out[j] /= max(n_rows, 1)
 
 
+@njit(inline="always")
+def _sq_norm(row):
+    """The squared L2 norm of ``row``, summed in float64 (where the squares
+    of float32 values cannot overflow)."""
+    total = 0.0
+    for j in range(row.shape[0]):
+        total += np.float64(row[j]) * np.float64(row[j])
+    return total
+
+
+@njit(inline="always")
+def _unit_row(row, sq_norm, out):
+    """``row`` (squared norm ``sq_norm``) scaled to unit norm into ``out``
+    (which may be ``row``); a zero row is copied as it is."""
+    if sq_norm > 0.0:
+        norm = np.float32(np.sqrt(sq_norm))
+        for j in range(row.shape[0]):
+            out[j] = row[j] / norm
+    else:
+        for j in range(row.shape[0]):
+            out[j] = row[j]
+
+
 @njit(**JIT)
 def normalize_rows(vectors, nonzero):
     """Scale rows to unit L2 norm in place (norms summed in float64).
 
     Zero rows stay zero; ``nonzero[i]`` says whether row ``i`` was nonzero.
     """
-    n_rows, dim = vectors.shape
-    for i in range(n_rows):
-        total = 0.0
-        for j in range(dim):
-            total += np.float64(vectors[i, j]) * np.float64(vectors[i, j])
+    for i in range(vectors.shape[0]):
+        total = _sq_norm(vectors[i])
         nonzero[i] = total > 0.0
-        if total > 0.0:
-            norm = np.float32(np.sqrt(total))
-            for j in range(dim):
-                vectors[i, j] = vectors[i, j] / norm
+        _unit_row(vectors[i], total, vectors[i])
 
 
 @njit(**JIT)
@@ -87,14 +104,26 @@ def rows_within(rows, max_sq_norm):
     ``max_sq_norm`` (``inf``: finiteness only), summed in float64, where the
     squares of float32 values cannot overflow. False sends the caller to the
     checks that name the offending row."""
-    n_rows, dim = rows.shape
-    for i in range(n_rows):
-        total = 0.0
-        for j in range(dim):
-            total += np.float64(rows[i, j]) * np.float64(rows[i, j])
+    for i in range(rows.shape[0]):
+        total = _sq_norm(rows[i])
         # NaN fails both comparisons; inf fails the first.
         if not (total < np.inf and total <= max_sq_norm):
             return False
+    return True
+
+
+@njit(**JIT)
+def normalized_within(rows, out, nonzero):
+    """:func:`rows_within` (finiteness only) and :func:`normalize_rows` in
+    one call: ``rows`` scaled to unit norm into ``out``, ``nonzero[i]``
+    whether row ``i`` was nonzero. False, with ``out`` partly written, when
+    a row is not finite (the caller then takes the checks that name it)."""
+    for i in range(rows.shape[0]):
+        total = _sq_norm(rows[i])
+        if not total < np.inf:  # NaN or inf
+            return False
+        nonzero[i] = total > 0.0
+        _unit_row(rows[i], total, out[i])
     return True
 
 
