@@ -246,6 +246,15 @@ block_scores = _block_scores_ir() if simd.HAS_AVX2_DOTS else block_scores_portab
 
 # ---------------------------------------------------------------- weights
 @njit(inline="always")
+def _weight_level(weights, j, inverse):
+    """The int8 level of dimension ``j``'s weight (0 for a padding one)."""
+    if j >= weights.shape[0]:
+        return np.int32(0)
+    level = np.int32(np.rint(weights[j] * inverse))
+    return min(max(level, -WEIGHT_LIMIT), WEIGHT_LIMIT)
+
+
+@njit(inline="always")
 def first_pass_weights(weights, out):
     """int8 weights of the 4-bit pass from a query's float 8-bit weights
     ``weights`` (one per dimension), in the layout of the module docstring;
@@ -254,20 +263,28 @@ def first_pass_weights(weights, out):
     largest = np.float32(0.0)
     for j in range(dim):
         largest = max(largest, abs(weights[j]))
-    out[:] = 0
     if largest == 0:
+        out[:] = 0
         return np.float32(0.0)
     scale = np.float32(LEVEL_STEP) * largest / np.float32(WEIGHT_LIMIT)
     inverse = np.float32(LEVEL_STEP) / scale
-    for j in range(dim):
-        level = np.int32(np.rint(weights[j] * inverse))
-        level = min(max(level, -WEIGHT_LIMIT), WEIGHT_LIMIT)
-        group, within = j // GROUP_DIMS, j % GROUP_DIMS
-        # Dimensions 4g and 4g + 2 in the low nibbles (bytes 2r, 2r + 1),
-        # 4g + 1 and 4g + 3 in the high ones.
-        at = group * GROUP_WEIGHT_BYTES + (within >> 1) + GROUP_BYTES * (within & 1)
-        for r in range(BLOCK_ROWS):
-            out[at + 2 * r] = level
+    # A group's weights are one byte pair per row, the same for all 16 rows:
+    # written as int16 (little-endian: the pair's first byte low), 16 copies
+    # a vector store, rather than byte by byte.
+    pairs = out.view(np.int16)
+    half = GROUP_BYTES // 2
+    for group in range(out.shape[0] // GROUP_WEIGHT_BYTES):
+        first = group * GROUP_DIMS
+        # Dimensions 4g and 4g + 2 in the low nibbles' pairs, 4g + 1 and
+        # 4g + 3 in the high ones'.
+        low = np.int16((_weight_level(weights, first, inverse) & 0xFF)
+                       | (_weight_level(weights, first + 2, inverse) << 8))
+        high = np.int16((_weight_level(weights, first + 1, inverse) & 0xFF)
+                        | (_weight_level(weights, first + 3, inverse) << 8))
+        at = group * (GROUP_WEIGHT_BYTES // 2)
+        for r in range(half):
+            pairs[at + r] = low
+            pairs[at + half + r] = high
     return scale
 
 
