@@ -67,6 +67,14 @@ IVFSQ_CONFIGS = [
     {"name": "sq8+reorder", "index": {"quantizer": "sq8", "reorder": True},
      "search": [{"refine_ratio": 2}, {"refine_ratio": 2, "first_pass_candidates": 40}],
      "n_probes": N_PROBES, "max_probe_share": 0.5},
+    # A quick build: k-means on 32 rows a list for 6 iterations (the
+    # defaults, 256 and 20, are the API's).
+    {"name": "sq8 fast build", "index": {"kmeans_n_iters": 6, "max_train_points_per_cluster": 32},
+     "search": [{}, {"first_pass_candidates": 20}], "n_probes": N_PROBES},
+    # Within d + 16 bytes a vector: fewer lists (see compact_n_lists), where
+    # the run's lists' float32 centers take more than 4 bytes a vector.
+    {"name": "sq8 compact", "index": {}, "search": [{}], "n_probes": N_PROBES,
+     "n_lists": lambda n_rows, dim, n_lists: compact_n_lists(n_rows, dim, n_lists)},
 ]
 EF_VALUES = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 SCANN_PRE_REORDER = (40, 100)
@@ -142,6 +150,16 @@ def frontier_n_lists(n_rows):
     leaves them at 30-60 rows, where per-list work dominates every IVF
     library's search)."""
     return max(16, 1 << int(round(math.log2(math.sqrt(n_rows)))))
+
+
+def compact_n_lists(n_rows, dim, n_lists):
+    """The lists of the compact configuration: the largest power of two whose
+    float32 centers take at most 4 bytes a vector (with the 8-byte id and
+    the 4-byte norm term, d + 16 in all), or None where ``n_lists`` already
+    does."""
+    limit = max(1, n_rows // dim)
+    compact = 1 << (limit.bit_length() - 1)
+    return compact if compact < n_lists else None
 
 
 def parse_n_lists(text):
@@ -248,9 +266,9 @@ def jit_specializations():
     return sum(len(dispatcher.signatures) for dispatcher in dispatchers.values())
 
 
-def label(config, search_kwargs):
-    """A curve's name: the configuration's and its search keywords."""
-    return " ".join([config["name"]] + [f"{key}={value}" for key, value in search_kwargs.items()])
+def label(name, search_kwargs):
+    """A curve's name: the configuration's ``name`` and its search keywords."""
+    return " ".join([name] + [f"{key}={value}" for key, value in search_kwargs.items()])
 
 
 def warm_up_ivfsq_build(config, base, metric, n_lists, threads):
@@ -258,8 +276,8 @@ def warm_up_ivfsq_build(config, base, metric, n_lists, threads):
     256 lists so the hierarchical k-means of L2 builds compiles too."""
     warm_lists = min(n_lists, 256)
     sample = base[:min(base.shape[0], 16 * warm_lists)]
-    params = ivf_sq.IndexParams(n_lists=warm_lists, metric=metric, kmeans_n_iters=2,
-                                **config["index"])
+    params = ivf_sq.IndexParams(n_lists=warm_lists, metric=metric,
+                                **{**config["index"], "kmeans_n_iters": 2})
     index = ivf_sq.build(params, sample, resources=Resources(n_threads=threads))
     for search_kwargs in config["search"]:
         ivf_sq.search(ivf_sq.SearchParams(n_probes=2, **search_kwargs), index, sample[:10], K)
@@ -282,7 +300,14 @@ def build_ivfsq_curves(data, n_lists, args):
     base, queries, gt, metric = data["base"], data["queries"], data["gt"], data["metric"]
     resources = Resources(n_threads=args.threads)
     builds, curves = [], []
+    run_lists = n_lists
     for config in IVFSQ_CONFIGS:
+        n_lists, name = run_lists, config["name"]
+        if "n_lists" in config:
+            n_lists = config["n_lists"](*base.shape, run_lists)
+            if n_lists is None:
+                continue
+            name = f"{name} ({n_lists} lists)"
         warm_up_ivfsq_build(config, base, metric, n_lists, args.threads)
         params = ivf_sq.IndexParams(n_lists=n_lists, metric=metric, **config["index"])
         before = jit_specializations()
@@ -293,9 +318,9 @@ def build_ivfsq_curves(data, n_lists, args):
             seconds_rounds.append(time.perf_counter() - start)
         compiled = jit_specializations() - before
         if compiled:
-            print(f"note: ivfsq {config['name']}: {compiled} numba specialization(s) compiled "
+            print(f"note: ivfsq {name}: {compiled} numba specialization(s) compiled "
                   f"during the timed build")
-        build = Build("ivfsq", config["name"], min(seconds_rounds), seconds_rounds,
+        build = Build("ivfsq", name, min(seconds_rounds), seconds_rounds,
                       index.memory_bytes / base.shape[0], "index.memory_bytes / N",
                       {"index_params": repr(params), "memory_breakdown": index.memory_breakdown,
                        "imbalance_factor": index.imbalance_factor,
@@ -309,7 +334,7 @@ def build_ivfsq_curves(data, n_lists, args):
             extra = index.memory_breakdown.get("first_pass", 0) \
                 if search_kwargs.get("first_pass_candidates") else 0
             curves.append(Curve(
-                "ivfsq", label(config, search_kwargs), "n_probes", build,
+                "ivfsq", label(name, search_kwargs), "n_probes", build,
                 lambda index=index, search_kwargs=search_kwargs, values=n_probes_values:
                     sweep_ivfsq(index, queries, gt, args, values, search_kwargs),
                 {"index_params": config["index"], "search_params": search_kwargs}, index,
@@ -604,6 +629,13 @@ def report_dataset(report, data, n_lists, builds, curves, libraries, plans, args
                                                          "p50_config": best["p50_curve"].config,
                                                          "p50_ms": best["p50_ms"]}
                                       for library, best in rows}})
+    reaching = [c for c in curves if c.library == "ivfsq"
+                and max((r["recall"] for r in c.results), default=0.0) >= 0.95]
+    if reaching:
+        smallest = min(reaching, key=lambda c: c.bytes_per_vector)
+        report.text(f"ivfsq's smallest configuration reaching recall@{K} 0.95: {smallest.config}, "
+                    f"{smallest.bytes_per_vector:.1f} bytes a vector (d + "
+                    f"{smallest.bytes_per_vector - dim:.1f})")
     faiss_ivf = next((b.seconds for b in builds if b.library == "faiss-ivf"), None)
     graph = min(((b.seconds, b.library) for b in builds if b.library in GRAPH_LIBRARIES),
                 default=(None, None))
