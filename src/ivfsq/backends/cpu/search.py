@@ -86,23 +86,23 @@ def _list_arrays(lists):
 
 
 class _FewCall:
-    """The arguments of a one-call search (``kernels.scan.search_few`` or
-    ``kernels.fastscan.search_first_pass``) that the snapshot, the plan and
-    ``n_probes`` fix, gathered once for each (:func:`_few_call`): a single
-    query then pays only for its own arrays, not for some twenty lookups.
+    """A one-call search kernel (``kernels.scan.search_few``, or
+    ``kernels.fastscan.search_first_pass`` for a plan with the first pass)
+    with the arguments that the snapshot, the plan and ``n_probes`` fix,
+    gathered once for each (:func:`_few_call`): a single query then pays
+    only for its own arrays, not for some twenty lookups.
 
-    ``fixed`` runs from the centers to the argument before the filter's;
-    ``coarse_bound`` is the engine's bound when the probes are selected
-    before the call (else None: the kernel selects them)."""
+    ``coarse_bound`` is the engine's bound when the probes pay to be
+    selected before the call (else None: the kernel selects them)."""
 
     def __init__(self, engine, lists, plan, n_probes):
         quantizer = engine.quantizer
         head = (engine.centers, engine.center_sq_norms, n_probes, quantizer.vmin, quantizer.delta,
                 engine.by_residual, *_list_arrays(lists))
-        if plan.first_pass:
+        self.first_pass = plan.first_pass
+        if self.first_pass:
             self.kernel = kernels.fastscan.search_first_pass
             self.fixed = head + (*engine.first_pass_layout(lists), engine.kernel_metric)
-            self.weights_dtype, self.weights_columns = None, 0
         else:
             self.kernel = kernels.scan.search_few
             self.fixed = head + (engine.kernel_metric, quantizer.bits)
@@ -110,16 +110,13 @@ class _FewCall:
             self.weights_dtype, self.weights_columns = weights.dtype, weights.shape[1]
         self.coarse_bound = engine.coarse_bound(n_probes)
 
-    def __call__(self, engine, plan, queries, keep, emit_rows, n_threads, out_distances,
-                 out_ids):
+    def run(self, queries, keep, emit_rows, probes, out_distances, out_ids):
         """Search ``queries`` into ``out_*`` (their columns: the results per
-        query); ``emit_rows``: keys are storage rows (for re-ranking)."""
-        probes = _NO_PROBES
-        if self.coarse_bound is not None:
-            probes = engine.coarse_probes(queries, self.fixed[2], n_threads,
-                                          plan.coarse_in_kernel)
-        if plan.first_pass:
-            n_candidates = max(plan.first_pass, out_distances.shape[1])
+        query). ``probes``: their probed lists, or ``_NO_PROBES`` for the
+        kernel to select them; ``emit_rows``: keys are storage rows (for
+        re-ranking)."""
+        if self.first_pass:
+            n_candidates = max(self.first_pass, out_distances.shape[1])
             self.kernel(queries, *self.fixed, *keep, emit_rows, n_candidates, probes,
                         out_distances, out_ids)
         else:
@@ -129,8 +126,7 @@ class _FewCall:
 
 
 def _few_call(engine, lists, plan, n_probes):
-    """The :class:`_FewCall` of a plan whose path is "few" (made once per
-    snapshot and key)."""
+    """The :class:`_FewCall` of ``plan`` (made once per snapshot and key)."""
     return engine.snapshot_value(
         lists, ("few call", n_probes, plan.int_filter, plan.first_pass),
         lambda: _FewCall(engine, lists, plan, n_probes))
@@ -173,14 +169,21 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     distances = np.empty((n_queries, n_candidates), dtype=np.float32)
     neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
     if plan.path == "few" or plan.first_pass:
+        call = _few_call(engine, lists, plan, n_probes)
         if plan.path == "few":
             # The whole search in one kernel call (after one for the probes
             # where the coarse bound pays), with or without the first pass.
-            _few_call(engine, lists, plan, n_probes)(engine, plan, queries, keep, refine,
-                                                     n_threads, distances, neighbors)
+            probes = _NO_PROBES
+            if call.coarse_bound is not None:
+                probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
+            call.run(queries, keep, refine, probes, distances, neighbors)
         else:
-            _search_first_pass(engine, plan, queries, lists, n_probes, keep, n_threads, refine,
-                               distances, neighbors)
+            # A batch with the first pass: the coarse step for all queries,
+            # then the one-call kernel on each thread's share of them.
+            probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
+            run_chunks(lambda start, stop: call.run(
+                queries[start:stop], keep, refine, probes[start:stop], distances[start:stop],
+                neighbors[start:stop]), n_queries, n_threads)
         if refine:
             return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
@@ -222,23 +225,6 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     if refine:
         return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
     return distances, neighbors
-
-
-def _search_first_pass(engine, plan, queries, lists, n_probes, keep, n_threads, emit_rows,
-                       distances, neighbors):
-    """The batch search with a 4-bit first pass (kernels.fastscan), into
-    ``distances`` and ``neighbors`` (their columns: the results per query):
-    the coarse step for all queries, then the one-call kernel on each
-    thread's share of them."""
-    call = _few_call(engine, lists, plan, n_probes)
-    probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-    n_candidates = max(plan.first_pass, distances.shape[1])
-
-    def task(start, stop):
-        call.kernel(queries[start:stop], *call.fixed, *keep, emit_rows, n_candidates,
-                    probes[start:stop], distances[start:stop], neighbors[start:stop])
-
-    run_chunks(task, queries.shape[0], n_threads)
 
 
 def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
