@@ -2,6 +2,7 @@
 progress reports."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -144,26 +145,39 @@ def test_first_error_propagates_and_stops_new_chunks():
             started.append(start)
         if start == 0:
             raise RuntimeError("chunk 0 failed")
+        time.sleep(0.001)
 
     with pytest.raises(RuntimeError, match="chunk 0 failed"):
         _threads.run_chunks(task, 64, 2, chunks_per_thread=32)
-    # The caller takes chunk 0 first; after it fails only chunks already
-    # claimed by the other thread may still run.
-    assert len(started) < 64
+    count = len(started)
+    time.sleep(0.2)
+    # Every thread has finished when the call returns (no chunk starts
+    # later), and the chunks after the failure were left out.
+    assert len(started) == count < 64
 
 
 def test_nested_calls_finish():
-    # A task that itself runs chunks: the pool may be busy with the outer
-    # call's tasks, and the inner call must not wait for it.
+    # A task that itself runs chunks, while every pool thread is inside the
+    # outer call's tasks (the barrier): the inner calls' helpers are queued
+    # behind them, and the inner calls must finish without them.
     totals = np.zeros(6, dtype=np.int64)
+    both_inside = threading.Barrier(2, timeout=10)
 
     def outer(start, stop):
         for row in range(start, stop):
+            if row < 2:
+                both_inside.wait()
+
             def inner(a, b, row=row):
                 totals[row] += b - a  # each inner call writes its own row
             _threads.run_chunks(inner, 50, 2, chunks_per_thread=4)
 
-    _threads.run_chunks(outer, 6, 2, chunks_per_thread=3)
+    caller = threading.Thread(
+        target=_threads.run_chunks, args=(outer, 6, 2), kwargs={"chunks_per_thread": 3},
+        daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "nested run_chunks calls deadlocked"
     assert np.all(totals == 50)
 
 

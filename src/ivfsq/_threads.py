@@ -85,9 +85,12 @@ def run_chunks(task, n_items, n_threads, min_chunk=1, chunks_per_thread=4):
     try:
         take_chunks()
     finally:
-        # Every helper has returned (or raised) before the caller's arrays
+        # No chunk is left now. A helper that has not started would find
+        # none: it is cancelled, not waited for (it may be queued behind the
+        # thread that waits, as when a task itself calls run_chunks). Every
+        # started one has returned (or raised) before the caller's arrays
         # may go out of scope.
-        errors = [future.exception() for future in futures]
+        errors = [None if future.cancel() else future.exception() for future in futures]
     for error in errors:
         if error is not None:
             raise error
