@@ -49,6 +49,17 @@ from common import (
 from ivfsq.common import Resources
 from ivfsq.neighbors import ivf_sq
 
+
+def compact_n_lists(n_rows, dim, n_lists):
+    """The lists of the compact configuration: the largest power of two whose
+    float32 centers take at most 4 bytes a vector (with the 8-byte id and
+    the 4-byte norm term, d + 16 in all), or None where ``n_lists`` already
+    does."""
+    limit = max(1, n_rows // dim)
+    compact = 1 << (limit.bit_length() - 1)
+    return compact if compact < n_lists else None
+
+
 # The ivfsq configurations: one index per entry, built with
 # IndexParams(n_lists=..., metric=..., **index), and one curve per entry of
 # "search", swept as SearchParams(n_probes=p, **search) for p in "n_probes"
@@ -74,7 +85,7 @@ IVFSQ_CONFIGS = [
     # Within d + 16 bytes a vector: fewer lists (see compact_n_lists), where
     # the run's lists' float32 centers take more than 4 bytes a vector.
     {"name": "sq8 compact", "index": {}, "search": [{}], "n_probes": N_PROBES,
-     "n_lists": lambda n_rows, dim, n_lists: compact_n_lists(n_rows, dim, n_lists)},
+     "n_lists": compact_n_lists},
 ]
 EF_VALUES = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 SCANN_PRE_REORDER = (40, 100)
@@ -150,16 +161,6 @@ def frontier_n_lists(n_rows):
     leaves them at 30-60 rows, where per-list work dominates every IVF
     library's search)."""
     return max(16, 1 << int(round(math.log2(math.sqrt(n_rows)))))
-
-
-def compact_n_lists(n_rows, dim, n_lists):
-    """The lists of the compact configuration: the largest power of two whose
-    float32 centers take at most 4 bytes a vector (with the 8-byte id and
-    the 4-byte norm term, d + 16 in all), or None where ``n_lists`` already
-    does."""
-    limit = max(1, n_rows // dim)
-    compact = 1 << (limit.bit_length() - 1)
-    return compact if compact < n_lists else None
 
 
 def parse_n_lists(text):

@@ -164,7 +164,6 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     n_probes = min(n_probes, engine.centers.shape[0])
     n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
     metric = engine.kernel_metric
-    bits = engine.quantizer.bits
     keep = _kernel_filter(keep_words)
     distances = np.empty((n_queries, n_candidates), dtype=np.float32)
     neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
@@ -188,6 +187,7 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
             return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
     arrays = _list_arrays(lists)
+    bits = engine.quantizer.bits
     probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
     list_consts, query_sq_norms = engine.list_constants(queries, probes, n_threads)
     weights = engine.quantizer.weights(queries, n_threads)
