@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from ivfsq import _progress, _threads
+from ivfsq import _progress, _spin, _threads
 from ivfsq.neighbors import ivf_sq
 
 
@@ -195,3 +195,133 @@ def test_concurrent_callers():
         thread.join(timeout=30)
     assert len(results) == 4
     assert all(np.all(counts == 1) for counts in results.values())
+
+
+@pytest.fixture
+def fresh_pool(monkeypatch):
+    """The tests' own pool, made on first use and closed afterwards."""
+    monkeypatch.setattr(_threads, "_pool", None)
+    yield
+    if _threads._pool is not None:
+        _threads._pool.close()
+
+
+def test_helper_error_reaches_the_caller():
+    caller = threading.get_ident()
+    barrier = threading.Barrier(2, timeout=10)
+    seen = []
+
+    def task(start, stop):
+        seen.append(threading.get_ident())
+        if len(seen) <= 2:
+            barrier.wait()
+        if threading.get_ident() != caller:
+            raise KeyError("helper failed")
+
+    with pytest.raises(KeyError, match="helper failed"):
+        _threads.run_chunks(task, 8, 2, chunks_per_thread=4)
+
+
+def test_spin_counters():
+    counter = np.zeros(1, dtype=np.int64)
+    assert _spin.add(counter, 3) == 0 and counter[0] == 3
+    _spin.leave(counter)
+    assert counter[0] == 2
+    # A wait that nothing ends gives up after its rounds.
+    assert _spin.wait_zero(counter, 100) == 2
+    assert _spin.wait_change(counter, 2, _spin.NOTHING, False, 100) == 2
+    # Leaving first subtracts one from the count it is given.
+    running = np.ones(1, dtype=np.int64)
+    assert _spin.wait_change(counter, 5, running, True, 100) == 2
+    assert running[0] == 0
+    assert _spin.wait_zero(running, 100) == 0
+
+
+def test_spin_sees_another_threads_write():
+    signal = np.zeros(1, dtype=np.int64)
+    counter = np.ones(1, dtype=np.int64)
+
+    def writer():
+        time.sleep(0.02)
+        signal[0] = 7
+        time.sleep(0.02)
+        _spin.add(counter, -1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    # Bounded, so that a load hoisted out of the loop fails instead of hanging.
+    assert _spin.wait_change(signal, 0, _spin.NOTHING, False, 10**9) == 7
+    assert _spin.wait_zero(counter, 10**9) == 0
+    thread.join()
+
+
+def test_spinning_policy(monkeypatch):
+    monkeypatch.delenv("IVFSQ_WAIT_POLICY", raising=False)
+    cores = _threads.default_n_threads()
+    assert _threads._spin_count(min(2, cores)) > 0
+    assert _threads._spin_count(cores + 1) == 0  # more threads than CPUs
+    monkeypatch.setenv("IVFSQ_WAIT_POLICY", "passive")
+    assert _threads._spin_count(1) == 0
+
+
+@pytest.mark.parametrize("policy", ["", "passive"])
+def test_caller_waits_for_a_slow_helper(monkeypatch, fresh_pool, policy):
+    # The helper's chunk outlasts the caller's spinning: the caller sleeps
+    # and still returns only after it. Passive: nobody spins at all.
+    monkeypatch.setenv("IVFSQ_WAIT_POLICY", policy)
+    monkeypatch.setattr(_threads, "SPIN_SECONDS", 1e-5)
+    caller = threading.get_ident()
+    barrier = threading.Barrier(2, timeout=10)
+    finished = []
+
+    def task(start, stop):
+        if start < 2:
+            barrier.wait()
+        if threading.get_ident() != caller:
+            time.sleep(0.05)
+        finished.append(start)
+
+    for _ in range(3):
+        finished.clear()
+        _threads.run_chunks(task, 4, 2, chunks_per_thread=2)
+        assert sorted(finished) == [0, 1, 2, 3]
+
+
+def test_a_bigger_pool_retires_the_old_threads(fresh_pool):
+    _threads.run_chunks(lambda a, b: None, 10, 2)
+    small = _threads._pool
+    _threads.run_chunks(lambda a, b: None, 10, 4)
+    big = _threads._pool
+    assert big is not small and len(big.threads) == 3
+    for thread in small.threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert all(thread.is_alive() for thread in big.threads)
+    counts, threads = _covered(1000, 4, chunks_per_thread=64)
+    assert np.all(counts == 1)
+
+
+def _chunk_sum_in_child(queue):
+    total = np.zeros(1, dtype=np.int64)
+    lock = threading.Lock()
+
+    def task(start, stop):
+        with lock:
+            total[0] += stop - start
+
+    _threads.run_chunks(task, 1000, 2)
+    queue.put(int(total[0]))
+
+
+def test_forked_child_runs_chunks():
+    multiprocessing = pytest.importorskip("multiprocessing")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    _threads.run_chunks(lambda a, b: None, 10, 2)  # the parent has a pool
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_chunk_sum_in_child, args=(queue,))
+    child.start()
+    assert queue.get(timeout=60) == 1000
+    child.join(timeout=60)
+    assert child.exitcode == 0

@@ -169,7 +169,8 @@ class IvfSqEngine:
             codes[start:stop] = chunk_codes
             aux[start:stop] = self.metric.side_values(decoded)
 
-        run_chunks(task, n_rows, n_threads, min_chunk=1024, chunks_per_thread=1)
+        # Build steps: no spinning between them (see run_chunks).
+        run_chunks(task, n_rows, n_threads, min_chunk=1024, chunks_per_thread=1, spin=False)
         return codes, aux
 
     def prepare(self, name, rows, start=0):

@@ -92,8 +92,10 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, 
                 np.maximum(distances[block:end] + row_sq, 0.0, out=distances[block:end])
 
     with single_threaded_blas():
+        # k-means steps are followed by NumPy work, not by another parallel
+        # step: no spinning (see run_chunks).
         run_chunks(task, n_rows, n_threads or default_n_threads(), min_chunk=256,
-                   chunks_per_thread=1)
+                   chunks_per_thread=1, spin=False)
     return labels, distances
 
 
@@ -193,7 +195,8 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
     trained_lock = threading.Lock()
 
     with single_threaded_blas():
-        run_chunks(task, n_meso, n_threads or default_n_threads(), chunks_per_thread=4)
+        run_chunks(task, n_meso, n_threads or default_n_threads(), chunks_per_thread=4,
+                   spin=False)
     # A few iterations of all centers on the whole sample.
     final_iters = min(n_iters, HIERARCHICAL_FINAL_ITERATIONS)
     return _lloyd(sample, centers, final_iters, rng, inner_product, n_threads, final_iters - 1,
