@@ -36,7 +36,7 @@ index = ivf_sq.build(params, base, resources=Resources(n_threads={threads}))
 out = {{"build_s": time.perf_counter() - start, "qps": {{}}, "p50_ms": {{}}}}
 batch, one = Resources(n_threads={threads}), Resources(n_threads=1)
 for n_probes in {n_probes!r}:
-    search = ivf_sq.SearchParams(n_probes=n_probes)
+    search = ivf_sq.SearchParams(n_probes=n_probes, **{search_kwargs!r})
     ivf_sq.search(search, index, queries, 10, resources=batch)  # warm
     qps = measure_batch_qps(lambda: ivf_sq.search(search, index, queries, 10, resources=batch),
                             len(queries), min_seconds={min_seconds})
@@ -54,7 +54,9 @@ def run_child(src, args):
                         max_queries=args.max_queries, n_lists=args.n_lists,
                         quantizer=args.quantizer, threads=args.threads,
                         n_probes=args.n_probes, min_seconds=args.min_seconds,
-                        latency_queries=args.latency_queries)
+                        latency_queries=args.latency_queries,
+                        search_kwargs={"first_pass_candidates": args.first_pass}
+                        if args.first_pass else {})
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -76,6 +78,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--latency-queries", type=int, default=200)
+    parser.add_argument("--first-pass", type=int, default=0,
+                        help="first_pass_candidates of the searches (0: no first pass)")
     parser.add_argument("--out", help="JSON lines of every round")
     args = parser.parse_args()
     for src in (args.a, args.b):  # fills the numba cache of each tree
@@ -107,7 +111,8 @@ def main():
                          else f"{a_med:,.0f}", f"{b_med:,.3f}" if figure == "p50_ms"
                          else f"{b_med:,.0f}", f"{statistics.median(values):.3f}",
                          f"{min(values):.3f}-{max(values):.3f}"])
-    print(f"{args.dataset} {args.quantizer}, {args.n_lists} lists, {args.threads} threads, "
+    first_pass = f", first pass {args.first_pass}" if args.first_pass else ""
+    print(f"{args.dataset} {args.quantizer}{first_pass}, {args.n_lists} lists, {args.threads} threads, "
           f"{args.rounds} alternating rounds; A={args.a} B={args.b}")
     print(format_table(["figure", "A (median)", "B (median)", "B/A (median)", "B/A range"], rows))
 

@@ -12,11 +12,14 @@ import math
 
 import numpy as np
 
-from ivfsq._threads import run_chunks
+from ivfsq._threads import run_chunks, single_threaded_blas
 from ivfsq.backends.cpu import kernels
 
 # search_few's "no probes given" (it runs the coarse step itself).
 _NO_PROBES = np.zeros((0, 0), dtype=np.int64)
+# A chunk of at least this many queries gets its coarse dots from BLAS; a
+# smaller one from the kernel's own loops, cheaper than a BLAS call there.
+COARSE_BLAS_MIN_QUERIES = 64
 
 
 def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_are_heaps=False):
@@ -177,12 +180,21 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
                 probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
             call.run(queries, keep, refine, probes, distances, neighbors)
         else:
-            # A batch with the first pass: the coarse step for all queries,
-            # then the one-call kernel on each thread's share of them.
-            probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-            run_chunks(lambda start, stop: call.run(
-                queries[start:stop], keep, refine, probes[start:stop], distances[start:stop],
-                neighbors[start:stop]), n_queries, n_threads)
+            # A batch with the first pass: each chunk of queries gets its
+            # coarse step and then the one-call kernel on the same thread,
+            # one parallel step with no wait between the two. A small
+            # chunk's probes are selected in the kernel (its dots cost less
+            # than a BLAS call there).
+            def task(start, stop):
+                rows = slice(start, stop)
+                probes = _NO_PROBES
+                in_kernel = stop - start < COARSE_BLAS_MIN_QUERIES
+                if call.coarse_bound is not None or not in_kernel:
+                    probes = engine.coarse_probes(queries[rows], n_probes, 1, in_kernel)
+                call.run(queries[rows], keep, refine, probes, distances[rows], neighbors[rows])
+
+            with single_threaded_blas():
+                run_chunks(task, n_queries, n_threads)
         if refine:
             return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
