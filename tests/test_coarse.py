@@ -98,6 +98,28 @@ def lexicographic_best(scores, n_probes):
     return np.lexsort((numbers, scores), axis=1)[:, :n_probes]
 
 
+@pytest.mark.parametrize("n_probes", [2, 3, coarse.SELECT_INSERTION_MAX,
+                                      coarse.SELECT_INSERTION_MAX + 1, 30])
+def test_probe_selection_orders_infinities_and_nan_last(n_probes):
+    # 40 lists give 5 groups, too few for 2 probes or more: insertion up
+    # to SELECT_INSERTION_MAX probes, sort keys beyond. Both rank -0.0
+    # with 0.0, then +inf, then NaN, each tie by list number.
+    rng = np.random.default_rng(n_probes)
+    scores = rng.integers(-3, 4, (20, 40)).astype(np.float32)
+    scores[:, ::7] = np.inf
+    scores[:, 3::9] = np.nan
+    scores[:, 5::11] = -0.0
+    out_scores = np.empty((20, n_probes), np.float32)
+    out_lists = np.empty((20, n_probes), np.int64)
+    coarse.select_probes(-scores, np.zeros(40, np.float32), False, out_scores, out_lists)
+    ranks = np.where(np.isnan(scores), 2, np.where(np.isinf(scores), 1, 0))
+    numbers = np.broadcast_to(np.arange(40), scores.shape)
+    finite = np.where(ranks == 0, scores, 0) + 0.0  # -0.0 sorts as 0.0
+    best = np.lexsort((numbers, finite, ranks), axis=1)[:, :n_probes]
+    np.testing.assert_array_equal(out_lists, best)
+    np.testing.assert_array_equal(out_scores, np.take_along_axis(scores, best, axis=1))
+
+
 @pytest.mark.parametrize("inner_product", [False, True])
 @pytest.mark.parametrize("n_probes", [1, 2, 5, 17, 19, 40, 300])
 def test_bounded_selection_breaks_ties_by_list_number(inner_product, n_probes):

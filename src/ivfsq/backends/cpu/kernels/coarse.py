@@ -14,6 +14,10 @@ from ivfsq.backends.cpu.kernels.heaps import greater, heap_init, heap_push_repla
 SELECT_GROUP = 8
 SELECT_RATIO_EXACT = 4
 SELECT_RATIO_BOUNDED = 2
+# Up to this many values are selected by insertion into a sorted run
+# (_select_by_insertion) rather than by sort keys: a few dozen short
+# insertions cost less than building a key per value and sorting.
+SELECT_INSERTION_MAX = 16
 
 
 @njit(inline="always")
@@ -103,6 +107,35 @@ def _select_by_keys(scores, n_values, heap_d, heap_i, keys):
 
 
 @njit(inline="always")
+def _select_by_insertion(scores, n_values, heap_d, heap_i, keys):
+    """:func:`_select_by_keys` for a few values (``p <= SELECT_INSERTION_MAX``),
+    in the same order (the ordered score bits, then the index): each value
+    that beats the ``p``-th best so far is inserted into the sorted run of
+    the best (their keys in ``keys[:p]``), and an equal one never displaces
+    an earlier, lower index."""
+    p = heap_d.shape[0]
+    bits = scores.view(np.int32)
+    n = 0
+    for t in range(n_values):
+        key = np.int64(_ordered_bits(bits[t]))
+        if n < p:
+            position = n
+            n += 1
+        elif key < keys[p - 1]:
+            position = p - 1
+        else:
+            continue
+        while position > 0 and key < keys[position - 1]:
+            keys[position] = keys[position - 1]
+            heap_i[position] = heap_i[position - 1]
+            position -= 1
+        keys[position] = key
+        heap_i[position] = t
+    for t in range(p):
+        heap_d[t] = scores[heap_i[t]]
+
+
+@njit(inline="always")
 def _group_minima(values, n_groups, out):
     """Group ``g`` holds ``values[g::n_groups]``: with ``SELECT_GROUP`` (8)
     of them, rows of groups, so that the minima vectorize (a loop over the
@@ -153,7 +186,10 @@ def select_row(dots, center_sq_norms, use_l2, heap_d, heap_i, workspace):
     n_groups = _n_select_groups(n_lists, n_probes, SELECT_RATIO_EXACT)
     if n_groups == n_lists:
         # Too few lists for groups.
-        _select_by_keys(scores, n_lists, heap_d, heap_i, keys)
+        if n_probes <= SELECT_INSERTION_MAX:
+            _select_by_insertion(scores, n_lists, heap_d, heap_i, keys)
+        else:
+            _select_by_keys(scores, n_lists, heap_d, heap_i, keys)
         return
     heap_init(heap_d, heap_i)
     _group_minima(scores, n_groups, group_minima)
