@@ -67,6 +67,8 @@ class IvfSqEngine:
         self._extend_lock = threading.Lock()
         self._coarse_bound = None  # CoarseBound, False when it does not pay
         self._tuning = SnapshotCache()  # values tuned on a snapshot of the lists
+        # (key, lists, runner) of the last single-query search (one_query).
+        self._one_query = None
 
     @property
     def has_precise(self):
@@ -428,6 +430,29 @@ class IvfSqEngine:
                 refine_ratio,
             )
         return distances, neighbors
+
+    def one_query(self, key, make):
+        """The single-query runner for ``key`` (the caller's search
+        arguments, compared with ``==``) and the current snapshot of the
+        lists: ``make(lists)`` returns it (or None) on the first call for
+        them. One slot, replaced whenever the key or the snapshot changes:
+        repeated single queries with the same arguments find it."""
+        lists = self.lists
+        slot = self._one_query
+        if slot is not None and slot[1] is lists and slot[0] == key:
+            return slot[2]
+        runner = make(lists)
+        self._one_query = (key, lists, runner)  # swapped whole: no lock
+        return runner
+
+    def one_query_runner(self, lists, k, n_probes, n_threads, scan="auto", int_filter="auto",
+                         device="cpu", first_pass=0):
+        """A runner of :meth:`search` for one query against ``lists``, with
+        these arguments: ``run(prepared)`` returns internal distances and
+        ids, (1, k). None where the backend has none for the plan (see
+        :func:`ivfsq.backends.cpu.search.one_query`)."""
+        plan = self.plan(lists, 1, n_probes, n_threads, scan, int_filter, first_pass)
+        return backends.get(device).one_query(self, plan, lists, k, n_probes)
 
     def range_search(self, prepared, radius, n_probes, keep_words, n_threads,
                      int_filter="auto", device="cpu"):

@@ -618,6 +618,64 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
     return offsets, neighbors, metric.to_public(distances)
 
 
+def _check_search_params(search_params):
+    if not isinstance(search_params, SearchParams):
+        raise TypeError(
+            f"search_params must be an ivf_sq.SearchParams, got {type(search_params).__name__}"
+        )
+
+
+def _check_k_refine(search_params, lists, k):
+    """``k`` checked against the snapshot ``lists``, and the refine ratio
+    the search uses (None without a precise store)."""
+    n_stored = lists.size
+    k = check_int("k", k, minimum=1)
+    if k > n_stored:
+        raise ValueError(f"k must be <= the number of vectors in the index ({n_stored}), got {k}")
+    refine_ratio = search_params.refine_ratio
+    if lists.precise is not None:
+        return k, DEFAULT_REFINE_RATIO if refine_ratio is None else refine_ratio
+    if refine_ratio is not None:
+        raise ValueError(
+            "search_params.refine_ratio needs an index built with reorder=True, got "
+            f"refine_ratio={refine_ratio} for an index without a precise store"
+        )
+    return k, None
+
+
+def _search_one(search_params, index, queries, k, resources):
+    """:func:`search` of one float32 query row with no filter and no output
+    arrays, where the engine has a one-query runner for the arguments: they
+    are checked once (per arguments and snapshot of the lists), and then
+    each call only prepares its query (checked, as always) and runs it.
+    None where the call is not such a one: the general path then runs, and
+    raises what it raises."""
+    if (type(index) is not Index or type(queries) is not np.ndarray or queries.ndim != 2
+            or queries.shape[0] != 1 or queries.dtype != np.float32 or type(k) is not int):
+        return None
+    engine = index._engine
+    if engine is None or queries.shape[1] != engine.centers.shape[1]:
+        return None
+
+    def make(lists):
+        try:
+            _check_search_params(search_params)
+            checked_k, _ = _check_k_refine(search_params, lists, k)
+            return engine.one_query_runner(
+                lists, checked_k, search_params.n_probes, resolve_n_threads(resources),
+                search_params.scan, search_params.int_filter, resolve_device(resources),
+                search_params.first_pass_candidates or 0)
+        except (TypeError, ValueError):
+            return None  # the general path raises it
+
+    runner = engine.one_query((search_params, k, resources), make)
+    if runner is None:
+        return None
+    distances, neighbors = runner.run(engine.prepare("queries", queries)[0])
+    engine.metric.to_public(distances)
+    return distances, neighbors
+
+
 def search(
     search_params,
     index,
@@ -671,25 +729,15 @@ def search(
     >>> distances.dtype, neighbors.dtype, neighbors.shape
     (dtype('float32'), dtype('int64'), (3, 4))
     """
-    if not isinstance(search_params, SearchParams):
-        raise TypeError(
-            f"search_params must be an ivf_sq.SearchParams, got {type(search_params).__name__}"
-        )
+    if neighbors is None and distances is None and filter is None:
+        found = _search_one(search_params, index, queries, k, resources)
+        if found is not None:
+            return found
+    _check_search_params(search_params)
     engine = _check_index(index)
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
-    n_stored = engine.lists.size
-    k = check_int("k", k, minimum=1)
-    if k > n_stored:
-        raise ValueError(f"k must be <= the number of vectors in the index ({n_stored}), got {k}")
+    k, refine_ratio = _check_k_refine(search_params, engine.lists, k)
     keep_words = _filter_words(filter, engine)
-    refine_ratio = search_params.refine_ratio
-    if engine.has_precise:
-        refine_ratio = DEFAULT_REFINE_RATIO if refine_ratio is None else refine_ratio
-    elif refine_ratio is not None:
-        raise ValueError(
-            "search_params.refine_ratio needs an index built with reorder=True, got "
-            f"refine_ratio={refine_ratio} for an index without a precise store"
-        )
     n_queries = queries.shape[0]
     if neighbors is not None:
         check_output("neighbors", neighbors, (n_queries, k), np.int64)
