@@ -124,21 +124,23 @@ def sweep_ivfsq(index, queries, gt, args, n_probes_values, search_kwargs=None):
     """Measure ivfsq at every n_probes in ``n_probes_values``, with the
     ``SearchParams`` keywords ``search_kwargs`` besides ``n_probes``;
     returns a list of result dicts."""
-    threads = {"n": args.threads}
+    # The Resources of the current thread count, made outside the timed
+    # calls (as an application keeps one).
+    threads = {"resources": Resources(n_threads=args.threads)}
     results = []
     for n_probes in n_probes_values:
         params = ivf_sq.SearchParams(n_probes=n_probes, **(search_kwargs or {}))
 
         def search_batch():
-            resources = Resources(n_threads=threads["n"])
-            return ivf_sq.search(params, index, queries, args.k, resources=resources)[1]
+            return ivf_sq.search(params, index, queries, args.k,
+                                 resources=threads["resources"])[1]
 
         def search_one(i):
-            resources = Resources(n_threads=threads["n"])
-            return ivf_sq.search(params, index, queries[i:i + 1], args.k, resources=resources)
+            return ivf_sq.search(params, index, queries[i:i + 1], args.k,
+                                 resources=threads["resources"])
 
         def set_threads(n):
-            threads["n"] = n
+            threads["resources"] = Resources(n_threads=n)
 
         result = measure(search_batch, search_one, set_threads, queries, gt, args)
         result["n_probes"] = n_probes

@@ -64,6 +64,29 @@ def test_shortcut_is_taken_and_skips_the_engine_search(base_and_queries, monkeyp
         ivf_sq.search(params, index, queries[:2], 5, resources=ONE)  # two queries: general
 
 
+def test_equal_arguments_are_a_repeat(base_and_queries, monkeypatch):
+    # New but equal SearchParams and Resources objects find the runner the
+    # first call made (applications often make them per call).
+    assert ivf_sq.SearchParams(n_probes=4) == ivf_sq.SearchParams(n_probes=4)
+    assert hash(ivf_sq.SearchParams(n_probes=4, first_pass_candidates=9)) == hash(
+        ivf_sq.SearchParams(n_probes=4, first_pass_candidates=9))
+    assert ivf_sq.SearchParams(n_probes=4) != ivf_sq.SearchParams(n_probes=5)
+    assert ivf_sq.SearchParams(scan="few") != ivf_sq.SearchParams(scan="per_query")
+    assert Resources(n_threads=2) == Resources(n_threads=2) != Resources(n_threads=1)
+    assert len({Resources(n_threads=2), Resources(n_threads=2)}) == 1
+    assert ivf_sq.SearchParams() != Resources() and Resources() != "cpu"
+    base, queries = base_and_queries
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), base)
+    ivf_sq.search(ivf_sq.SearchParams(n_probes=4), index, queries[:1], 5,
+                  resources=Resources(n_threads=1))
+    monkeypatch.setattr(IvfSqEngine, "one_query_runner",
+                        lambda *args, **kwargs: pytest.fail("the runner was made again"))
+    found = ivf_sq.search(ivf_sq.SearchParams(n_probes=4), index, queries[:1], 5,
+                          resources=Resources(n_threads=1))
+    np.testing.assert_array_equal(
+        found[1], general_path(ivf_sq.SearchParams(n_probes=4), index, queries[:1], 5)[1])
+
+
 def test_shortcut_follows_extend_and_remove(base_and_queries):
     base, queries = base_and_queries
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), base)

@@ -49,6 +49,16 @@ class Resources:
     def __repr__(self):
         return f"Resources(n_threads={self._n_threads}, device={self._device!r})"
 
+    # Equal resources are interchangeable (they are read-only): a search
+    # repeated with a new but equal object is a repeat.
+    def __eq__(self, other):
+        if not isinstance(other, Resources):
+            return NotImplemented
+        return (self._n_threads, self._device) == (other._n_threads, other._device)
+
+    def __hash__(self):
+        return hash((self._n_threads, self._device))
+
 
 def resolve_n_threads(resources):
     """Thread count for a call given its optional ``resources`` argument."""

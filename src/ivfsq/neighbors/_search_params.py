@@ -76,6 +76,20 @@ class SearchParams:
     first_pass_candidates = property(lambda self: self._first_pass_candidates,
                                      doc="Candidates kept by the 4-bit first pass, or None.")
 
+    def _fields(self):
+        return (self._n_probes, self._refine_ratio, self._scan, self._int_filter,
+                self._first_pass_candidates)
+
+    # Equal parameters are interchangeable (they are read-only): a search
+    # repeated with a new but equal object is a repeat.
+    def __eq__(self, other):
+        if not isinstance(other, SearchParams):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
     def __repr__(self):
         return (f"SearchParams(n_probes={self._n_probes}, refine_ratio={self._refine_ratio!r}, "
                 f"scan={self._scan!r}, int_filter={self._int_filter!r}, "
