@@ -43,7 +43,7 @@ for n_probes in {n_probes!r}:
     out["qps"][n_probes] = qps["qps"]
     latency = measure_latency(
         lambda i: ivf_sq.search(search, index, queries[i:i + 1], 10, resources=one),
-        {latency_queries})
+        min({latency_queries}, len(queries)))
     out["p50_ms"][n_probes] = latency["latency_p50_ms"]
 print("RESULT " + json.dumps(out))
 """
