@@ -20,6 +20,11 @@ _NO_PROBES = np.zeros((0, 0), dtype=np.int64)
 # A chunk of at least this many queries gets its coarse dots from BLAS; a
 # smaller one from the kernel's own loops, cheaper than a BLAS call there.
 COARSE_BLAS_MIN_QUERIES = 64
+# Queries of a first-pass batch's chunk, at least: each chunk's kernel call
+# has a fixed cost (its dispatch and buffers, about 1.5 us), which 4 chunks
+# of a 100-query batch pay less often than 8 (the pool's threads take
+# chunks as they come, so 4 still share the work evenly).
+FIRST_PASS_MIN_CHUNK = 25
 
 
 def _scan_in_parts(n_parts, scan_part, out_distances, out_ids, n_threads, parts_are_heaps=False):
@@ -228,7 +233,7 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
                 call.run(queries[rows], keep, refine, probes, distances[rows], neighbors[rows])
 
             with single_threaded_blas():
-                run_chunks(task, n_queries, n_threads)
+                run_chunks(task, n_queries, n_threads, min_chunk=FIRST_PASS_MIN_CHUNK)
         if refine:
             return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
         return distances, neighbors
