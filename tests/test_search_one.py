@@ -31,15 +31,18 @@ def base_and_queries(blobs):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("quantizer, transform, first_pass", [
-    ("sq8", None, None), ("sq8", None, 20), ("sq4", None, None), ("sq8_uniform", "rom", 20),
+@pytest.mark.parametrize("quantizer, transform, first_pass, precise", [
+    ("sq8", None, None, None), ("sq8", None, 20, None), ("sq4", None, None, None),
+    ("sq8_uniform", "rom", 20, None), ("sq8", None, 20, "float32"), ("sq4", "rom", None, "float16"),
 ])
 def test_shortcut_equals_general_path(base_and_queries, metric, quantizer, transform,
-                                      first_pass):
+                                      first_pass, precise):
     base, queries = base_and_queries
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32, metric=metric, quantizer=quantizer,
-                                            transform=transform), base)
-    params = ivf_sq.SearchParams(n_probes=6, first_pass_candidates=first_pass)
+    index = ivf_sq.build(ivf_sq.IndexParams(
+        n_lists=32, metric=metric, quantizer=quantizer, transform=transform,
+        reorder=precise is not None, precise_dtype=precise or "float32"), base)
+    params = ivf_sq.SearchParams(n_probes=6, first_pass_candidates=first_pass,
+                                 refine_ratio=3.0 if precise else None)
     for row in range(queries.shape[0]):
         query = queries[row:row + 1]
         fast = ivf_sq.search(params, index, query, 7, resources=ONE)
@@ -48,9 +51,10 @@ def test_shortcut_equals_general_path(base_and_queries, metric, quantizer, trans
         np.testing.assert_array_equal(fast[0], slow[0])
 
 
-def test_shortcut_is_taken_and_skips_the_engine_search(base_and_queries, monkeypatch):
+@pytest.mark.parametrize("reorder", [False, True])
+def test_shortcut_is_taken_and_skips_the_engine_search(base_and_queries, monkeypatch, reorder):
     base, queries = base_and_queries
-    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), base)
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32, reorder=reorder), base)
     params = ivf_sq.SearchParams(n_probes=4)
     expected = general_path(params, index, queries[:1], 5)
 

@@ -8,10 +8,11 @@ engine's lists. Its module provides:
   internal distances, sorted;
 - ``range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
   int_filter) -> (offsets, ids, distances)``;
-- ``one_query(engine, plan, lists, k, n_probes) -> runner or None``: for
-  repeated single queries with the same arguments, an object whose
-  ``run(prepared)`` returns ``search_block``'s result for one query with no
-  filter, or None where the backend has no such shortcut for the plan.
+- ``one_query(engine, plan, lists, k, n_probes, refine_ratio) -> runner or
+  None``: for repeated single queries with the same arguments, an object
+  whose ``run(prepared)`` returns ``search_block``'s result for one query
+  with no filter, or None where the backend has no such shortcut for the
+  plan.
 
 Which backend runs a call is decided here, from ``Resources(device=...)``:
 ``"cpu"`` (NumPy + numba kernels) is the one there is; the entry of a GPU

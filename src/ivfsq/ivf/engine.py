@@ -445,14 +445,14 @@ class IvfSqEngine:
         self._one_query = (key, lists, runner)  # swapped whole: no lock
         return runner
 
-    def one_query_runner(self, lists, k, n_probes, n_threads, scan="auto", int_filter="auto",
-                         device="cpu", first_pass=0):
+    def one_query_runner(self, lists, k, n_probes, n_threads, refine_ratio=None, scan="auto",
+                         int_filter="auto", device="cpu", first_pass=0):
         """A runner of :meth:`search` for one query against ``lists``, with
         these arguments: ``run(prepared)`` returns internal distances and
         ids, (1, k). None where the backend has none for the plan (see
         :func:`ivfsq.backends.cpu.search.one_query`)."""
         plan = self.plan(lists, 1, n_probes, n_threads, scan, int_filter, first_pass)
-        return backends.get(device).one_query(self, plan, lists, k, n_probes)
+        return backends.get(device).one_query(self, plan, lists, k, n_probes, refine_ratio)
 
     def range_search(self, prepared, radius, n_probes, keep_words, n_threads,
                      int_filter="auto", device="cpu"):

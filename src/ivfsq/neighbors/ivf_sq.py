@@ -660,11 +660,11 @@ def _search_one(search_params, index, queries, k, resources):
     def make(lists):
         try:
             _check_search_params(search_params)
-            checked_k, _ = _check_k_refine(search_params, lists, k)
+            checked_k, refine_ratio = _check_k_refine(search_params, lists, k)
             return engine.one_query_runner(
                 lists, checked_k, search_params.n_probes, resolve_n_threads(resources),
-                search_params.scan, search_params.int_filter, resolve_device(resources),
-                search_params.first_pass_candidates or 0)
+                refine_ratio, search_params.scan, search_params.int_filter,
+                resolve_device(resources), search_params.first_pass_candidates or 0)
         except (TypeError, ValueError):
             return None  # the general path raises it
 

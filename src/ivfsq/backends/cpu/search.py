@@ -142,36 +142,45 @@ def _few_call(engine, lists, plan, n_probes):
 
 class OneQuery:
     """The "few" path of :func:`search_block` for one query without a
-    filter or a precise store, bound to one snapshot, plan, ``k`` and
-    ``n_probes``: ``run(prepared)`` (shape (1, dim)) returns its internal
-    distances and ids, (1, k), as :func:`search_block` does.
+    filter, bound to one snapshot, plan, ``k``, ``n_probes`` and (with a
+    precise store) ``refine_ratio``: ``run(prepared)`` (shape (1, dim))
+    returns its internal distances and ids, (1, k), as :func:`search_block`
+    does.
 
     Made once for repeated single queries (:func:`one_query`): a call then
-    pays for its output arrays and one kernel call, not for the look-ups."""
+    pays for its output arrays and its kernel calls, not for the look-ups."""
 
-    def __init__(self, engine, lists, plan, k, n_probes):
+    def __init__(self, engine, lists, plan, k, n_probes, refine_ratio):
         self._engine = engine
+        self._lists = lists
         self._call = _few_call(engine, lists, plan, n_probes)
         self._k = k
         self._n_probes = n_probes
+        self._refine = lists.precise is not None
+        self._n_candidates = max(k, math.ceil(refine_ratio * k)) if self._refine else k
 
     def run(self, prepared):
-        query = self._engine.internal(prepared)
-        distances = np.empty((1, self._k), dtype=np.float32)
-        neighbors = np.empty((1, self._k), dtype=np.int64)
+        engine = self._engine
+        query = engine.internal(prepared)
+        distances = np.empty((1, self._n_candidates), dtype=np.float32)
+        neighbors = np.empty((1, self._n_candidates), dtype=np.int64)
         probes = _NO_PROBES
         if self._call.coarse_bound is not None:
-            probes = self._engine.coarse_probes(query, self._n_probes, 1, True)
-        self._call.run(query, _NO_FILTER, False, probes, distances, neighbors)
+            probes = engine.coarse_probes(query, self._n_probes, 1, True)
+        self._call.run(query, _NO_FILTER, self._refine, probes, distances, neighbors)
+        if self._refine:
+            return _rerank(engine, prepared, neighbors, self._k, self._lists, engine.kernel_metric,
+                           1)
         return distances, neighbors
 
 
-def one_query(engine, plan, lists, k, n_probes):
+def one_query(engine, plan, lists, k, n_probes, refine_ratio=None):
     """A :class:`OneQuery` where ``plan`` (for one query) takes the "few"
-    path and ``lists`` has no precise store, else None."""
-    if plan.path != "few" or lists.precise is not None:
+    path, else None. ``refine_ratio``: the search's, for a snapshot with a
+    precise store."""
+    if plan.path != "few":
         return None
-    return OneQuery(engine, lists, plan, k, min(n_probes, engine.centers.shape[0]))
+    return OneQuery(engine, lists, plan, k, min(n_probes, engine.centers.shape[0]), refine_ratio)
 
 
 def _rows_of(tables, rows):
