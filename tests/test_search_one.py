@@ -123,6 +123,10 @@ def test_shortcut_leaves_errors_to_the_general_path(base_and_queries):
         ivf_sq.search(params, small, query, 2.0, resources=ONE)
     with pytest.raises(TypeError, match="search_params must be an ivf_sq.SearchParams"):
         ivf_sq.search({"n_probes": 2}, small, query, 2, resources=ONE)
+    with pytest.raises(TypeError, match="search_params must be an ivf_sq.SearchParams"):
+        ivf_sq.search(np.arange(3), small, query, 2, resources=ONE)  # == gives no bool
+    with pytest.raises(TypeError, match="resources must be"):
+        ivf_sq.search(params, small, query, 2, resources=np.arange(3))
     bad = query.copy()
     bad[0, 3] = np.nan
     with pytest.raises(ValueError, match="queries must contain only finite values.* row 0"):

@@ -31,7 +31,7 @@ from ivfsq._validation import (
     check_matrix,
     check_output,
 )
-from ivfsq.common import resolve_device, resolve_n_threads
+from ivfsq.common import Resources, resolve_device, resolve_n_threads
 from ivfsq.io import format as _format
 from ivfsq.ivf import persistence as _persistence
 from ivfsq.ivf import tune as _tune
@@ -650,8 +650,12 @@ def _search_one(search_params, index, queries, k, resources):
     each call only prepares its query (checked, as always) and runs it.
     None where the call is not such a one: the general path then runs, and
     raises what it raises."""
-    if (type(index) is not Index or type(queries) is not np.ndarray or queries.ndim != 2
-            or queries.shape[0] != 1 or queries.dtype != np.float32 or type(k) is not int):
+    # Exact types only: the slot compares the arguments with ``==``, which
+    # other types (arrays) may not answer with a bool.
+    if (type(index) is not Index or type(search_params) is not SearchParams
+            or type(k) is not int or (resources is not None and type(resources) is not Resources)
+            or type(queries) is not np.ndarray or queries.ndim != 2 or queries.shape[0] != 1
+            or queries.dtype != np.float32):
         return None
     engine = index._engine
     if engine is None or queries.shape[1] != engine.centers.shape[1]:
@@ -659,7 +663,6 @@ def _search_one(search_params, index, queries, k, resources):
 
     def make(lists):
         try:
-            _check_search_params(search_params)
             checked_k, refine_ratio = _check_k_refine(search_params, lists, k)
             return engine.one_query_runner(
                 lists, checked_k, search_params.n_probes, resolve_n_threads(resources),
