@@ -116,6 +116,7 @@ class _FewCall:
             self.fixed = head + (engine.kernel_metric, quantizer.bits)
             weights = quantizer.int_weights_buffer(0, plan.int_weights, plan.wide)
             self.weights_dtype, self.weights_columns = weights.dtype, weights.shape[1]
+        self.n_probes = n_probes
         self.coarse_bound = engine.coarse_bound(n_probes)
 
     def run(self, queries, keep, emit_rows, probes, out_distances, out_ids):
@@ -140,12 +141,38 @@ def _few_call(engine, lists, plan, n_probes):
         lambda: _FewCall(engine, lists, plan, n_probes))
 
 
+def _n_candidates(k, lists, refine_ratio):
+    """Results per query scored on the codes: ``ceil(refine_ratio * k)`` (at
+    least ``k``) to re-rank on a precise store, else ``k``."""
+    return max(k, math.ceil(refine_ratio * k)) if lists.precise is not None else k
+
+
+def _finish(engine, prepared, lists, k, distances, neighbors, n_threads):
+    """A block's results: the candidates (storage rows) re-ranked on the
+    precise store where there is one, else ``distances`` and ``neighbors``."""
+    if lists.precise is None:
+        return distances, neighbors
+    return _rerank(engine, prepared, neighbors, k, lists, engine.kernel_metric, n_threads)
+
+
+def _search_few(engine, call, lists, prepared, queries, keep, k, n_candidates, n_threads,
+                coarse_in_kernel):
+    """The "few" path: the whole search of a few queries in one kernel call
+    of :class:`_FewCall` ``call`` (after one for the probes where the coarse
+    bound pays), with or without the first pass, then :func:`_finish`."""
+    distances = np.empty((queries.shape[0], n_candidates), dtype=np.float32)
+    neighbors = np.empty((queries.shape[0], n_candidates), dtype=np.int64)
+    probes = _NO_PROBES
+    if call.coarse_bound is not None:
+        probes = engine.coarse_probes(queries, call.n_probes, n_threads, coarse_in_kernel)
+    call.run(queries, keep, lists.precise is not None, probes, distances, neighbors)
+    return _finish(engine, prepared, lists, k, distances, neighbors, n_threads)
+
+
 class OneQuery:
-    """The "few" path of :func:`search_block` for one query without a
-    filter, bound to one snapshot, plan, ``k``, ``n_probes`` and (with a
-    precise store) ``refine_ratio``: ``run(prepared)`` (shape (1, dim))
-    returns its internal distances and ids, (1, k), as :func:`search_block`
-    does.
+    """:func:`search_block` for one query without a filter on the "few"
+    path, bound to one snapshot, plan, ``k``, ``n_probes`` and
+    ``refine_ratio``: ``run(prepared)`` (shape (1, dim)) returns the same.
 
     Made once for repeated single queries (:func:`one_query`): a call then
     pays for its output arrays and its kernel calls, not for the look-ups."""
@@ -154,24 +181,14 @@ class OneQuery:
         self._engine = engine
         self._lists = lists
         self._call = _few_call(engine, lists, plan, n_probes)
+        self._coarse_in_kernel = plan.coarse_in_kernel
         self._k = k
-        self._n_probes = n_probes
-        self._refine = lists.precise is not None
-        self._n_candidates = max(k, math.ceil(refine_ratio * k)) if self._refine else k
+        self._n_candidates = _n_candidates(k, lists, refine_ratio)
 
     def run(self, prepared):
-        engine = self._engine
-        query = engine.internal(prepared)
-        distances = np.empty((1, self._n_candidates), dtype=np.float32)
-        neighbors = np.empty((1, self._n_candidates), dtype=np.int64)
-        probes = _NO_PROBES
-        if self._call.coarse_bound is not None:
-            probes = engine.coarse_probes(query, self._n_probes, 1, True)
-        self._call.run(query, _NO_FILTER, self._refine, probes, distances, neighbors)
-        if self._refine:
-            return _rerank(engine, prepared, neighbors, self._k, self._lists, engine.kernel_metric,
-                           1)
-        return distances, neighbors
+        return _search_few(self._engine, self._call, self._lists, prepared,
+                           self._engine.internal(prepared), _NO_FILTER, self._k,
+                           self._n_candidates, 1, self._coarse_in_kernel)
 
 
 def one_query(engine, plan, lists, k, n_probes, refine_ratio=None):
@@ -213,39 +230,33 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     refine = lists.precise is not None
     n_queries = queries.shape[0]
     n_probes = min(n_probes, engine.centers.shape[0])
-    n_candidates = max(k, math.ceil(refine_ratio * k)) if refine else k
+    n_candidates = _n_candidates(k, lists, refine_ratio)
     metric = engine.kernel_metric
     keep = _kernel_filter(keep_words)
+    if plan.path == "few":
+        return _search_few(engine, _few_call(engine, lists, plan, n_probes), lists, prepared,
+                           queries, keep, k, n_candidates, n_threads, plan.coarse_in_kernel)
     distances = np.empty((n_queries, n_candidates), dtype=np.float32)
     neighbors = np.empty((n_queries, n_candidates), dtype=np.int64)
-    if plan.path == "few" or plan.first_pass:
+    if plan.first_pass:
+        # A batch with the first pass: each chunk of queries gets its
+        # coarse step and then the one-call kernel on the same thread, one
+        # parallel step with no wait between the two. A small chunk's
+        # probes are selected in the kernel (its dots cost less than a BLAS
+        # call there).
         call = _few_call(engine, lists, plan, n_probes)
-        if plan.path == "few":
-            # The whole search in one kernel call (after one for the probes
-            # where the coarse bound pays), with or without the first pass.
-            probes = _NO_PROBES
-            if call.coarse_bound is not None:
-                probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
-            call.run(queries, keep, refine, probes, distances, neighbors)
-        else:
-            # A batch with the first pass: each chunk of queries gets its
-            # coarse step and then the one-call kernel on the same thread,
-            # one parallel step with no wait between the two. A small
-            # chunk's probes are selected in the kernel (its dots cost less
-            # than a BLAS call there).
-            def task(start, stop):
-                rows = slice(start, stop)
-                probes = _NO_PROBES
-                in_kernel = stop - start < COARSE_BLAS_MIN_QUERIES
-                if call.coarse_bound is not None or not in_kernel:
-                    probes = engine.coarse_probes(queries[rows], n_probes, 1, in_kernel)
-                call.run(queries[rows], keep, refine, probes, distances[rows], neighbors[rows])
 
-            with single_threaded_blas():
-                run_chunks(task, n_queries, n_threads, min_chunk=FIRST_PASS_MIN_CHUNK)
-        if refine:
-            return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
-        return distances, neighbors
+        def task(start, stop):
+            rows = slice(start, stop)
+            probes = _NO_PROBES
+            in_kernel = stop - start < COARSE_BLAS_MIN_QUERIES
+            if call.coarse_bound is not None or not in_kernel:
+                probes = engine.coarse_probes(queries[rows], n_probes, 1, in_kernel)
+            call.run(queries[rows], keep, refine, probes, distances[rows], neighbors[rows])
+
+        with single_threaded_blas():
+            run_chunks(task, n_queries, n_threads, min_chunk=FIRST_PASS_MIN_CHUNK)
+        return _finish(engine, prepared, lists, k, distances, neighbors, n_threads)
     arrays = _list_arrays(lists)
     bits = engine.quantizer.bits
     probes = engine.coarse_probes(queries, n_probes, n_threads, plan.coarse_in_kernel)
@@ -282,9 +293,7 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
             scan_pairs(slice(None), slice(bounds[part], bounds[part + 1]), out_d, out_i)
 
         _scan_in_parts(n_parts, scan_part, distances, neighbors, n_threads)
-    if refine:
-        return _rerank(engine, prepared, neighbors, k, lists, metric, n_threads)
-    return distances, neighbors
+    return _finish(engine, prepared, lists, k, distances, neighbors, n_threads)
 
 
 def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
