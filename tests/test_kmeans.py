@@ -12,7 +12,8 @@ from ivfsq.neighbors import ivf_sq
 
 def objective(vectors, centers, inner_product):
     """Mean squared distance to the nearest center (L2), or mean best dot."""
-    labels, distances = assign_nearest(vectors, centers, inner_product=inner_product)
+    labels, distances = assign_nearest(vectors, centers, inner_product=inner_product,
+                                       return_distances=True)
     if inner_product:
         return float(np.einsum("ij,ij->i", vectors, centers[labels]).mean()), labels
     return float(distances.mean()), labels

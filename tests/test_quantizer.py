@@ -159,7 +159,7 @@ def test_assign_nearest_matches_oracle():
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((1000, 5)).astype(np.float32)
     centers = rng.standard_normal((17, 5)).astype(np.float32)
-    labels, distances = assign_nearest(vectors, centers)
+    labels, distances = assign_nearest(vectors, centers, return_distances=True)
     full = ((vectors[:, None, :] - centers[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(labels, full.argmin(1))
     np.testing.assert_allclose(distances, full.min(1), rtol=1e-4, atol=1e-5)
@@ -170,12 +170,14 @@ def test_assign_nearest_inner_product_takes_largest_dot():
     vectors = rng.standard_normal((1000, 5)).astype(np.float32)
     # Centers of unequal norms: the largest dot and the nearest center differ.
     centers = (rng.standard_normal((17, 5)) * rng.uniform(0.2, 3.0, (17, 1))).astype(np.float32)
-    labels, scores = assign_nearest(vectors, centers, inner_product=True)
+    labels, scores = assign_nearest(vectors, centers, inner_product=True, return_distances=True)
     dots = vectors.astype(np.float64) @ centers.T.astype(np.float64)
     np.testing.assert_array_equal(labels, dots.argmax(1))
     np.testing.assert_allclose(-0.5 * scores, dots.max(1), rtol=1e-4, atol=1e-4)
-    l2_labels, _ = assign_nearest(vectors, centers)
+    l2_labels = assign_nearest(vectors, centers)
     assert (labels != l2_labels).any()
+    # Without distances, the same labels.
+    np.testing.assert_array_equal(assign_nearest(vectors, centers, inner_product=True), labels)
 
 
 def test_imbalance_factor():

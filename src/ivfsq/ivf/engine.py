@@ -24,6 +24,8 @@ from ivfsq.ivf.transforms import random_orthogonal, rotate, unrotate
 # Rows converted, assigned and encoded at a time: bounds the float32 working
 # set when the input is large (or memory-mapped).
 ENCODE_BATCH_ROWS = 65536
+# Rows of the training sample turned into residuals at a time.
+RESIDUAL_BLOCK_ROWS = 4096
 # Up to this many rows, float32 input is checked by one kernel call in
 # prepare() instead of a conversion and a BLAS dot under np.errstate: most
 # of a single query's cost before the search itself. Larger batches keep
@@ -124,10 +126,13 @@ class IvfSqEngine:
         values = sample
         labels = None
         if params.by_residual:
-            labels, _ = assign_nearest(
-                sample, centers, inner_product=inner_product, n_threads=n_threads
-            )
-            values -= centers[labels]
+            labels = assign_nearest(sample, centers, inner_product=inner_product,
+                                    n_threads=n_threads)
+            # In blocks: a gathered copy of the centers as large as the
+            # sample cost more (fresh pages) than the subtraction itself.
+            for start in range(0, values.shape[0], RESIDUAL_BLOCK_ROWS):
+                stop = start + RESIDUAL_BLOCK_ROWS
+                values[start:stop] -= centers[labels[start:stop]]
         quantizer = codecs.get(params.quantizer).train(
             values, params.range_stat, params.range_quantile
         )
@@ -149,14 +154,13 @@ class IvfSqEngine:
     # --------------------------------------------------------------- adding
     def assign(self, vectors, n_threads):
         """The list of each float32 row (prepared, internal space)."""
-        labels, _ = assign_nearest(
+        return assign_nearest(
             vectors,
             self.centers,
             self.center_sq_norms,
             inner_product=self.metric.by_inner_product,
             n_threads=n_threads,
         )
-        return labels
 
     def encode(self, vectors, labels, n_threads):
         """Codes and per-vector norm terms of float32 rows (prepared,

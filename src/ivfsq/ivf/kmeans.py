@@ -51,13 +51,16 @@ def imbalance_factor(sizes):
     return float(sizes.shape[0] * np.square(sizes).sum() / (total * total))
 
 
-def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, n_threads=None):
-    """Index (int64) and squared L2 distance of each row's nearest center.
+def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, n_threads=None,
+                   return_distances=False):
+    """Index (int64) of each row's nearest center, and with
+    ``return_distances`` its squared L2 distance (float32) too.
 
     Computed blockwise as ``|c|^2 - 2 x.c`` with one GEMM per block, so memory
     stays bounded; ties go to the lower center index. With ``inner_product``
     the center with the largest ``x.c`` is chosen instead (the rule lists are
-    probed by for inner-product and cosine search).
+    probed by for inner-product and cosine search), and the distance returned
+    is ``-2 x.c``.
     """
     if inner_product:
         center_sq_norms = np.zeros(centers.shape[0], dtype=np.float32)
@@ -65,7 +68,7 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, 
         center_sq_norms = np.einsum("ij,ij->i", centers, centers)
     n_rows = vectors.shape[0]
     labels = np.empty(n_rows, dtype=np.int64)
-    distances = np.empty(n_rows, dtype=np.float32)
+    distances = np.empty(n_rows, dtype=np.float32) if return_distances else None
     center_sq_norms = np.ascontiguousarray(center_sq_norms, dtype=np.float32)
     centers_t = centers.T
 
@@ -85,6 +88,8 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, 
                 dots -= half_sq_norms
             best = dots.argmax(axis=1)
             labels[block:end] = best
+            if distances is None:
+                continue
             scores = np.take_along_axis(dots, best[:, None], axis=1)[:, 0]
             np.multiply(scores, np.float32(-2.0), out=distances[block:end])
             if not inner_product:
@@ -96,7 +101,7 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, 
         # step: no spinning (see run_chunks).
         run_chunks(task, n_rows, n_threads or default_n_threads(), min_chunk=256,
                    chunks_per_thread=1, spin=False)
-    return labels, distances
+    return (labels, distances) if return_distances else labels
 
 
 def _split_small_clusters(centers, counts, rng):
@@ -165,7 +170,7 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
         np.ascontiguousarray(sample[meso_rows]), n_meso, n_iters, seed, inner_product, n_threads,
         stage="k-means: mesoclusters",
     )
-    meso_labels, _ = assign_nearest(
+    meso_labels = assign_nearest(
         sample, meso_centers, inner_product=inner_product, n_threads=n_threads
     )
     meso_sizes = np.bincount(meso_labels, minlength=n_meso)
@@ -252,9 +257,7 @@ def _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters,
     clusters are split after each of the first ``split_iters``."""
     n_clusters, dim = centers.shape
     for iteration in range(n_iters):
-        labels, _ = assign_nearest(
-            sample, centers, inner_product=inner_product, n_threads=n_threads
-        )
+        labels = assign_nearest(sample, centers, inner_product=inner_product, n_threads=n_threads)
         sums = np.zeros((n_clusters, dim), dtype=np.float64)
         counts = np.zeros(n_clusters, dtype=np.int64)
         kernels.encode.accumulate_clusters(sample, labels, sums, counts)
