@@ -15,6 +15,7 @@ from ivfsq._validation import MAX_SQ_NORM, check_magnitudes, to_float32, to_floa
 from ivfsq.backends.cpu import fastscan, kernels, search
 from ivfsq.backends.cpu.search import normalize_rows
 from ivfsq.backends.cpu.snapshot_cache import SnapshotCache
+from ivfsq.ivf import filtering
 from ivfsq.ivf.coarse import CoarseBound
 from ivfsq.ivf.kmeans import assign_nearest, imbalance_factor, train_kmeans
 from ivfsq.ivf.lists import ListStorage
@@ -407,7 +408,9 @@ class IvfSqEngine:
                scan="auto", int_filter="auto", device="cpu", first_pass=0):
         """Internal (smaller is better) distances and ids, (nq, k).
 
-        ``prepared`` queries come from :meth:`prepare`. With a precise store,
+        ``prepared`` queries come from :meth:`prepare`. ``keep_words``: None,
+        or uint32 bitsets of kept ids, one row for every query or one per
+        query, searched as :mod:`ivfsq.ivf.filtering` says. With a precise store,
         ``ceil(refine_ratio * k)`` candidates per query are scored on the
         codes and re-ranked with exact distances. Large batches are searched
         in blocks of queries, all against one snapshot of the lists, each
@@ -415,6 +418,21 @@ class IvfSqEngine:
         the backend of ``device`` (:mod:`ivfsq.backends`). ``first_pass``:
         the candidates per query of a 4-bit first pass (0: none).
         """
+        if keep_words is not None:
+            def search_blocks(rows, group_probes, group_words):
+                return self._search_blocks(prepared[rows], k, group_probes, group_words,
+                                           n_threads, refine_ratio, scan, int_filter, device,
+                                           first_pass)
+
+            return filtering.search(self, prepared, k, n_probes, keep_words, n_threads,
+                                    refine_ratio, search_blocks, device)
+        return self._search_blocks(prepared, k, n_probes, None, n_threads, refine_ratio, scan,
+                                   int_filter, device, first_pass)
+
+    def _search_blocks(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio, scan,
+                       int_filter, device, first_pass):
+        """:meth:`search` over ``n_probes`` lists, in blocks as planned; a
+        1-D ``keep_words`` bitset is checked in the scan."""
         backend = backends.get(device)
         lists = self.lists  # one snapshot for the whole search
         n_queries = prepared.shape[0]

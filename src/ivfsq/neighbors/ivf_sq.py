@@ -741,6 +741,8 @@ def search(
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     k, refine_ratio = _check_k_refine(search_params, engine.lists, k)
     keep_words = _filter_words(filter, engine)
+    if keep_words is not None:
+        keep_words = keep_words.reshape(1, -1)
     n_queries = queries.shape[0]
     if neighbors is not None:
         check_output("neighbors", neighbors, (n_queries, k), np.int64)

@@ -477,3 +477,61 @@ def _rerank(engine, queries, candidate_rows, k, lists, metric, n_threads):
 
     run_chunks(task, n_queries, n_threads, min_chunk=16)
     return distances, neighbors
+
+
+# ------------------------------------------------------------ filtered search
+def count_kept(words, n_ids):
+    """Per row of ``words`` (2-D uint32 bitsets), how many of the ids
+    ``[0, n_ids)`` it keeps."""
+    out = np.empty(words.shape[0], dtype=np.int64)
+    kernels.filtered.count_kept(words, n_ids, out)
+    return out
+
+
+def lists_to_walk(lists, ranked, words, targets, n_threads):
+    """Per query, the fewest of its ``ranked`` lists (nearest first) whose
+    rows include ``targets`` kept ones (-1: all of them hold fewer), and the
+    kept rows counted (see ``kernels.filtered.lists_to_walk``)."""
+    n_queries = ranked.shape[0]
+    out_lists = np.empty(n_queries, dtype=np.int64)
+    out_seen = np.empty(n_queries, dtype=np.int64)
+    per_query = words.shape[0] > 1
+
+    def task(start, stop):
+        rows = slice(start, stop)
+        kernels.filtered.lists_to_walk(
+            ranked[rows], words[rows] if per_query else words, lists.ids, lists.list_offsets,
+            lists.list_sizes, targets[rows], out_lists[rows], out_seen[rows],
+        )
+
+    run_chunks(task, n_queries, n_threads, min_chunk=8)
+    return out_lists, out_seen
+
+
+def search_rows(engine, prepared, lists, k, row_starts, rows, row_lists, n_threads,
+                refine_ratio):
+    """Each query's top ``k`` among the storage ``rows[row_starts[i] :
+    row_starts[i + 1]]`` (two ``row_starts``: the same rows for every
+    query; ``row_lists``: the list of each), scored on their codes as the
+    scan scores them, then re-ranked on the precise store where there is
+    one: internal distances and ids, (n_queries, k), padded."""
+    queries = engine.internal(prepared, n_threads)
+    n_queries = queries.shape[0]
+    n_candidates = _n_candidates(k, lists, refine_ratio)
+    quantizer = engine.quantizer
+    weights = quantizer.weights(queries, n_threads)
+    distances = np.empty((n_queries, n_candidates), dtype=np.float32)
+    keys = np.empty((n_queries, n_candidates), dtype=np.int64)
+    shared = row_starts.shape[0] == 2
+
+    def task(start, stop):
+        part = slice(start, stop)
+        starts = row_starts if shared else row_starts[start : stop + 1]
+        kernels.filtered.score_rows(
+            queries[part], weights[part], engine.centers, quantizer.vmin, engine.by_residual,
+            lists.codes, lists.ids, lists.aux, starts, rows, row_lists, engine.kernel_metric,
+            quantizer.bits, lists.precise is not None, distances[part], keys[part],
+        )
+
+    run_chunks(task, n_queries, n_threads, min_chunk=4)
+    return _finish(engine, prepared, lists, k, distances, keys, n_threads)

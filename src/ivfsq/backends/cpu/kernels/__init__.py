@@ -8,6 +8,7 @@
 - :mod:`~ivfsq.backends.cpu.kernels.scan`: the per-query scan, the one-call search;
 - :mod:`~ivfsq.backends.cpu.kernels.grouped`: the list-major scan of big batches;
 - :mod:`~ivfsq.backends.cpu.kernels.exact`: exact distances (re-rank, refine);
+- :mod:`~ivfsq.backends.cpu.kernels.filtered`: filter counts, lists to walk, kept rows scored;
 - :mod:`~ivfsq.backends.cpu.kernels.fastscan`: the 4-bit first pass over blocks of rows;
 - :mod:`~ivfsq.backends.cpu.kernels.simd`: the AVX2 integer-dot intrinsics.
 
@@ -37,6 +38,7 @@ from ivfsq.backends.cpu.kernels import (  # noqa: E402  (after the cache stamp)
     encode,
     exact,
     fastscan,
+    filtered,
     grouped,
     heaps,
     scan,
@@ -44,4 +46,7 @@ from ivfsq.backends.cpu.kernels import (  # noqa: E402  (after the cache stamp)
     simd,
 )
 
-__all__ = ["coarse", "common", "encode", "exact", "fastscan", "grouped", "heaps", "scan", "score", "simd"]
+__all__ = [
+    "coarse", "common", "encode", "exact", "fastscan", "filtered", "grouped", "heaps", "scan",
+    "score", "simd",
+]

@@ -1,0 +1,173 @@
+"""Filtered search keeps its promise: k results whenever k stored ids pass,
+and recall against the exact filtered neighbours close to the unfiltered
+recall at the same n_probes, at every selectivity."""
+
+import numpy as np
+import pytest
+from conftest import exact_knn, recall
+
+from ivfsq.datasets import make_blobs_lowrank
+from ivfsq.ivf import filtering
+from ivfsq.neighbors import filters, ivf_sq
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_blobs_lowrank(20000, 32, n_queries=150, seed=11)
+
+
+@pytest.fixture(scope="module")
+def indexes(data):
+    base, _ = data
+    return {
+        metric: ivf_sq.build(ivf_sq.IndexParams(n_lists=128, metric=metric), base)
+        for metric in ("sqeuclidean", "cosine")
+    }
+
+
+def filtered_truth(base, queries, keep, metric):
+    """Exact k nearest kept ids (fewer where fewer are kept)."""
+    kept = np.flatnonzero(keep)
+    _, rows = exact_knn(base[kept], queries, min(K, kept.shape[0]), metric)
+    return kept[rows]
+
+
+def selectivity_cases(base, seed=3):
+    rng = np.random.default_rng(seed)
+    n = base.shape[0]
+    cases = {f"share {share}": rng.random(n) < share for share in (1.0, 0.1, 0.01, 0.001)}
+    cases["share 0.0002"] = np.zeros(n, dtype=bool)
+    cases["share 0.0002"][rng.choice(n, size=4, replace=False)] = True
+    # 300 ids together in one region (the nearest to one stored vector).
+    center = base[rng.integers(n)]
+    clustered = np.zeros(n, dtype=bool)
+    clustered[np.argsort(((base - center) ** 2).sum(1))[:300]] = True
+    cases["clustered"] = clustered
+    return cases
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("first_pass", [None, 20])
+def test_the_promise_at_every_selectivity(data, indexes, metric, first_pass):
+    base, queries = data
+    index = indexes[metric]
+    params = ivf_sq.SearchParams(n_probes=6, first_pass_candidates=first_pass)
+    _, unfiltered = ivf_sq.search(params, index, queries, K)
+    truth_all = exact_knn(base, queries, K, metric)[1]
+    unfiltered_recall = recall(np.asarray(unfiltered), truth_all)
+    assert unfiltered_recall < 0.99  # n_probes that leaves room to lose
+    for name, keep in selectivity_cases(base).items():
+        _, found = ivf_sq.search(params, index, queries, K, filter=filters.from_bitset(keep))
+        found = np.asarray(found)
+        truth = filtered_truth(base, queries, keep, metric)
+        assert np.isin(found[found >= 0], np.flatnonzero(keep)).all(), name
+        if keep.sum() >= K:
+            assert (found >= 0).all(), f"{name}: padded although {keep.sum()} ids pass"
+            assert recall(found, truth) >= unfiltered_recall - 0.02, name
+        else:
+            # Fewer than k pass: exactly those, then padding.
+            assert set(found[0][found[0] >= 0]) == set(np.flatnonzero(keep)), name
+            assert (found[:, keep.sum():] == -1).all(), name
+
+
+def test_fewer_kept_than_k_returns_them_then_padding(data, indexes):
+    base, queries = data
+    keep = np.zeros(base.shape[0], dtype=bool)
+    keep[[5, 900, 19999]] = True
+    distances, found = ivf_sq.search(ivf_sq.SearchParams(n_probes=1), indexes["sqeuclidean"],
+                                      queries, K, filter=filters.from_bitset(keep))
+    found, distances = np.asarray(found), np.asarray(distances)
+    assert all(set(row[:3]) == {5, 900, 19999} for row in found)
+    assert (found[:, 3:] == -1).all() and np.isinf(distances[:, 3:]).all()
+    assert np.isfinite(distances[:, :3]).all()
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
+@pytest.mark.parametrize("quantizer", ["sq8", "sq4"])
+def test_scoring_kept_rows_directly_equals_the_scan_of_every_list(data, metric, quantizer):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=64, metric=metric, quantizer=quantizer),
+                         base[:5000])
+    keep = np.zeros(5000, dtype=bool)
+    keep[np.random.default_rng(1).choice(5000, size=40, replace=False)] = True
+    words = filters.from_bitset(keep).bitset.reshape(1, -1)
+    engine = index._engine
+    prepared = engine.prepare("queries", queries[:30])[0]
+    # Few kept ids at 4 probes: scored directly (no list is scanned) ...
+    direct_d, direct_i = engine.search(prepared, K, 4, words, 2)
+    # ... and the same as scanning every list with the filter.
+    scan_d, scan_i = engine._search_blocks(prepared, K, 64, words[0], 2, 1.0, "auto", "auto",
+                                           "cpu", 0)
+    np.testing.assert_allclose(direct_d, scan_d, rtol=1e-5, atol=1e-5)
+    assert (direct_i == scan_i).mean() > 0.99
+
+
+def test_few_kept_ids_with_a_precise_store_are_exact(data):
+    base, queries = data
+    index = ivf_sq.build(
+        ivf_sq.IndexParams(n_lists=64, quantizer="sq4", reorder=True), base[:5000])
+    keep = np.zeros(5000, dtype=bool)
+    keep[np.random.default_rng(2).choice(5000, size=60, replace=False)] = True
+    params = ivf_sq.SearchParams(n_probes=2, refine_ratio=2.0)
+    distances, found = ivf_sq.search(params, index, queries, K, filter=filters.from_bitset(keep))
+    kept = np.flatnonzero(keep)
+    truth_d, rows = exact_knn(base[kept], queries, K, "sqeuclidean")
+    # Re-ranked on the precise store: the exact neighbours among the
+    # kept ids' refine_ratio * k best code scores.
+    assert recall(np.asarray(found), kept[rows]) > 0.97
+    np.testing.assert_allclose(np.sort(np.asarray(distances), axis=1)[:, 0], truth_d[:, 0],
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_the_walk_after_extend_and_remove(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=64), base[:8000])
+    index = ivf_sq.extend(index, base[8000:12000], np.arange(8000, 12000))
+    ivf_sq.remove(index, np.arange(0, 12000, 3))
+    stored = np.ones(12000, dtype=bool)
+    stored[np.arange(0, 12000, 3)] = False
+    rng = np.random.default_rng(4)
+    for share in (0.3, 0.03, 0.003):
+        keep = rng.random(12000) < share  # removed ids among them
+        _, found = ivf_sq.search(ivf_sq.SearchParams(n_probes=4), index, queries, K,
+                                 filter=filters.from_bitset(keep))
+        found = np.asarray(found)
+        passing = keep & stored
+        assert np.isin(found[found >= 0], np.flatnonzero(passing)).all()
+        assert (found >= 0).all()
+        truth = filtered_truth(base[:12000], queries, passing, "sqeuclidean")
+        assert recall(found, truth) > 0.9
+
+
+def test_lists_to_walk_counts_kept_rows(data, indexes):
+    base, queries = data
+    index = indexes["sqeuclidean"]
+    engine = index._engine
+    lists = engine.lists
+    keep = np.random.default_rng(5).random(base.shape[0]) < 0.05
+    words = filters.from_bitset(keep).bitset.reshape(1, -1)
+    prepared = engine.prepare("queries", queries[:20])[0]
+    ranked = engine.coarse_probes(prepared, 128, 1)
+    targets = np.arange(20, dtype=np.int64) * 7 + 1
+    from ivfsq.backends.cpu import search as cpu
+
+    n_lists, seen = cpu.lists_to_walk(lists, ranked, words, targets, 2)
+    ids_by_list = [lists.ids[lists.list_offsets[l]: lists.list_offsets[l] + lists.list_sizes[l]]
+                   for l in range(128)]
+    for i in range(20):
+        counts = np.cumsum([keep[ids_by_list[l]].sum() for l in ranked[i]])
+        assert n_lists[i] == int(np.argmax(counts >= targets[i])) + 1
+        assert seen[i] == counts[n_lists[i] - 1]
+    assert cpu.count_kept(words, base.shape[0])[0] == keep.sum()
+    # Bits past the ids counted are not counted.
+    assert cpu.count_kept(words, 37)[0] == keep[:37].sum()
+
+
+def test_ladder_rounds_up_and_stops_at_every_list():
+    counts = np.array([4, 5, 6, 7, 30, 64, 64])
+    rounded = filtering._ladder(counts, 4, 64)
+    assert (rounded >= counts).all() and (rounded <= 64).all()
+    assert rounded[0] == 4 and rounded[-1] == 64
+    assert len(np.unique(filtering._ladder(np.arange(4, 65), 4, 64))) < 20
