@@ -197,6 +197,28 @@ CASES = [
      TypeError, "bitset"),
     ("bitset 2-d", lambda ix, d: filters.from_bitset(np.zeros((2, 2), np.uint32)),
      ValueError, "bitset"),
+    ("bitset mask too short",
+     lambda ix, d: ivf_sq.search(SP, ix, d[:3], 5,
+                                 filter=filters.from_bitset(np.ones(N_ROWS - 1, bool))),
+     ValueError, "filter must cover every id"),
+    ("bitmap wrong dtype", lambda ix, d: filters.from_bitmap(np.zeros((2, 4), np.int32)),
+     TypeError, "bitmap"),
+    ("bitmap 3-d", lambda ix, d: filters.from_bitmap(np.zeros((2, 2, 2), np.uint32)),
+     ValueError, "bitmap"),
+    ("bitmap mask 1-d", lambda ix, d: filters.from_bitmap(np.ones(8, bool)),
+     ValueError, "bitmap"),
+    ("bitmap rows", lambda ix, d: ivf_sq.search(
+        SP, ix, d[:3], 5, filter=filters.from_bitmap(np.ones((2, N_ROWS), bool))),
+     ValueError, "one row per query"),
+    ("bitmap mask too short", lambda ix, d: ivf_sq.search(
+        SP, ix, d[:3], 5, filter=filters.from_bitmap(np.ones((3, N_ROWS - 1), bool))),
+     ValueError, "filter must cover every id"),
+    ("bitmap flat too short", lambda ix, d: ivf_sq.search(
+        SP, ix, d[:3], 5, filter=filters.from_bitmap(np.ones(3 * N_ROWS // 32 - 1, np.uint32))),
+     ValueError, "cuVS's bitmap layout"),
+    ("range bitmap rows", lambda ix, d: ivf_sq.range_search(
+        SP, ix, d[:3], 1.0, filter=filters.from_bitmap(np.ones((4, N_ROWS), bool))),
+     ValueError, "one row per query"),
 ]
 
 

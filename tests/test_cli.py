@@ -83,6 +83,31 @@ def test_search_with_a_first_pass_finds_what_the_exact_scan_finds(files):
     assert status == 2 and "--first-pass-candidates: expected a positive integer, got '0'" in err
 
 
+def test_search_keeps_only_the_given_ids(files, tmp_path):
+    base, queries = files["base"], files["queries"]
+    kept = np.random.default_rng(0).choice(3000, size=25, replace=False)
+    np.save(tmp_path / "keep.npy", kept)
+    result = tmp_path / "kept.npy"
+    status, out, err = run("search", files["index"], files["folder"] / "query.npy", "-k", 5,
+                           "--n-probes", 2, "--keep", tmp_path / "keep.npy", "-o", result)
+    assert status == 0, err
+    _, truth = exact_knn(base[kept], queries, 5, "sqeuclidean")
+    neighbors = np.load(result)
+    assert np.isin(neighbors, kept).all()
+    assert recall(neighbors, kept[truth]) > 0.95
+    # A 2-D mask: one row per query.
+    masks = np.zeros((40, 3000), dtype=bool)
+    masks[np.arange(40), np.arange(40) * 7] = True
+    np.save(tmp_path / "masks.npy", masks)
+    status, _, err = run("search", files["index"], files["folder"] / "query.npy", "-k", 1,
+                         "--keep", tmp_path / "masks.npy", "-o", result)
+    assert status == 0, err
+    np.testing.assert_array_equal(np.load(result)[:, 0], np.arange(40) * 7)
+    np.save(tmp_path / "bad.npy", np.array([5, 3000]))
+    assert_one_line_error(*run("search", files["index"], files["folder"] / "query.npy",
+                               "--keep", tmp_path / "bad.npy"), "--keep", "[0, 3000)")
+
+
 def test_search_refine_ratio_needs_a_precise_store(files, tmp_path):
     assert_one_line_error(*run("search", files["index"], files["folder"], "--refine-ratio", 2),
                           "refine_ratio", "reorder=True")

@@ -65,6 +65,13 @@ def test_sharded_search_equals_one_index(data, tmp_path, metric):
     keep_filter = filters.from_bitset(keep)
     assert_same(distributed.search(params, index, queries, 7, filter=keep_filter, batch_size=7),
                 ivf_sq.search(params, single, queries, 7, filter=keep_filter))
+    # A bitmap (one keep-mask per query) goes to each batch's shards row by
+    # row: every query gets only its kept ids, k of them.
+    masks = np.random.default_rng(1).random((queries.shape[0], N_ROWS)) < 0.3
+    _, found = distributed.search(params, index, queries, 7, filter=filters.from_bitmap(masks),
+                                  batch_size=7)
+    assert (found >= 0).all()
+    assert all(masks[q, found[q]].all() for q in range(queries.shape[0]))
 
 
 def test_replicated_mode_and_precise_stores(data, tmp_path):

@@ -171,3 +171,73 @@ def test_ladder_rounds_up_and_stops_at_every_list():
     assert (rounded >= counts).all() and (rounded <= 64).all()
     assert rounded[0] == 4 and rounded[-1] == 64
     assert len(np.unique(filtering._ladder(np.arange(4, 65), 4, 64))) < 20
+
+
+def per_query_masks(base, n_queries, seed=6):
+    """One keep-mask per query, cycling through the selectivity cases."""
+    cases = list(selectivity_cases(base, seed).values())
+    return np.stack([cases[i % len(cases)] for i in range(n_queries)])
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_per_query_bitmaps_keep_the_promise_per_query(data, indexes, metric):
+    base, queries = data
+    index = indexes[metric]
+    params = ivf_sq.SearchParams(n_probes=6)
+    masks = per_query_masks(base, queries.shape[0])
+    _, unfiltered = ivf_sq.search(params, index, queries, K)
+    unfiltered_recall = recall(np.asarray(unfiltered), exact_knn(base, queries, K, metric)[1])
+    _, found = ivf_sq.search(params, index, queries, K, filter=filters.from_bitmap(masks))
+    found = np.asarray(found)
+    n_cases = len(selectivity_cases(base))
+    for case in range(n_cases):
+        rows = np.arange(case, queries.shape[0], n_cases)
+        keep = masks[rows[0]]
+        got = found[rows]
+        assert np.isin(got[got >= 0], np.flatnonzero(keep)).all()
+        if keep.sum() >= K:
+            assert (got >= 0).all()
+            truth = filtered_truth(base, queries[rows], keep, metric)
+            assert recall(got, truth) >= unfiltered_recall - 0.03
+        else:
+            assert (got[:, keep.sum():] == -1).all()
+
+
+def test_a_bitmap_equals_each_query_with_its_own_bitset(data, indexes):
+    base, queries = data
+    index = indexes["sqeuclidean"]
+    params = ivf_sq.SearchParams(n_probes=6)
+    masks = per_query_masks(base, 24, seed=8)
+    bitmap_d, bitmap_i = ivf_sq.search(params, index, queries[:24], K,
+                                       filter=filters.from_bitmap(masks))
+    for q in range(24):
+        one_d, one_i = ivf_sq.search(params, index, queries[q : q + 1], K,
+                                     filter=filters.from_bitset(masks[q]))
+        np.testing.assert_array_equal(bitmap_i[q], one_i[0])
+        np.testing.assert_allclose(bitmap_d[q], one_d[0], rtol=1e-6)
+    # The same bitmap as uint32 rows and in cuVS's flat layout.
+    words = filters.from_bitmap(masks).bitset
+    assert words.shape == (24, -(-base.shape[0] // 32))
+    _, rows_i = ivf_sq.search(params, index, queries[:24], K,
+                              filter=filters.from_bitmap(np.array(words)))
+    flat = np.packbits(masks.reshape(-1), bitorder="little")
+    flat = np.pad(flat, (0, (-flat.size) % 4)).view(np.uint32)
+    _, flat_i = ivf_sq.search(params, index, queries[:24], K, filter=filters.from_bitmap(flat))
+    np.testing.assert_array_equal(rows_i, bitmap_i)
+    np.testing.assert_array_equal(flat_i, bitmap_i)
+
+
+def test_range_search_with_a_bitmap(data, indexes):
+    base, queries = data
+    index = indexes["sqeuclidean"]
+    params = ivf_sq.SearchParams(n_probes=8)
+    masks = per_query_masks(base, 12, seed=9)
+    radius = float(np.median(exact_knn(base, queries[:12], 50, "sqeuclidean")[0][:, -1]))
+    offsets, ids, distances = ivf_sq.range_search(params, index, queries[:12], radius,
+                                                  filter=filters.from_bitmap(masks))
+    for q in range(12):
+        one = ivf_sq.range_search(params, index, queries[q : q + 1], radius,
+                                  filter=filters.from_bitset(masks[q]))
+        got = ids[offsets[q] : offsets[q + 1]]
+        np.testing.assert_array_equal(np.sort(got), np.sort(one[1]))
+        assert np.isin(got, np.flatnonzero(masks[q])).all()

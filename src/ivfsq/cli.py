@@ -49,6 +49,7 @@ SEARCH_EXAMPLES = """examples:
   ivfsq search index.ivfsq query.npy -k 10 -o result.npy    # also writes result_dist.npy
   ivfsq search index.ivfsq ../shared/data/siftsmall --n-probes 8 --gt ../shared/data/siftsmall
   ivfsq search index.ivfsq test.hdf5 --gt test.hdf5          # ann-benchmarks file
+  ivfsq search index.ivfsq query.npy --keep allowed_ids.npy   # only these ids
 """
 BENCH_EXAMPLES = """examples:
   ivfsq bench                                   # built-in synthetic data (100,000 x 96)
@@ -177,6 +178,10 @@ def _parser():
                              "folder): print recall@k")
     search.add_argument("--mmap", action="store_true",
                         help="memory-map the index instead of reading it into memory")
+    search.add_argument("--keep", default=None,
+                        help="a .npy file of the ids every query may return (integers), or "
+                             "a boolean keep-mask over the ids: 1-D for every query, 2-D "
+                             "(n_queries, n_ids) per query")
     _add_common(search)
 
     bench = _subcommand(commands, "bench",
@@ -412,11 +417,15 @@ def _cmd_search(args):
                             f"shape {truth.shape}")
     resources = _resources(args)
     queries = np.asarray(queries)
+    keep = None if args.keep is None else _keep_filter(args.keep, index, queries.shape[0])
     # An untimed search first loads the compiled kernels of the path this batch
     # takes (it depends on the batch size), so the timing is of the search.
-    ivf_sq.search(params, index, queries[:WARMUP_QUERIES], args.k, resources=resources)
+    if keep is None or not keep.per_query:
+        ivf_sq.search(params, index, queries[:WARMUP_QUERIES], args.k, resources=resources,
+                      filter=keep)
     start = time.perf_counter()
-    distances, neighbors = ivf_sq.search(params, index, queries, args.k, resources=resources)
+    distances, neighbors = ivf_sq.search(params, index, queries, args.k, resources=resources,
+                                         filter=keep)
     seconds = time.perf_counter() - start
     n_queries = queries.shape[0]
     print(f"searched {n_queries:,} queries, k={args.k}, n_probes={args.n_probes}: "
@@ -430,6 +439,35 @@ def _cmd_search(args):
         np.save(dist_path, distances)
         print(f"written {ids_path} (ids) and {dist_path} (distances)")
     return EXIT_OK
+
+
+def _keep_filter(path, index, n_queries):
+    """The filter of ``--keep``: ids (integers), or a 1-D or 2-D keep-mask."""
+    from ivfsq.neighbors import filters
+
+    if not pathlib.Path(path).is_file() or pathlib.Path(path).suffix.lower() != ".npy":
+        raise UserError(f"--keep must name a .npy file, got {path}")
+    try:
+        keep = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise UserError(f"--keep: cannot read {path}: {error}") from None
+    if keep.dtype == np.bool_:
+        if keep.ndim == 2:
+            if keep.shape[0] != n_queries:
+                raise UserError(f"--keep: a 2-D mask needs one row per query ({n_queries}), "
+                                f"got shape {keep.shape}")
+            return filters.from_bitmap(keep)
+        if keep.ndim == 1:
+            return filters.from_bitset(keep)
+    elif keep.dtype.kind in "iu" and keep.ndim == 1:
+        if keep.size and (int(keep.min()) < 0 or int(keep.max()) >= index.next_id):
+            raise UserError(f"--keep: ids must be in [0, {index.next_id}), got "
+                            f"{int(keep.min())} to {int(keep.max())}")
+        mask = np.zeros(index.next_id, dtype=bool)
+        mask[keep] = True
+        return filters.from_bitset(mask)
+    raise UserError(f"--keep must hold 1-D integer ids or a 1-D or 2-D boolean mask, got "
+                    f"dtype {keep.dtype} and shape {keep.shape}")
 
 
 def _output_paths(output):

@@ -35,7 +35,7 @@ import numpy as np
 from ivfsq import metrics
 from ivfsq._validation import check_int
 from ivfsq.backends.cpu import kernels
-from ivfsq.neighbors import filters, ivf_sq
+from ivfsq.neighbors import ivf_sq
 from ivfsq.neighbors.filters import Filter
 
 MANIFEST = "manifest.json"
@@ -110,11 +110,12 @@ class _Shard:
         ivf_sq.extend(self.index, self._rows(part), ids)
         return len(self.index)
 
-    def search(self, plan_fields, queries, k, keep_words, n_bits):
+    def search(self, plan_fields, queries, k, keep_words):
         params = ivf_sq.SearchParams(**plan_fields)
         search_filter = None
         if keep_words is not None:
-            search_filter = Filter(keep_words, n_bits)
+            # One bitset (1-D) or one per query (2-D), as the driver made them.
+            search_filter = Filter(keep_words, keep_words.shape[-1] * 32)
         k = min(k, len(self.index))
         if k == 0:
             return None
@@ -288,14 +289,17 @@ def search(search_params, index, queries, k, filter=None, batch_size=SEARCH_BATC
         )
     k = check_int("k", k, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    keep_words, n_bits = None, 0
+    n_queries = queries.shape[0]
+    keep_words = per_query = None
     if filter is not None:
         if not isinstance(filter, Filter):
             raise TypeError(f"filter must be a filters.Filter, got {type(filter).__name__}")
-        keep_words, n_bits = filters.kernel_words(filter), filter.n_bits
+        # Bitsets over the index's ids (a bitmap in cuVS's layout is read
+        # with the whole index's next_id), one row or one per query.
+        keep_words = filter.rows(n_queries, index.next_id)
+        per_query = keep_words.shape[0] > 1
     ray = _ray()
-    words_ref = ray.put(keep_words) if keep_words is not None else None
-    n_queries = queries.shape[0]
+    words_ref = ray.put(keep_words[0]) if keep_words is not None and not per_query else None
     out_d = np.empty((n_queries, k), dtype=np.float32)
     out_i = np.empty((n_queries, k), dtype=np.int64)
     in_flight = collections.deque()
@@ -314,7 +318,8 @@ def search(search_params, index, queries, k, filter=None, batch_size=SEARCH_BATC
                   scan=search_params.scan, int_filter=search_params.int_filter)
     for start in range(0, n_queries, batch_size):
         batch = np.ascontiguousarray(queries[start:start + batch_size])
-        args = (fields, batch, k, words_ref, n_bits)
+        words = keep_words[start:start + batch.shape[0]] if per_query else words_ref
+        args = (fields, batch, k, words)
         if index.mode == "replicated":
             shards = [index._turn % index.n_shards]
             index._turn += 1

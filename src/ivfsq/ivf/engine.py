@@ -480,9 +480,21 @@ class IvfSqEngine:
                      int_filter="auto", device="cpu"):
         """Per query, the stored vectors with internal distance <= ``radius``
         (see :func:`ivfsq.backends.cpu.search.range_search`): CSR arrays
-        ``offsets``, ``ids`` and internal distances."""
-        return backends.get(device).range_search(self, prepared, radius, n_probes, keep_words,
-                                                 n_threads, int_filter)
+        ``offsets``, ``ids`` and internal distances. ``keep_words`` as in
+        :meth:`search`."""
+        backend = backends.get(device)
+        if keep_words is None or keep_words.shape[0] == 1:
+            words = None if keep_words is None else keep_words[0]
+            return backend.range_search(self, prepared, radius, n_probes, words, n_threads,
+                                        int_filter)
+        # One bitset per query: each query on its own, results joined.
+        parts = [backend.range_search(self, prepared[i : i + 1], radius, n_probes,
+                                      keep_words[i], n_threads, int_filter)
+                 for i in range(prepared.shape[0])]
+        counts = [part[1].shape[0] for part in parts]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return (offsets, np.concatenate([part[1] for part in parts]),
+                np.concatenate([part[2] for part in parts]))
 
     def sq4_int16_pays(self, lists):
         """Whether int16 filter weights pay for these 4-bit codes: where the

@@ -39,7 +39,7 @@ from ivfsq.ivf.engine import IvfSqEngine
 from ivfsq.ivf.planner import SearchPlan
 from ivfsq.neighbors._index_params import IndexParams
 from ivfsq.neighbors._search_params import SearchParams
-from ivfsq.neighbors.filters import Filter, kernel_words
+from ivfsq.neighbors.filters import Filter
 
 __all__ = [
     "Index",
@@ -541,21 +541,17 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None,
     )
 
 
-def _filter_words(filter, engine):
-    """The bitset words of a search filter (None without one), checked."""
+def _filter_words(filter, engine, n_queries):
+    """The filter's bitsets as the engine takes them (one row for every
+    query, or one per query; None without a filter), checked."""
     if filter is None:
         return None
     if not isinstance(filter, Filter):
         raise TypeError(
-            "filter must be created with ivfsq.neighbors.filters.from_bitset, got "
-            f"{type(filter).__name__}"
+            "filter must be created with ivfsq.neighbors.filters.from_bitset or from_bitmap, "
+            f"got {type(filter).__name__}"
         )
-    if filter.n_bits < engine.next_id:
-        raise ValueError(
-            f"filter must cover every id in the index (at least {engine.next_id} bits), "
-            f"got {filter.n_bits} bits"
-        )
-    return kernel_words(filter)
+    return filter.rows(n_queries, engine.next_id)
 
 
 def range_search(search_params, index, queries, radius, resources=None, filter=None):
@@ -603,10 +599,10 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
     engine = _check_index(index)
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     radius = check_float("radius", radius)
-    keep_words = _filter_words(filter, engine)
+    n_queries = queries.shape[0]
+    keep_words = _filter_words(filter, engine, n_queries)
     metric = engine.metric
     internal = metric.radius_to_internal(radius)
-    n_queries = queries.shape[0]
     if n_queries == 0 or engine.lists.size == 0:
         return (np.zeros(n_queries + 1, dtype=np.int64), np.zeros(0, dtype=np.int64),
                 np.zeros(0, dtype=np.float32))
@@ -740,10 +736,8 @@ def search(
     engine = _check_index(index)
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     k, refine_ratio = _check_k_refine(search_params, engine.lists, k)
-    keep_words = _filter_words(filter, engine)
-    if keep_words is not None:
-        keep_words = keep_words.reshape(1, -1)
     n_queries = queries.shape[0]
+    keep_words = _filter_words(filter, engine, n_queries)
     if neighbors is not None:
         check_output("neighbors", neighbors, (n_queries, k), np.int64)
     if distances is not None:
