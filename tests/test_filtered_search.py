@@ -160,6 +160,9 @@ def test_lists_to_walk_counts_kept_rows(data, indexes):
         counts = np.cumsum([keep[ids_by_list[l]].sum() for l in ranked[i]])
         assert n_lists[i] == int(np.argmax(counts >= targets[i])) + 1
         assert seen[i] == counts[n_lists[i] - 1]
+    # One bitset for all queries: counted per list once, the same walks.
+    np.testing.assert_array_equal(
+        filtering._lists_to_walk(cpu, lists, ranked, words, np.arange(20), targets, 2), n_lists)
     assert cpu.count_kept(words, base.shape[0])[0] == keep.sum()
     # Bits past the ids counted are not counted.
     assert cpu.count_kept(words, 37)[0] == keep[:37].sum()

@@ -47,7 +47,10 @@ DIRECT_RATIO = 1.0
 RANK_MARGIN = 3.0
 # Walking queries are grouped by list counts rounded up to
 # ceil(n_probes * LADDER_GROWTH ** j): each group is one search.
-LADDER_GROWTH = 1.25
+LADDER_GROWTH = 1.5
+# A filter keeping at least this share scans the n_probes lists (the walk
+# would add at most s ** (KEPT_EXPONENT - 1) - 1 = 4 % of them).
+FULL_SHARE = 0.9
 
 
 def _ladder(counts, n_probes, n_lists):
@@ -81,6 +84,18 @@ def _row_of_id(lists):
     return row_of_id
 
 
+def _lists_to_walk(backend, lists, ranked, words, queries, targets, n_threads):
+    """Per query (``queries``: their rows), the fewest of its ``ranked``
+    lists holding ``targets`` kept rows, -1 where they all hold fewer. One
+    bitset for all: its kept rows per list, counted once; else counted
+    list by list as each query walks."""
+    if words.shape[0] == 1:
+        kept = backend.kept_per_list(lists, words[0])[ranked].cumsum(axis=1)
+        reached = kept >= targets[:, None]
+        return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, -1)
+    return backend.lists_to_walk(lists, ranked, words[queries], targets, n_threads)[0]
+
+
 def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search_blocks,
            device="cpu"):
     """Internal distances and ids (n_queries, k) of a filtered search.
@@ -105,6 +120,9 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
     kept = kept if per_query else np.broadcast_to(kept, (n_queries,))
     share = np.clip(kept / n_stored, 1e-12, 1.0)
 
+    if not per_query and share[0] >= FULL_SHARE:
+        return search_blocks(np.arange(n_queries), n_probes, words[0])
+
     queries = engine.internal(prepared, n_threads)
     # Lists to rank: RANK_MARGIN times the walk of the smallest share.
     widest = n_probes * float(share.min()) ** (KEPT_EXPONENT - 1.0) * RANK_MARGIN
@@ -116,18 +134,17 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
 
     walk = np.flatnonzero(~direct)
     if walk.shape[0]:
-        walk_words = words[walk] if per_query else words
-        n_walk, _ = backend.lists_to_walk(lists, ranked[walk], walk_words, targets[walk],
-                                          n_threads)
+        n_walk = _lists_to_walk(backend, lists, ranked[walk], words, walk, targets[walk],
+                                n_threads)
+        n_walk[share[walk] >= FULL_SHARE] = n_probes
         short = np.flatnonzero(n_walk < 0)
         if short.shape[0] and n_ranked < n_lists:
             # The kept rows are farther than a filter independent of the
             # data would put them: walk all lists.
             again = walk[short]
             ranked_all = engine.coarse_probes(queries[again], n_lists, n_threads)
-            n_walk[short], _ = backend.lists_to_walk(
-                lists, ranked_all, words[again] if per_query else words, targets[again],
-                n_threads)
+            n_walk[short] = _lists_to_walk(backend, lists, ranked_all, words, again,
+                                           targets[again], n_threads)
         # Fewer kept rows than the target in all lists: scan them all.
         n_walk[n_walk < 0] = n_lists
         n_walk = _ladder(np.maximum(n_walk, n_probes), n_probes, n_lists)

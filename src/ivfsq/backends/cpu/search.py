@@ -488,6 +488,13 @@ def count_kept(words, n_ids):
     return out
 
 
+def kept_per_list(lists, words):
+    """Per list of the snapshot, the rows whose ids the bitset ``words`` (1-D) keeps."""
+    out = np.empty(lists.n_lists, dtype=np.int64)
+    kernels.filtered.kept_per_list(words, lists.ids, lists.list_offsets, lists.list_sizes, out)
+    return out
+
+
 def lists_to_walk(lists, ranked, words, targets, n_threads):
     """Per query, the fewest of its ``ranked`` lists (nearest first) whose
     rows include ``targets`` kept ones (-1: all of them hold fewer), and the

@@ -40,6 +40,18 @@ def count_kept(words, n_ids, out):
 
 
 @njit(**JIT)
+def kept_per_list(words, ids, list_offsets, list_sizes, out):
+    """``out[l]``: the rows of list ``l`` whose ids the bitset ``words`` keeps."""
+    for lst in range(list_offsets.shape[0]):
+        start = list_offsets[lst]
+        count = 0
+        for row in range(start, start + list_sizes[lst]):
+            if is_kept(words, ids[row]):
+                count += 1
+        out[lst] = count
+
+
+@njit(**JIT)
 def lists_to_walk(ranked, words, ids, list_offsets, list_sizes, targets, out_lists, out_seen):
     """Per query ``i``, the fewest of its ranked lists (``ranked[i]``,
     nearest first; -1 ends them) whose rows include ``targets[i]`` kept
