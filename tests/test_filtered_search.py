@@ -244,3 +244,31 @@ def test_range_search_with_a_bitmap(data, indexes):
         got = ids[offsets[q] : offsets[q + 1]]
         np.testing.assert_array_equal(np.sort(got), np.sort(one[1]))
         assert np.isin(got, np.flatnonzero(masks[q])).all()
+
+
+def test_tune_with_a_filter_reaches_the_target_on_filtered_truth(data, indexes):
+    base, queries = data
+    index = indexes["sqeuclidean"]
+    keep = np.random.default_rng(10).random(base.shape[0]) < 0.05
+    keep_filter = filters.from_bitset(keep)
+    params, points = ivf_sq.tune(index, queries, target_recall=0.95, k=K, filter=keep_filter,
+                                 first_pass=False)
+    _, found = ivf_sq.search(params, index, queries, K, filter=keep_filter)
+    # The tuned recall is that of the filtered search against the exact
+    # neighbours among the kept (decoded) vectors.
+    engine = index._engine
+    truth = ivf_sq._tune.stored_ground_truth(engine, engine.prepare("q", queries)[0], K,
+                                             keep_filter.bitset.reshape(1, -1))
+    assert np.isin(truth, np.flatnonzero(keep)).all()
+    assert recall(np.asarray(found), truth) >= 0.95
+    assert points[-1]["recall"] >= 0.95
+    # A bitmap where one query keeps 3 ids: its truth has 3, and recall
+    # counts those (the target is reachable).
+    masks = np.repeat(keep[None], 20, axis=0)
+    masks[0] = False
+    masks[0, [7, 70, 700]] = True
+    params, points = ivf_sq.tune(index, queries[:20], target_recall=0.95, k=K,
+                                 filter=filters.from_bitmap(masks), first_pass=False)
+    assert points[-1]["recall"] >= 0.95
+    with pytest.raises(ValueError, match="one row per query"):
+        ivf_sq.tune(index, queries[:21], target_recall=0.9, k=K, filter=filters.from_bitmap(masks))

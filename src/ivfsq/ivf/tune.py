@@ -25,16 +25,40 @@ def variants(has_precise, first_pass, k):
             for ratio in refine_ratios for factor in factors]
 
 
-def stored_ground_truth(engine, queries, k):
+def stored_ground_truth(engine, queries, k, keep_words=None):
     """Exact top-k ids of ``queries`` among the stored vectors: the precise
-    store when there is one (what re-ranking uses), else the decoded codes."""
+    store when there is one (what re-ranking uses), else the decoded codes.
+    With ``keep_words`` (bitsets, one row or one per query) among the kept
+    ones only; rows where fewer than ``k`` pass end in -1."""
     ids, decoded = engine.decoded_vectors()
     vectors = decoded
     if engine.has_precise:
         lists = engine.lists
         vectors = lists.precise[lists.valid_rows()].astype(np.float32)
-    _, rows = brute_force_knn(vectors, queries, min(k, ids.shape[0]), engine.metric.name)
-    return ids[rows]
+    metric = engine.metric.name
+    if keep_words is None:
+        _, rows = brute_force_knn(vectors, queries, min(k, ids.shape[0]), metric)
+        return ids[rows]
+    truth = np.full((queries.shape[0], k), -1, dtype=np.int64)
+    groups = ([np.arange(queries.shape[0])] if keep_words.shape[0] == 1
+              else [np.asarray([q]) for q in range(queries.shape[0])])
+    for group in groups:
+        words = keep_words[group[0]]
+        kept = (words[ids >> 5] >> (ids & 31).astype(np.uint32)) & 1 == 1
+        n_found = min(k, int(kept.sum()))
+        if n_found:
+            _, rows = brute_force_knn(vectors[kept], queries[group], n_found, metric)
+            truth[group, :n_found] = ids[kept][rows]
+    return truth
+
+
+def filtered_recall(found, truth, k):
+    """recall@k over the true ids there are (a row of ``truth`` may end in
+    -1 where a filter passes fewer than ``k``)."""
+    valid = np.count_nonzero(np.asarray(truth)[:, :k] >= 0)
+    if valid == 0:
+        return 1.0
+    return float(recall_at_k(found, truth, k) * k * truth.shape[0] / valid)
 
 
 def choose(points, target_recall, k, by_qps):
@@ -79,7 +103,7 @@ def sweep(search, n_queries, truth, k, n_lists, target_recall, variants):
             refine_ratio, candidates = variant
             neighbors = search(n_probes, refine_ratio, candidates, n_queries)  # warm
             seconds = _best_time(lambda: search(n_probes, refine_ratio, candidates, n_queries))
-            recall = recall_at_k(neighbors, truth, k)
+            recall = filtered_recall(neighbors, truth, k)
             points.append({"n_probes": n_probes, "refine_ratio": refine_ratio,
                            "first_pass_candidates": candidates, "recall": recall,
                            "qps": n_queries / seconds, "seconds": seconds})

@@ -430,7 +430,7 @@ def reconstruct(index, ids, resources=None):
 
 
 def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None,
-         first_pass=None):
+         first_pass=None, filter=None):
     """The cheapest search parameters that reach a recall on sample queries.
 
     ``n_probes`` is swept upwards (1, 2, 3, 4, 6, 8, 12, ... n_lists, each
@@ -463,6 +463,11 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None,
     first_pass : bool or None, default = None
         Sweep the 4-bit first pass too: ``None`` where the codes are 8-bit,
         ``False`` never (``True`` for 4-bit codes is an error).
+    filter : Filter, optional
+        Tune the searches with this filter (a bitset, or a bitmap with one
+        row per query); the computed ground truth is then among the kept
+        ids, and recall counts the true ids there are (fewer than ``k``
+        where fewer pass).
 
     Returns
     -------
@@ -502,9 +507,10 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None,
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
     n_queries = queries.shape[0]
+    keep_words = _filter_words(filter, engine, n_queries)
     if ground_truth is None:
         prepared = engine.prepare("queries", queries)[0]
-        truth = _tune.stored_ground_truth(engine, prepared, k)
+        truth = _tune.stored_ground_truth(engine, prepared, k, keep_words)
     else:
         truth = np.asarray(ground_truth)
         if truth.dtype.kind not in "iu":
@@ -529,7 +535,8 @@ def tune(index, queries, *, target_recall, k, ground_truth=None, resources=None,
     def run(n_probes, refine_ratio, candidates, count):
         params = SearchParams(n_probes=n_probes, refine_ratio=refine_ratio,
                               first_pass_candidates=candidates)
-        return search(params, index, queries[:count], k, resources=resources)[1]
+        return search(params, index, queries[:count], k, resources=resources,
+                      filter=filter)[1]
 
     points = _tune.sweep(run, n_queries, truth[:, :k], k, index.n_lists, target_recall,
                          variants)
