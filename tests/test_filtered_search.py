@@ -272,3 +272,29 @@ def test_tune_with_a_filter_reaches_the_target_on_filtered_truth(data, indexes):
     assert points[-1]["recall"] >= 0.95
     with pytest.raises(ValueError, match="one row per query"):
         ivf_sq.tune(index, queries[:21], target_recall=0.9, k=K, filter=filters.from_bitmap(masks))
+
+
+def test_a_filter_keeps_its_counts_per_snapshot_of_the_lists(data):
+    base, queries = data
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=32), base[:5000])
+    keep = np.zeros(6000, dtype=bool)
+    keep[::4] = True  # 25 %: its queries walk
+    keep_filter = filters.from_bitset(keep)
+    params = ivf_sq.SearchParams(n_probes=2)
+    first = ivf_sq.search(params, index, queries, K, filter=keep_filter)[1]
+    snapshot, counts = keep_filter._memo["kept per list"]
+    assert snapshot() is index._engine.lists
+    # The counts are the kept rows of each list.
+    lists = index._engine.lists
+    for lst in range(32):
+        rows = slice(lists.list_offsets[lst], lists.list_offsets[lst] + lists.list_sizes[lst])
+        assert counts[lst] == keep[lists.ids[rows]].sum()
+    np.testing.assert_array_equal(ivf_sq.search(params, index, queries, K, filter=keep_filter)[1],
+                                  first)
+    # New rows make a new snapshot: counted again, and the kept new ids found.
+    ivf_sq.extend(index, base[5000:6000], np.arange(5000, 6000))
+    _, found = ivf_sq.search(params, index, queries, K, filter=keep_filter)
+    assert keep_filter._memo["kept per list"][0]() is index._engine.lists
+    assert (found >= 5000).any() and keep[found].all()
+    truth = filtered_truth(base[:6000], queries, keep, "sqeuclidean")
+    assert recall(found, truth) > 0.9

@@ -405,12 +405,14 @@ class IvfSqEngine:
         return 0 if layout is None else sum(array.nbytes for array in layout)
 
     def search(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio=1.0,
-               scan="auto", int_filter="auto", device="cpu", first_pass=0):
+               scan="auto", int_filter="auto", device="cpu", first_pass=0, filter_memo=None):
         """Internal (smaller is better) distances and ids, (nq, k).
 
         ``prepared`` queries come from :meth:`prepare`. ``keep_words``: None,
         or uint32 bitsets of kept ids, one row for every query or one per
-        query, searched as :mod:`ivfsq.ivf.filtering` says. With a precise store,
+        query, searched as :mod:`ivfsq.ivf.filtering` says; ``filter_memo``:
+        a dict that lives as long as those words (the filter's), where what
+        is derived from them is kept between searches. With a precise store,
         ``ceil(refine_ratio * k)`` candidates per query are scored on the
         codes and re-ranked with exact distances. Large batches are searched
         in blocks of queries, all against one snapshot of the lists, each
@@ -425,7 +427,7 @@ class IvfSqEngine:
                                            first_pass)
 
             return filtering.search(self, prepared, k, n_probes, keep_words, n_threads,
-                                    refine_ratio, search_blocks, device)
+                                    refine_ratio, search_blocks, device, filter_memo)
         return self._search_blocks(prepared, k, n_probes, None, n_threads, refine_ratio, scan,
                                    int_filter, device, first_pass)
 

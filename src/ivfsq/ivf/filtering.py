@@ -29,7 +29,9 @@ walk goes on until ``k`` kept rows were seen (or every list was), and the
 direct strategy scores them all.
 """
 
+import functools
 import math
+import weakref
 
 import numpy as np
 
@@ -56,11 +58,18 @@ FULL_SHARE = 0.9
 def _ladder(counts, n_probes, n_lists):
     """``counts`` rounded up to the ladder ``ceil(n_probes * LADDER_GROWTH ** j)``
     (at most ``n_lists``)."""
+    steps = _ladder_steps(n_probes, n_lists, LADDER_GROWTH)
+    return steps[np.minimum(np.searchsorted(steps, counts), steps.shape[0] - 1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _ladder_steps(n_probes, n_lists, growth):
     steps = [n_probes]
     while steps[-1] < n_lists:
-        steps.append(min(n_lists, max(steps[-1] + 1, math.ceil(steps[-1] * LADDER_GROWTH))))
+        steps.append(min(n_lists, max(steps[-1] + 1, math.ceil(steps[-1] * growth))))
     steps = np.asarray(steps, dtype=np.int64)
-    return steps[np.minimum(np.searchsorted(steps, counts), steps.shape[0] - 1)]
+    steps.flags.writeable = False  # shared between calls
+    return steps
 
 
 def kept_rows(engine, lists, words):
@@ -84,26 +93,41 @@ def _row_of_id(lists):
     return row_of_id
 
 
-def _lists_to_walk(backend, lists, ranked, words, queries, targets, n_threads):
+def _kept_per_list(backend, lists, words, memo):
+    """The kept rows of each list for one bitset (1-D), counted once per
+    snapshot of the lists and kept in ``memo`` (the filter's) when given."""
+    if memo is not None:
+        cached = memo.get("kept per list")
+        if cached is not None and cached[0]() is lists:
+            return cached[1]
+    counts = backend.kept_per_list(lists, words)
+    if memo is not None:
+        # A weak reference: the filter does not keep an old snapshot alive.
+        memo["kept per list"] = (weakref.ref(lists), counts)
+    return counts
+
+
+def _lists_to_walk(backend, lists, ranked, words, queries, targets, n_threads, memo=None):
     """Per query (``queries``: their rows), the fewest of its ``ranked``
     lists holding ``targets`` kept rows, -1 where they all hold fewer. One
     bitset for all: its kept rows per list, counted once; else counted
     list by list as each query walks."""
     if words.shape[0] == 1:
-        kept = backend.kept_per_list(lists, words[0])[ranked].cumsum(axis=1)
+        kept = _kept_per_list(backend, lists, words[0], memo)[ranked].cumsum(axis=1)
         reached = kept >= targets[:, None]
         return np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, -1)
     return backend.lists_to_walk(lists, ranked, words[queries], targets, n_threads)[0]
 
 
 def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search_blocks,
-           device="cpu"):
+           device="cpu", memo=None):
     """Internal distances and ids (n_queries, k) of a filtered search.
 
     ``words``: uint32 bitsets, one row for all queries or one per query.
     ``search_blocks(rows, n_probes, keep_words)`` runs the engine's
     unfiltered-path search of the queries ``rows`` (an index array) over
-    ``n_probes`` lists with a 1-D bitset.
+    ``n_probes`` lists with a 1-D bitset. ``memo``: the filter's dict for
+    what is derived from its words (see :func:`_kept_per_list`).
     """
     backend = backends.get(device)
     lists = engine.lists
@@ -135,7 +159,7 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
     walk = np.flatnonzero(~direct)
     if walk.shape[0]:
         n_walk = _lists_to_walk(backend, lists, ranked[walk], words, walk, targets[walk],
-                                n_threads)
+                                n_threads, memo)
         n_walk[share[walk] >= FULL_SHARE] = n_probes
         short = np.flatnonzero(n_walk < 0)
         if short.shape[0] and n_ranked < n_lists:
@@ -144,7 +168,7 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
             again = walk[short]
             ranked_all = engine.coarse_probes(queries[again], n_lists, n_threads)
             n_walk[short] = _lists_to_walk(backend, lists, ranked_all, words, again,
-                                           targets[again], n_threads)
+                                           targets[again], n_threads, memo)
         # Fewer kept rows than the target in all lists: scan them all.
         n_walk[n_walk < 0] = n_lists
         n_walk = _ladder(np.maximum(n_walk, n_probes), n_probes, n_lists)

@@ -24,6 +24,10 @@ class Filter:
         self._words = words
         self._n_bits = n_bits
         self._flat = flat
+        # What searches derive from a bitset and a snapshot of an index's
+        # lists (its kept rows per list), kept for the next search: the
+        # words never change once the filter is made.
+        self._memo = {}
 
     @property
     def per_query(self):

@@ -754,6 +754,7 @@ def search(
     if n_queries:
         out_d, out_i = engine.search(
             query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio,
+            filter_memo=None if filter is None else filter._memo,
             scan=search_params.scan, int_filter=search_params.int_filter,
             device=resolve_device(resources),
             first_pass=search_params.first_pass_candidates or 0,
