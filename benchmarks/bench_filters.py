@@ -149,7 +149,7 @@ def run_dataset(name, args):
         n_kept = int(keep.sum())
         truth = exact_filtered(base, queries, keep, metric, k)
         search_filter = filters.from_bitset(keep)
-        words = search_filter.bitset
+        words = search_filter.bitset.reshape(1, -1)
         bitmap = np.packbits(keep, bitorder="little")
         selector = faiss.IDSelectorBitmap(base.shape[0], faiss.swig_ptr(bitmap))
         faiss_params = faiss.SearchParametersIVF(nprobe=n_probes, sel=selector)

@@ -98,7 +98,7 @@ def test_scoring_kept_rows_directly_equals_the_scan_of_every_list(data, metric, 
     # Few kept ids at 4 probes: scored directly (no list is scanned) ...
     direct_d, direct_i = engine.search(prepared, K, 4, words, 2)
     # ... and the same as scanning every list with the filter.
-    scan_d, scan_i = engine._search_blocks(prepared, K, 64, words[0], 2, 1.0, "auto", "auto",
+    scan_d, scan_i = engine._search_blocks(prepared, K, 64, words, 2, 1.0, "auto", "auto",
                                            "cpu", 0)
     np.testing.assert_allclose(direct_d, scan_d, rtol=1e-5, atol=1e-5)
     assert (direct_i == scan_i).mean() > 0.99
@@ -206,10 +206,14 @@ def test_per_query_bitmaps_keep_the_promise_per_query(data, indexes, metric):
             assert (got[:, keep.sum():] == -1).all()
 
 
-def test_a_bitmap_equals_each_query_with_its_own_bitset(data, indexes):
+@pytest.mark.parametrize("search", [
+    dict(), dict(scan="few"), dict(scan="per_query"), dict(scan="per_list"),
+    dict(scan="list_major"), dict(first_pass_candidates=20),
+])
+def test_a_bitmap_equals_each_query_with_its_own_bitset(data, indexes, search):
     base, queries = data
     index = indexes["sqeuclidean"]
-    params = ivf_sq.SearchParams(n_probes=6)
+    params = ivf_sq.SearchParams(n_probes=6, **search)
     masks = per_query_masks(base, 24, seed=8)
     bitmap_d, bitmap_i = ivf_sq.search(params, index, queries[:24], K,
                                        filter=filters.from_bitmap(masks))

@@ -117,7 +117,7 @@ def test_scan_kernel_matches_numpy_oracle(bits, emit_rows, dim, use_int):
         scan.scan_lists(probes, consts,
                         common.QueryTables(weights, q_sq, int_weights, int_params),
                         common.ListArrays(codes, ids, aux, list_offsets, list_sizes),
-                        common.KeepFilter(np.zeros(0, np.uint32), False), metric, bits,
+                        common.KeepFilter(np.zeros((1, 0), np.uint32), False), metric, bits,
                         emit_rows, out_d, out_i)
         for i in range(3):
             cand_d, cand_i = [], []

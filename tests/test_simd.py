@@ -493,9 +493,10 @@ def test_scans_take_every_row_of_short_lists_once(bits, dtype, code_size):
         )
         return counts, found
 
-    float_d, _ = top_k(no_int, bitset, False)
+    float_d, _ = top_k(no_int, bitset[None], False)
     radius = np.median(float_d[:, -1])
-    for keep, use_filter in ((np.zeros(0, np.uint32), False), (bitset, True)):
+    # Bitsets as the kernels take them: one row for every query.
+    for keep, use_filter in ((np.zeros((1, 0), np.uint32), False), (bitset[None], True)):
         for run in (top_k, list_major):
             expected_d, expected_i = run(no_int, keep, use_filter)
             got_d, got_i = run((int_weights, params), keep, use_filter)

@@ -433,8 +433,8 @@ class IvfSqEngine:
 
     def _search_blocks(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio, scan,
                        int_filter, device, first_pass):
-        """:meth:`search` over ``n_probes`` lists, in blocks as planned; a
-        1-D ``keep_words`` bitset is checked in the scan."""
+        """:meth:`search` over ``n_probes`` lists, in blocks as planned;
+        ``keep_words`` (as in :meth:`search`) is checked in the scan."""
         backend = backends.get(device)
         lists = self.lists  # one snapshot for the whole search
         n_queries = prepared.shape[0]
@@ -449,8 +449,11 @@ class IvfSqEngine:
             plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter,
                              first_pass)
             rows = slice(start, start + plan.block_queries)
+            block_words = keep_words
+            if keep_words is not None and keep_words.shape[0] > 1:
+                block_words = keep_words[rows]  # the block's own bitsets
             distances[rows], neighbors[rows] = backend.search_block(
-                self, plan, prepared[rows], lists, k, n_probes, keep_words, n_threads,
+                self, plan, prepared[rows], lists, k, n_probes, block_words, n_threads,
                 refine_ratio,
             )
         return distances, neighbors
@@ -484,19 +487,8 @@ class IvfSqEngine:
         (see :func:`ivfsq.backends.cpu.search.range_search`): CSR arrays
         ``offsets``, ``ids`` and internal distances. ``keep_words`` as in
         :meth:`search`."""
-        backend = backends.get(device)
-        if keep_words is None or keep_words.shape[0] == 1:
-            words = None if keep_words is None else keep_words[0]
-            return backend.range_search(self, prepared, radius, n_probes, words, n_threads,
-                                        int_filter)
-        # One bitset per query: each query on its own, results joined.
-        parts = [backend.range_search(self, prepared[i : i + 1], radius, n_probes,
-                                      keep_words[i], n_threads, int_filter)
-                 for i in range(prepared.shape[0])]
-        counts = [part[1].shape[0] for part in parts]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return (offsets, np.concatenate([part[1] for part in parts]),
-                np.concatenate([part[2] for part in parts]))
+        return backends.get(device).range_search(self, prepared, radius, n_probes, keep_words,
+                                                 n_threads, int_filter)
 
     def sq4_int16_pays(self, lists):
         """Whether int16 filter weights pay for these 4-bit codes: where the

@@ -124,9 +124,9 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
     """Internal distances and ids (n_queries, k) of a filtered search.
 
     ``words``: uint32 bitsets, one row for all queries or one per query.
-    ``search_blocks(rows, n_probes, keep_words)`` runs the engine's
-    unfiltered-path search of the queries ``rows`` (an index array) over
-    ``n_probes`` lists with a 1-D bitset. ``memo``: the filter's dict for
+    ``search_blocks(rows, n_probes, keep_words)`` runs the engine's block
+    search of the queries ``rows`` (an index array) over ``n_probes`` lists
+    with their bitsets (one row, or one per query of ``rows``). ``memo``: the filter's dict for
     what is derived from its words (see :func:`_kept_per_list`).
     """
     backend = backends.get(device)
@@ -145,7 +145,7 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
     share = np.clip(kept / n_stored, 1e-12, 1.0)
 
     if not per_query and share[0] >= FULL_SHARE:
-        return search_blocks(np.arange(n_queries), n_probes, words[0])
+        return search_blocks(np.arange(n_queries), n_probes, words)
 
     queries = engine.internal(prepared, n_threads)
     # Lists to rank: RANK_MARGIN times the walk of the smallest share.
@@ -174,13 +174,8 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
         n_walk = _ladder(np.maximum(n_walk, n_probes), n_probes, n_lists)
         for count in np.unique(n_walk):
             group = walk[n_walk == count]
-            if per_query:
-                for query in group:
-                    rows = np.asarray([query])
-                    distances[rows], neighbors[rows] = search_blocks(rows, int(count),
-                                                                     words[query])
-            else:
-                distances[group], neighbors[group] = search_blocks(group, int(count), words[0])
+            distances[group], neighbors[group] = search_blocks(
+                group, int(count), words[group] if per_query else words)
 
     direct_rows = np.flatnonzero(direct)
     if direct_rows.shape[0]:

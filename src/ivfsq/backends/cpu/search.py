@@ -77,14 +77,24 @@ def normalize_rows(vectors):
     return vectors, nonzero
 
 
-_NO_FILTER = kernels.common.KeepFilter(np.zeros(0, dtype=np.uint32), False)
+_NO_FILTER = kernels.common.KeepFilter(np.zeros((1, 0), dtype=np.uint32), False)
 
 
 def _kernel_filter(keep_words):
-    """The filter as the kernels take it (no words without a filter)."""
+    """The filter as the kernels take it (no words without a filter):
+    ``keep_words`` has one row of bitset words for every query, or one per
+    query."""
     if keep_words is None:
         return _NO_FILTER
     return kernels.common.KeepFilter(keep_words, True)
+
+
+def _keep_rows(keep, rows):
+    """The filter of some queries (``rows``: a slice or index array): their
+    own rows of a per-query filter, else the filter itself."""
+    if keep.words.shape[0] > 1:
+        return kernels.common.KeepFilter(np.ascontiguousarray(keep.words[rows]), keep.enabled)
+    return keep
 
 
 def _list_arrays(lists):
@@ -252,7 +262,8 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
             in_kernel = stop - start < COARSE_BLAS_MIN_QUERIES
             if call.coarse_bound is not None or not in_kernel:
                 probes = engine.coarse_probes(queries[rows], n_probes, 1, in_kernel)
-            call.run(queries[rows], keep, refine, probes, distances[rows], neighbors[rows])
+            call.run(queries[rows], _keep_rows(keep, rows), refine, probes, distances[rows],
+                     neighbors[rows])
 
         with single_threaded_blas():
             run_chunks(task, n_queries, n_threads, min_chunk=FIRST_PASS_MIN_CHUNK)
@@ -270,14 +281,20 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
         kernels.scan.scan_lists(
             np.ascontiguousarray(probes[query_rows, probe_cols]),
             np.ascontiguousarray(list_consts[query_rows, probe_cols]),
-            _rows_of(tables, query_rows), arrays, keep, metric, bits, refine, out_d, out_i,
+            _rows_of(tables, query_rows), arrays, _keep_rows(keep, query_rows), metric, bits,
+            refine, out_d, out_i,
         )
 
-    if plan.path == "list_major":
+    path = plan.path
+    if path == "list_major" and keep.words.shape[0] > 1:
+        # The list-major scan checks one bitset per row for a block of
+        # queries: queries with their own bitsets are scanned one by one.
+        path = "per_query"
+    if path == "list_major":
         # Big batches: list-major, each list read once for all its queries.
         _scan_grouped(engine, probes, list_consts, tables, lists, keep, metric, bits, refine,
                       distances, neighbors, n_threads)
-    elif plan.path == "per_query":
+    elif path == "per_query":
         # Batches: parallel over queries, each query's top-k in one heap.
         def task(start, stop):
             rows = slice(start, stop)
@@ -324,8 +341,8 @@ def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
         def task(start, stop):
             rows = slice(start, stop)
             chunks[start] = kernels.exact.range_exact(
-                np.ascontiguousarray(probes[rows]), prepared[rows], store, arrays, keep, metric,
-                radius,
+                np.ascontiguousarray(probes[rows]), prepared[rows], store, arrays,
+                _keep_rows(keep, rows), metric, radius,
             )
     else:
         list_consts, query_sq_norms = engine.list_constants(queries, probes, n_threads)
@@ -339,7 +356,8 @@ def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
             rows = slice(start, stop)
             chunks[start] = kernels.scan.range_lists(
                 np.ascontiguousarray(probes[rows]), np.ascontiguousarray(list_consts[rows]),
-                _rows_of(tables, rows), arrays, keep, metric, engine.quantizer.bits, radius,
+                _rows_of(tables, rows), arrays, _keep_rows(keep, rows), metric,
+                engine.quantizer.bits, radius,
             )
 
     run_chunks(task, n_queries, n_threads)

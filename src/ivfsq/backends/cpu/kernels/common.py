@@ -42,7 +42,9 @@ ListArrays = namedtuple("ListArrays", ["codes", "ids", "aux", "offsets", "sizes"
 #: Per query: the float weights of the scan's dot, ``|q|^2`` for L2 (else
 #: 0), and the integer filter's weights and INT_PARAMS (no columns: off).
 QueryTables = namedtuple("QueryTables", ["weights", "sq_norms", "int_weights", "int_params"])
-#: A bitset of kept ids (bit ``i`` of word ``i // 32``) and whether it applies.
+#: Bitsets of kept ids (bit ``i`` of word ``i // 32``), uint32 (rows, words):
+#: one row for every query, or one per query (row ``i`` for the kernel's
+#: query ``i``); and whether they apply.
 KeepFilter = namedtuple("KeepFilter", ["words", "enabled"])
 #: (query, probe) pairs grouped by list: per list ``offsets`` into the pairs'
 #: query rows ``queries`` and their list constants ``consts``.

@@ -103,7 +103,7 @@ def range_exact(
     Returns per-query counts and the ids and distances, query by query.
     """
     codes, ids, aux, list_offsets, list_sizes = lists
-    keep_words, use_filter = keep
+    all_words, use_filter = keep
     precise, precise_half_bits, half_table = store
     n_queries, n_probes = probes.shape
     use_half = precise.shape[0] == 0
@@ -114,6 +114,7 @@ def range_exact(
     found_i = np.empty(4096, dtype=np.int64)
     used = 0
     for i in range(n_queries):
+        keep_words = all_words[i if all_words.shape[0] > 1 else 0]  # one bitset, or its own
         for p in range(n_probes):
             lst = probes[i, p]
             start = list_offsets[lst]

@@ -381,7 +381,7 @@ def search_first_pass(
     block_aux,
     block_offsets,
     metric,
-    keep_words,
+    all_words,
     use_filter,
     emit_rows,
     n_candidates,
@@ -425,6 +425,7 @@ def search_first_pass(
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
+        keep_words = all_words[i if all_words.shape[0] > 1 else 0]  # one bitset, or its own
         query_probes(query, i, given_probes, centers, center_sq_norms, use_l2, dots,
                      probe_scores, probe_lists, workspace)
         weights_row(query, delta, 8, code_size, weights)

@@ -75,7 +75,9 @@ def scan_lists_grouped(
     """
     weights, query_sq_norms, int_weights, int_params = tables
     codes, ids, aux, list_offsets, list_sizes = lists
-    keep_words, use_filter = keep
+    # One bitset for the whole batch (a batch with one per query takes a
+    # per-query path instead).
+    keep_words, use_filter = keep[0][0], keep[1]
     pair_offsets, pair_queries, pair_consts = pairs
     k = heap_distances.shape[1]
     code_size = codes.shape[1]
@@ -278,7 +280,9 @@ def scan_first_lists_grouped(
     """
     weights, query_sq_norms, int_weights, int_params = tables
     codes, ids, aux, list_offsets, list_sizes = lists
-    keep_words, use_filter = keep
+    # One bitset for the whole batch (a batch with one per query takes a
+    # per-query path instead).
+    keep_words, use_filter = keep[0][0], keep[1]
     pair_offsets, pair_queries, pair_consts = pairs
     k = heap_distances.shape[1]
     n_chunks = n_int_chunks(int_weights, bits)

@@ -178,7 +178,7 @@ def scan_lists(
     """
     weights, query_sq_norms, int_weights, int_params = tables
     codes, ids, aux, list_offsets, list_sizes = lists
-    keep_words, use_filter = keep
+    all_words, use_filter = keep
     n_queries, n_probes = probes.shape
     bounded = n_int_chunks(int_weights, bits) > 0
     lowers = np.empty(0, dtype=np.float32)
@@ -186,6 +186,7 @@ def scan_lists(
     row_dots = np.empty(0, dtype=np.int32)
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
+        keep_words = all_words[i if all_words.shape[0] > 1 else 0]  # one bitset, or its own
         heap_d = out_distances[i]
         heap_i = out_ids[i]
         heap_init(heap_d, heap_i)
@@ -233,13 +234,14 @@ def range_lists(
     """
     weights, query_sq_norms, int_weights, int_params = tables
     codes, ids, aux, list_offsets, list_sizes = lists
-    keep_words, use_filter = keep
+    all_words, use_filter = keep
     n_queries, n_probes = probes.shape
     counts = np.zeros(n_queries, dtype=np.int64)
     found_d = np.empty(4096, dtype=np.float32)
     found_i = np.empty(4096, dtype=np.int64)
     used = 0
     for i in range(n_queries):
+        keep_words = all_words[i if all_words.shape[0] > 1 else 0]  # one bitset, or its own
         while True:
             position = used
             for p in range(n_probes):
@@ -420,7 +422,7 @@ def search_few(
     list_sizes,
     metric,
     bits,
-    keep_words,
+    all_words,
     use_filter,
     emit_rows,
     int_weights,
@@ -462,6 +464,7 @@ def search_few(
     counts = np.empty(HISTOGRAM_BUCKETS, dtype=np.int64)
     for i in range(n_queries):
         query = queries[i]
+        keep_words = all_words[i if all_words.shape[0] > 1 else 0]  # one bitset, or its own
         query_probes(query, i, given_probes, centers, center_sq_norms, use_l2, dots,
                      probe_scores, probe_lists, workspace)
         weights_row(query, delta, bits, code_size, weights)
