@@ -5,9 +5,14 @@ engine's lists. Its module provides:
 
 - ``search_block(engine, plan, prepared, lists, k, n_probes, keep_words,
   n_threads, refine_ratio) -> (distances, ids)``: one block of queries,
-  internal distances, sorted;
+  internal distances, sorted; ``keep_words`` is None or uint32 bitsets,
+  one row for every query or one per query;
 - ``range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
   int_filter) -> (offsets, ids, distances)``;
+- for filtered searches (:mod:`ivfsq.ivf.filtering`): ``count_kept(words,
+  n_ids)``, ``kept_per_list(lists, words)``, ``lists_to_walk(lists, ranked,
+  words, targets, n_threads)`` and ``search_rows(engine, prepared, lists, k,
+  row_starts, rows, row_lists, n_threads, refine_ratio)``;
 - ``one_query(engine, plan, lists, k, n_probes, refine_ratio) -> runner or
   None``: for repeated single queries with the same arguments, an object
   whose ``run(prepared)`` returns ``search_block``'s result for one query

@@ -420,23 +420,25 @@ class IvfSqEngine:
         the backend of ``device`` (:mod:`ivfsq.backends`). ``first_pass``:
         the candidates per query of a 4-bit first pass (0: none).
         """
+        lists = self.lists  # one snapshot for the whole search
         if keep_words is not None:
             def search_blocks(rows, group_probes, group_words):
                 return self._search_blocks(prepared[rows], k, group_probes, group_words,
                                            n_threads, refine_ratio, scan, int_filter, device,
-                                           first_pass)
+                                           first_pass, lists)
 
-            return filtering.search(self, prepared, k, n_probes, keep_words, n_threads,
+            return filtering.search(self, lists, prepared, k, n_probes, keep_words, n_threads,
                                     refine_ratio, search_blocks, device, filter_memo)
         return self._search_blocks(prepared, k, n_probes, None, n_threads, refine_ratio, scan,
-                                   int_filter, device, first_pass)
+                                   int_filter, device, first_pass, lists)
 
     def _search_blocks(self, prepared, k, n_probes, keep_words, n_threads, refine_ratio, scan,
-                       int_filter, device, first_pass):
-        """:meth:`search` over ``n_probes`` lists, in blocks as planned;
-        ``keep_words`` (as in :meth:`search`) is checked in the scan."""
+                       int_filter, device, first_pass, lists=None):
+        """:meth:`search` over ``n_probes`` lists of the snapshot ``lists``
+        (the current one by default), in blocks as planned; ``keep_words``
+        (as in :meth:`search`) is checked in the scan."""
         backend = backends.get(device)
-        lists = self.lists  # one snapshot for the whole search
+        lists = self.lists if lists is None else lists
         n_queries = prepared.shape[0]
         plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter, first_pass)
         if n_queries <= plan.block_queries:

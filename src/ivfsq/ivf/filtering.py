@@ -22,7 +22,8 @@ Each query takes one of two strategies:
 Queries that walk are searched in groups of equal list counts (rounded up
 along ``LADDER_GROWTH``) by the engine's usual block search, so every
 search path (first pass, list-major batches, re-ranking) serves filtered
-queries too.
+queries too; queries with their own bitsets take the per-query scan there
+instead of the list-major one.
 
 When at least ``k`` stored ids pass, every query gets ``k`` results: the
 walk goes on until ``k`` kept rows were seen (or every list was), and the
@@ -119,18 +120,19 @@ def _lists_to_walk(backend, lists, ranked, words, queries, targets, n_threads, m
     return backend.lists_to_walk(lists, ranked, words[queries], targets, n_threads)[0]
 
 
-def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search_blocks,
+def search(engine, lists, prepared, k, n_probes, words, n_threads, refine_ratio, search_blocks,
            device="cpu", memo=None):
-    """Internal distances and ids (n_queries, k) of a filtered search.
+    """Internal distances and ids (n_queries, k) of a filtered search of
+    the snapshot ``lists``.
 
     ``words``: uint32 bitsets, one row for all queries or one per query.
     ``search_blocks(rows, n_probes, keep_words)`` runs the engine's block
     search of the queries ``rows`` (an index array) over ``n_probes`` lists
-    with their bitsets (one row, or one per query of ``rows``). ``memo``: the filter's dict for
-    what is derived from its words (see :func:`_kept_per_list`).
+    with their bitsets (one row, or one per query of ``rows``). ``memo``:
+    the filter's dict for what is derived from its words (see
+    :func:`_kept_per_list`).
     """
     backend = backends.get(device)
-    lists = engine.lists
     n_queries = prepared.shape[0]
     n_lists = engine.centers.shape[0]
     n_probes = min(n_probes, n_lists)
@@ -140,6 +142,8 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
     n_stored = lists.size
     if n_queries == 0 or n_stored == 0:
         return distances, neighbors
+    # Ids the filter keeps below next_id: the stored ones among them, and
+    # any removed ones (an upper bound of the kept stored rows).
     kept = backend.count_kept(words, engine.next_id)
     kept = kept if per_query else np.broadcast_to(kept, (n_queries,))
     share = np.clip(kept / n_stored, 1e-12, 1.0)
@@ -183,8 +187,8 @@ def search(engine, prepared, k, n_probes, words, n_threads, refine_ratio, search
             found = [kept_rows(engine, lists, words[query]) for query in direct_rows]
             counts = [rows.shape[0] for rows, _ in found]
             row_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            rows = np.concatenate([rows for rows, _ in found]) if found else np.zeros(0, np.int64)
-            row_lists = np.concatenate([lsts for _, lsts in found]).astype(np.int64)
+            rows = np.concatenate([rows for rows, _ in found])
+            row_lists = np.concatenate([lists_of for _, lists_of in found])
         else:
             rows, row_lists = kept_rows(engine, lists, words[0])
             row_starts = np.asarray([0, rows.shape[0]], dtype=np.int64)

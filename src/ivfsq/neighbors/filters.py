@@ -124,10 +124,7 @@ def from_bitset(bitset):
     if array.ndim != 1:
         raise ValueError(f"bitset must be a 1-D array, got shape {array.shape}")
     if array.dtype == np.bool_:
-        packed = np.packbits(array, bitorder="little")
-        packed = np.pad(packed, (0, (-packed.size) % 4))
-        words = np.ascontiguousarray(packed).view(np.uint32).copy()
-        return Filter(words, int(array.shape[0]))
+        return Filter(_packed_rows(array[None])[0].copy(), int(array.shape[0]))
     if array.dtype != np.uint32:
         raise TypeError(
             f"bitset must have dtype uint32 (bit words) or bool (keep-mask), got dtype {array.dtype}"
