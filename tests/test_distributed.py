@@ -1,6 +1,8 @@
 """The sharded and replicated index on a local Ray cluster, compared with
 one ivfsq index built from the same trained codec."""
 
+import time
+
 import numpy as np
 import pytest
 from conftest import METRICS
@@ -127,6 +129,14 @@ def test_extend_remove_save_load_and_a_dead_shard(data, tmp_path):
     # A dead actor: a clear error naming the shard; then that shard alone
     # is restored from its file.
     ray.kill(loaded._actors[1])
+    # ray.kill returns before the actor is gone: wait until a call to it fails.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(loaded._actors[1].size.remote(), timeout=10)
+        except ray.exceptions.RayError:
+            break
+        time.sleep(0.05)
     with pytest.raises(distributed.ShardError, match="shard 1 of 3 is unavailable"):
         distributed.search(params, loaded, queries, 10)
     distributed.restore_shard(loaded, 1, tmp_path / "sharded" / "shard-1.ivfsq")
