@@ -28,7 +28,6 @@ import collections
 import inspect
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -75,25 +74,12 @@ def train(index_params, sample, resources=None):
     return ivf_sq.build(ivf_sq.IndexParams(**fields), sample, resources=resources)
 
 
-def _index_bytes(index):
-    """An index as the bytes of its file (our format: nothing pickled)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "index.ivfsq")
-        ivf_sq.save(path, index)
-        with open(path, "rb") as file:
-            return file.read()
-
-
 class _Shard:
     """The actor body: one ivfsq index."""
 
     def __init__(self, source, mmap=False):
         if isinstance(source, bytes):
-            with tempfile.TemporaryDirectory() as folder:
-                path = os.path.join(folder, "index.ivfsq")
-                with open(path, "wb") as file:
-                    file.write(source)
-                self.index = ivf_sq.load(path)
+            self.index = ivf_sq.from_bytes(source)
         else:
             self.index = ivf_sq.load(source, mmap=mmap)
 
@@ -161,7 +147,7 @@ class ShardedIndex:
         n_shards = check_int("n_shards", n_shards, minimum=1)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-        payload = ray.put(_index_bytes(trained))
+        payload = ray.put(trained.to_bytes())
         actor_class = ray.remote(_Shard).options(**(actor_options or {}))
         actors = [actor_class.remote(payload) for _ in range(n_shards)]
         return cls(actors, mode, trained.metric, trained.dim, trained.next_id)

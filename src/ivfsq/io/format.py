@@ -40,6 +40,7 @@ are no sections). Every byte is therefore either checked against a fixed
 value or covered by a checksum, so any single-bit flip is detected.
 """
 
+import io
 import json
 import math
 import os
@@ -285,6 +286,38 @@ def write_index_file(path, header, arrays):
     OSError
         If the file cannot be written.
     """
+    layout = _layout(header, arrays)
+    path = os.fspath(path)
+    directory, basename = os.path.split(os.path.abspath(path))
+    temporary_path, fd = _open_temporary(directory, basename)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            _write_stream(file, *layout)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary_path, path)
+    except BaseException:
+        try:
+            os.unlink(temporary_path)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def index_bytes(header, arrays):
+    """The bytes of the index file :func:`write_index_file` would write
+    (the same format, checksums included), without a file; the same
+    arguments and errors, except ``OSError``."""
+    buffer = io.BytesIO()
+    _write_stream(buffer, *_layout(header, arrays))
+    return buffer.getvalue()
+
+
+def _layout(header, arrays):
+    """Check the header and arrays; return what :func:`_write_stream`
+    writes: the header, the arrays, their storage dtypes, the sections and
+    the table of contents' size."""
     if not isinstance(header, Mapping):
         raise TypeError(f"header must be a dict, got {type(header).__name__}")
     if not isinstance(arrays, Mapping):
@@ -318,45 +351,34 @@ def write_index_file(path, header, arrays):
         raise ValueError(
             f"index file header is {len(toc_bytes)} bytes of JSON; at most {_MAX_TOC_NBYTES} are supported"
         )
+    return header, arrays, storage_dtypes, sections, toc_bytes
+
+
+def _write_stream(file, header, arrays, storage_dtypes, sections, toc_bytes):
+    """Write an index file's bytes to a seekable binary stream at offset 0."""
     toc_end = _PREAMBLE.size + len(toc_bytes)
     data_start = _align(toc_end)
-
-    path = os.fspath(path)
-    directory, basename = os.path.split(os.path.abspath(path))
-    temporary_path, fd = _open_temporary(directory, basename)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            # The preamble and TOC are written twice: first with placeholder
-            # checksums to reserve their space, then for real once the
-            # section checksums are known.
-            file.write(_pack_preamble(toc_bytes))
-            file.write(toc_bytes)
-            position = toc_end
-            total_bytes = sum(section["nbytes"] for section in sections)
-            written = 0
-            for section, array in zip(sections, arrays.values()):
-                section_start = data_start + section["offset"]
-                file.write(bytes(section_start - position))
-                section["crc32"] = f"{_write_section(file, array, storage_dtypes[section['name']]):08x}"
-                position = section_start + section["nbytes"]
-                written += section["nbytes"]
-                report("writing", written, total_bytes)
-            final_toc_bytes = _encode_toc(header, sections)
-            if len(final_toc_bytes) != len(toc_bytes):  # pragma: no cover - guards the fixed-width crc
-                raise RuntimeError("internal error: the table of contents changed size")
-            file.seek(0)
-            file.write(_pack_preamble(final_toc_bytes))
-            file.write(final_toc_bytes)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary_path, path)
-    except BaseException:
-        try:
-            os.unlink(temporary_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
+    # The preamble and TOC are written twice: first with placeholder
+    # checksums to reserve their space, then for real once the section
+    # checksums are known.
+    file.write(_pack_preamble(toc_bytes))
+    file.write(toc_bytes)
+    position = toc_end
+    total_bytes = sum(section["nbytes"] for section in sections)
+    written = 0
+    for section, array in zip(sections, arrays.values()):
+        section_start = data_start + section["offset"]
+        file.write(bytes(section_start - position))
+        section["crc32"] = f"{_write_section(file, array, storage_dtypes[section['name']]):08x}"
+        position = section_start + section["nbytes"]
+        written += section["nbytes"]
+        report("writing", written, total_bytes)
+    final_toc_bytes = _encode_toc(header, sections)
+    if len(final_toc_bytes) != len(toc_bytes):  # pragma: no cover - guards the fixed-width crc
+        raise RuntimeError("internal error: the table of contents changed size")
+    file.seek(0)
+    file.write(_pack_preamble(final_toc_bytes))
+    file.write(final_toc_bytes)
 
 
 # ----------------------------------------------------------------------------
@@ -405,10 +427,10 @@ def _is_int(value):
 class _Reader:
     """Reads and validates one open index file; every error names the file."""
 
-    def __init__(self, path, file):
+    def __init__(self, path, file, file_nbytes):
         self.path = path
         self.file = file
-        self.file_nbytes = os.fstat(file.fileno()).st_size
+        self.file_nbytes = file_nbytes
 
     def error(self, problem):
         return IndexFileError(f"{self.path}: {problem}")
@@ -676,17 +698,31 @@ def read_index_file(path, *, mmap=False):
     path = os.fspath(path)
     display_path = os.fsdecode(path)
     with open(path, "rb") as file:
-        reader = _Reader(display_path, file)
-        toc, toc_end = reader.read_toc()
-        header, sections = reader.check_toc(toc, toc_end)
-        arrays = {}
-        position = toc_end
-        for name, dtype, shape, offset, nbytes, crc in sections:
-            reader.skip_padding(position, offset)
-            if mmap:
-                arrays[name] = reader.map_section(name, dtype, shape, offset, nbytes, crc)
-                file.seek(offset + nbytes)
-            else:
-                arrays[name] = reader.read_into(name, dtype, shape, nbytes, crc)
-            position = offset + nbytes
+        return _read_stream(_Reader(display_path, file, os.fstat(file.fileno()).st_size), mmap)
+
+
+def read_index_bytes(data, name="index bytes"):
+    """:func:`read_index_file` of the bytes :func:`index_bytes` (or a file)
+    holds, every check included; errors name ``name``. The arrays are
+    fresh, writable copies."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    data = memoryview(data).cast("B")
+    return _read_stream(_Reader(name, io.BytesIO(data), data.nbytes), False)
+
+
+def _read_stream(reader, mmap):
+    """The header and arrays of the index file ``reader`` reads."""
+    toc, toc_end = reader.read_toc()
+    header, sections = reader.check_toc(toc, toc_end)
+    arrays = {}
+    position = toc_end
+    for name, dtype, shape, offset, nbytes, crc in sections:
+        reader.skip_padding(position, offset)
+        if mmap:
+            arrays[name] = reader.map_section(name, dtype, shape, offset, nbytes, crc)
+            reader.file.seek(offset + nbytes)
+        else:
+            arrays[name] = reader.read_into(name, dtype, shape, nbytes, crc)
+        position = offset + nbytes
     return header, arrays

@@ -48,6 +48,7 @@ __all__ = [
     "SearchPlan",
     "build",
     "extend",
+    "from_bytes",
     "load",
     "merge",
     "range_search",
@@ -187,6 +188,32 @@ class Index:
             "rotation": 0 if engine.rotation is None else engine.rotation.nbytes,
             "first_pass": engine.first_pass_nbytes(lists),
         }
+
+    def to_bytes(self):
+        """The index as bytes: the file :func:`save` writes (the same
+        versioned, checksummed format; nothing pickled), for
+        :func:`from_bytes`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ivfsq.neighbors import ivf_sq
+        >>> data = np.random.default_rng(0).random((1000, 8), dtype=np.float32)
+        >>> index = ivf_sq.build(ivf_sq.IndexParams(n_lists=16), data)
+        >>> len(ivf_sq.from_bytes(index.to_bytes()))
+        1000
+        """
+        engine = self._require_trained()
+        header, arrays = _persistence.to_file_contents(engine, self._params._as_dict())
+        return _format.index_bytes(header, arrays)
+
+    def __reduce__(self):
+        # Pickled as its bytes (the index file format, checked on the way
+        # back by from_bytes), not as Python objects: pickle, joblib,
+        # multiprocessing and Ray carry an index that way.
+        if not self.trained:
+            return (Index, ())
+        return (from_bytes, (self.to_bytes(),))
 
     def __repr__(self):
         if not self.trained:
@@ -861,6 +888,23 @@ def load(filename, resources=None, *, mmap=False):
     check_bool("mmap", mmap)
     header, arrays = _format.read_index_file(filename, mmap=mmap)
     return index_from_file_contents(filename, header, arrays)
+
+
+def from_bytes(data, resources=None):
+    """The index in ``data``, bytes from :meth:`Index.to_bytes` (or the
+    contents of a file :func:`save` wrote).
+
+    Raises
+    ------
+    TypeError
+        If ``data`` is not bytes (``bytes``, ``bytearray`` or ``memoryview``).
+    ValueError
+        As :func:`load` does for a file: truncated, corrupted or foreign
+        bytes, another format version, or contents that are not one
+        consistent index. No code from the bytes is ever run.
+    """
+    header, arrays = _format.read_index_bytes(data)
+    return index_from_file_contents("index bytes", header, arrays)
 
 
 def index_from_file_contents(filename, header, arrays):
