@@ -83,8 +83,9 @@ def check_dtype_name(name, value, choices):
 
 
 def _as_host_array(name, value):
-    """Turn an array-like (NumPy, CuPy, anything with the array interface,
-    nested lists) into a NumPy array without copying when possible."""
+    """Turn an array-like (NumPy, CuPy, anything with the array interface
+    or ``__array__``, a DLPack producer, nested lists) into a NumPy array
+    without copying when possible."""
     if isinstance(value, np.ndarray):
         return value
     if value is None or isinstance(value, (str, bytes, dict, set)):
@@ -92,6 +93,17 @@ def _as_host_array(name, value):
     if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
         # CuPy: brought to the host; results come back as NumPy arrays.
         value = value.get()
+    elif (hasattr(value, "__dlpack__") and not hasattr(value, "__array__")
+            and not hasattr(value, "__array_interface__")):
+        # A DLPack producer NumPy cannot read otherwise: shared, not copied,
+        # where it lives in host memory.
+        try:
+            return np.from_dlpack(value)
+        except (TypeError, ValueError, RuntimeError, BufferError) as error:
+            raise TypeError(
+                f"{name} must be an array in host memory; this DLPack array cannot be read by "
+                f"NumPy ({error})"
+            ) from None
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:
