@@ -317,7 +317,7 @@ def index_bytes(header, arrays):
 def _layout(header, arrays):
     """Check the header and arrays; return what :func:`_write_stream`
     writes: the header, the arrays, their storage dtypes, the sections and
-    the table of contents' size."""
+    the table of contents with placeholder checksums (its final size)."""
     if not isinstance(header, Mapping):
         raise TypeError(f"header must be a dict, got {type(header).__name__}")
     if not isinstance(arrays, Mapping):
