@@ -234,6 +234,20 @@ def test_a_bitmap_equals_each_query_with_its_own_bitset(data, indexes, search):
     np.testing.assert_array_equal(flat_i, bitmap_i)
 
 
+def test_a_list_major_plan_refuses_per_query_bitsets(data, indexes):
+    base, queries = data
+    engine = indexes["sqeuclidean"]._engine
+    lists = engine.lists
+    plan = engine.plan(lists, 300, 6, 2, scan="list_major")
+    assert plan.path == "list_major"
+    from ivfsq.backends.cpu import search as cpu
+
+    words = filters.from_bitmap(per_query_masks(base, 10)).bitset
+    prepared = engine.prepare("queries", queries[:10])[0]
+    with pytest.raises(ValueError, match="per-query bitsets"):
+        cpu.search_block(engine, plan, prepared, lists, K, 6, words, 2, 1.0)
+
+
 def test_range_search_with_a_bitmap(data, indexes):
     base, queries = data
     index = indexes["sqeuclidean"]

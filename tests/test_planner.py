@@ -26,6 +26,15 @@ def plan(n_queries, n_probes, n_threads, *, bits=8, code_bytes=128, n_lists=1000
         n_lists, n_queries, n_probes, n_threads, sq4_int16_pays=pays, **overrides)
 
 
+def test_per_query_bitsets_never_take_the_list_major_scan():
+    assert plan(250, 8, 2).path == "list_major"
+    assert plan(250, 8, 2, per_query_filter=True).path == "per_query"
+    assert plan(250, 8, 2, scan="list_major", per_query_filter=True).path == "per_query"
+    # Other paths are left as they are.
+    assert plan(1, 8, 1, per_query_filter=True).path == "few"
+    assert plan(1, 100, 2, rows_per_list=1000, per_query_filter=True).path == "per_list"
+
+
 def test_paths_by_batch_shape():
     # One thread, or a scan of under FEW_MAX_SCAN_BYTES: the one-call path.
     assert plan(1, 8, 1).path == "few"

@@ -370,18 +370,20 @@ class IvfSqEngine:
         return out, sq_norms
 
     def plan(self, lists, n_queries, n_probes, n_threads, scan="auto", int_filter="auto",
-             first_pass=0):
+             first_pass=0, per_query_filter=False):
         """The :class:`~ivfsq.ivf.planner.SearchPlan` for one block of
         queries against the snapshot ``lists`` (made once per snapshot and
         arguments: a plan depends on nothing else)."""
         n_probes = min(n_probes, self.centers.shape[0])
         n_queries = min(n_queries, SEARCH_BLOCK_QUERIES)  # what the plan depends on
         return self._tuning.get(
-            lists, ("plan", n_queries, n_probes, n_threads, scan, int_filter, first_pass),
+            lists, ("plan", n_queries, n_probes, n_threads, scan, int_filter, first_pass,
+                    per_query_filter),
             lambda: plan_search(
                 self.quantizer, lists, self.centers.shape[0], n_queries, n_probes, n_threads,
                 scan=scan, int_filter=int_filter,
                 sq4_int16_pays=lambda: self.sq4_int16_pays(lists), first_pass=first_pass,
+                per_query_filter=per_query_filter,
             ),
         )
 
@@ -440,7 +442,9 @@ class IvfSqEngine:
         backend = backends.get(device)
         lists = self.lists if lists is None else lists
         n_queries = prepared.shape[0]
-        plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter, first_pass)
+        per_query_filter = keep_words is not None and keep_words.shape[0] > 1
+        plan = self.plan(lists, n_queries, n_probes, n_threads, scan, int_filter, first_pass,
+                         per_query_filter)
         if n_queries <= plan.block_queries:
             return backend.search_block(self, plan, prepared, lists, k, n_probes, keep_words,
                                         n_threads, refine_ratio)
@@ -449,7 +453,7 @@ class IvfSqEngine:
         for start in range(0, n_queries, plan.block_queries):
             # Each block is planned for its own size (the last may be small).
             plan = self.plan(lists, n_queries - start, n_probes, n_threads, scan, int_filter,
-                             first_pass)
+                             first_pass, per_query_filter)
             rows = slice(start, start + plan.block_queries)
             block_words = keep_words
             if keep_words is not None and keep_words.shape[0] > 1:

@@ -118,7 +118,7 @@ def _check_override(what, value, allowed, why):
 
 
 def plan_search(quantizer, lists, n_lists, n_queries, n_probes, n_threads, *, scan="auto",
-                int_filter="auto", sq4_int16_pays=None, first_pass=0):
+                int_filter="auto", sq4_int16_pays=None, first_pass=0, per_query_filter=False):
     """The plan for ``n_queries`` queries probing ``n_probes`` of ``n_lists``
     lists (a snapshot ``lists`` of code rows) on ``n_threads`` threads.
 
@@ -126,7 +126,11 @@ def plan_search(quantizer, lists, n_lists, n_queries, n_probes, n_threads, *, sc
     chooses). ``sq4_int16_pays()`` says whether int16 weights pay for these
     4-bit codes (an estimate on the index's data, cached per snapshot by
     the caller); it is asked only where the choice arises. ``first_pass``:
-    the candidates of a 4-bit first pass (0: none).
+    the candidates of a 4-bit first pass (0: none). ``per_query_filter``:
+    the queries have their own bitsets, which the list-major scan cannot
+    check (it tests one bitset per row for a block of queries): the
+    per-query scan replaces it, even when asked for (the results are the
+    same).
     """
     if first_pass:
         return _first_pass_plan(quantizer, lists, n_queries, n_probes, n_threads, scan,
@@ -138,6 +142,8 @@ def plan_search(quantizer, lists, n_lists, n_queries, n_probes, n_threads, *, sc
     path = scan
     if path == "auto":
         path = _choose_path(lists, n_lists, n_queries_block, n_probes, n_threads)
+    if per_query_filter and path == "list_major":
+        path = "per_query"
     if int_filter == "auto":
         int_filter = _choose_int_filter(quantizer, lists, path, allowed, sq4_int16_pays)
     return SearchPlan(

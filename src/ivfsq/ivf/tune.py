@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 from ivfsq.datasets import brute_force_knn, recall_at_k
+from ivfsq.ivf import filtering
 
 # n_probes tried (each about 1.5x the last) below n_lists, then n_lists.
 _PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
@@ -42,9 +43,11 @@ def stored_ground_truth(engine, queries, k, keep_words=None):
     truth = np.full((queries.shape[0], k), -1, dtype=np.int64)
     groups = ([np.arange(queries.shape[0])] if keep_words.shape[0] == 1
               else [np.asarray([q]) for q in range(queries.shape[0])])
+    lists = engine.lists
+    valid_rows = lists.valid_rows()  # the rows of ids and vectors, ascending
     for group in groups:
-        words = keep_words[group[0]]
-        kept = (words[ids >> 5] >> (ids & 31).astype(np.uint32)) & 1 == 1
+        kept_rows, _ = filtering.kept_rows(engine, lists, keep_words[group[0]])
+        kept = np.isin(valid_rows, kept_rows, assume_unique=True)
         n_found = min(k, int(kept.sum()))
         if n_found:
             _, rows = brute_force_knn(vectors[kept], queries[group], n_found, metric)

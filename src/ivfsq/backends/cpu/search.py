@@ -21,9 +21,9 @@ _NO_PROBES = np.zeros((0, 0), dtype=np.int64)
 # smaller one from the kernel's own loops, cheaper than a BLAS call there.
 COARSE_BLAS_MIN_QUERIES = 64
 # Queries of a first-pass batch's chunk, at least: each chunk's kernel call
-# has a fixed cost (its dispatch and buffers, about 1.5 us), which 4 chunks
-# of a 100-query batch pay less often than 8 (the pool's threads take
-# chunks as they come, so 4 still share the work evenly).
+# has a fixed cost (its dispatch and buffers), which 4 chunks of a 100-query
+# batch pay less often than 8 (the pool's threads take chunks as they come,
+# so 4 still share the work evenly).
 FIRST_PASS_MIN_CHUNK = 25
 
 
@@ -285,16 +285,14 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
             refine, out_d, out_i,
         )
 
-    path = plan.path
-    if path == "list_major" and keep.words.shape[0] > 1:
-        # The list-major scan checks one bitset per row for a block of
-        # queries: queries with their own bitsets are scanned one by one.
-        path = "per_query"
-    if path == "list_major":
+    if plan.path == "list_major":
+        if keep.words.shape[0] > 1:
+            raise ValueError("a list-major plan cannot check per-query bitsets; plan the "
+                             "search with per_query_filter=True")
         # Big batches: list-major, each list read once for all its queries.
         _scan_grouped(engine, probes, list_consts, tables, lists, keep, metric, bits, refine,
                       distances, neighbors, n_threads)
-    elif path == "per_query":
+    elif plan.path == "per_query":
         # Batches: parallel over queries, each query's top-k in one heap.
         def task(start, stop):
             rows = slice(start, stop)
