@@ -1,11 +1,14 @@
-"""numba's disk cache of the kernels follows every kernel source file."""
+"""numba's disk cache of the kernels follows every kernel source file, and
+a fresh cache folder starts from the variants compiled with the package."""
 
 import os
 import subprocess
 import sys
 import textwrap
 
-from ivfsq.backends.cpu.kernels import _cache
+import numpy as np
+
+from ivfsq import _numba_cache as _cache
 
 
 def test_digest_follows_every_source_file(tmp_path):
@@ -19,11 +22,13 @@ def test_digest_follows_every_source_file(tmp_path):
     assert _cache.source_digest(tmp_path) != first
 
 
-def _run(package_root, cache_dir):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir),
-               PYTHONPATH=os.pathsep.join([str(package_root), *sys.path]))
+def _run(package_root, cache_dir, package="stampkernels"):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(package_root), *sys.path]))
+    env.pop("NUMBA_CACHE_DIR", None)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
     result = subprocess.run(
-        [sys.executable, "-c", "from stampkernels import caller; print(caller.run(), "
+        [sys.executable, "-c", f"from {package} import caller; print(caller.run(), "
                                "sum(caller.run.stats.cache_hits.values()))"],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -39,8 +44,8 @@ def test_changed_helper_module_recompiles_its_callers(tmp_path):
     package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent("""
         import os
-        from ivfsq.backends.cpu.kernels import _cache
-        _cache.install(os.path.dirname(__file__))
+        from ivfsq import _numba_cache
+        _numba_cache.install(os.path.dirname(__file__))
     """))
     (package / "caller.py").write_text(textwrap.dedent("""
         from numba import njit
@@ -63,5 +68,47 @@ def test_ivfsq_kernels_carry_the_package_stamp():
     from ivfsq.backends.cpu.kernels import encode
 
     locator = encode.encode_sq._cache._impl.locator
-    directory = os.path.dirname(encode.__file__)
-    assert locator.get_source_stamp() == ("ivfsq-kernels", _cache.source_digest(directory))
+    sources = _cache.ivfsq_sources()
+    assert locator.get_source_stamp() == (
+        "ivfsq-kernels", _cache.source_digest(*sources), np.__version__)
+    assert any(path.endswith("_spin.py") for path in sources)
+
+
+def _package(tmp_path):
+    package = tmp_path / "seedkernels"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        import os
+        from ivfsq import _numba_cache
+        _numba_cache.install(os.path.dirname(__file__))
+    """))
+    (package / "caller.py").write_text(textwrap.dedent("""
+        from numba import njit
+
+        @njit(cache=True)
+        def run():
+            return 7
+    """))
+    (package / "helper.py").write_text("")
+    return package
+
+
+def test_a_fresh_cache_folder_starts_from_the_prebuilt_files(tmp_path):
+    package = _package(tmp_path)
+    # Compiled beside the sources (numba's in-tree cache), as the package
+    # build does, then listed in the manifest.
+    assert _run(tmp_path, None, "seedkernels") == (7, 0)
+    assert _cache.write_manifests(package) == 2  # the index and one variant
+    fresh = tmp_path / "fresh"
+    assert _run(tmp_path, fresh, "seedkernels") == (7, 1)  # loaded, not compiled
+    assert [p.name for p in fresh.rglob("ivfsq-prebuilt-*")]
+
+
+def test_prebuilt_files_of_other_sources_are_not_copied(tmp_path):
+    package = _package(tmp_path)
+    assert _run(tmp_path, None, "seedkernels") == (7, 0)
+    _cache.write_manifests(package)
+    (package / "helper.py").write_text("# changed\n")  # another stamp
+    fresh = tmp_path / "fresh"
+    assert _run(tmp_path, fresh, "seedkernels") == (7, 0)  # compiled
+    assert not list(fresh.rglob("ivfsq-prebuilt-*"))

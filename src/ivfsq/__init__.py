@@ -16,7 +16,7 @@ The index lives in :mod:`ivfsq.neighbors.ivf_sq`, whose API follows
 
 __version__ = "0.1.0"
 
-__all__ = ["neighbors", "__version__"]
+__all__ = ["neighbors", "warm_up", "__version__"]
 
 
 def __getattr__(name):
@@ -26,4 +26,8 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module("ivfsq.neighbors")
+    if name == "warm_up":
+        from ivfsq.warmup import warm_up
+
+        return warm_up
     raise AttributeError(f"module 'ivfsq' has no attribute {name!r}")

@@ -19,6 +19,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ivfsq import _numba_cache
+
+_numba_cache.install_ivfsq()  # before the functions below are defined
+
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 #: A counter that nothing waits on (see :func:`wait_change`'s ``leaving``).

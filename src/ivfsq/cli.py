@@ -37,6 +37,7 @@ MAIN_EXAMPLES = """examples:
   ivfsq search sift.ivfsq queries.fvecs -k 10 --n-probes 16 --gt gt.ivecs
   ivfsq info sift.ivfsq
   ivfsq gt base.fvecs queries.fvecs -k 100 -o gt.npy
+  ivfsq warmup                                     # compile every kernel variant now
 
 run 'ivfsq COMMAND --help' for the options of each command.
 """
@@ -63,6 +64,10 @@ INFO_EXAMPLES = """examples:
 GT_EXAMPLES = """examples:
   ivfsq gt base.npy query.npy -k 100 -o gt.npy                # also writes gt_dist.npy
   ivfsq gt base.bvecs query.bvecs -k 100 --metric sqeuclidean -o gt.ivecs
+"""
+WARMUP_EXAMPLES = """examples:
+  ivfsq warmup                                   # into numba's cache folder
+  NUMBA_CACHE_DIR=/cache ivfsq warmup            # e.g. in a container image's build
 """
 
 
@@ -223,6 +228,19 @@ def _parser():
                     help="ids to write: .npy (distances go to <name>_dist.npy) or .ivecs")
     gt.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     gt.add_argument("--quiet", action="store_true", help="no progress output")
+
+    warmup = _subcommand(
+        commands, "warmup",
+        "compile every kernel variant into numba's cache, so that no later call waits for "
+        "compilation (an installed package has them already, for the CPU and numba it "
+        "was built with)", WARMUP_EXAMPLES)
+    warmup.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    warmup.add_argument("--quiet", action="store_true", help="no progress output")
+    # For the package build (setup.py): list the compiled files beside the
+    # sources, for caches kept elsewhere (see ivfsq._numba_cache).
+    warmup.add_argument("--manifest", action="store_true", help=argparse.SUPPRESS)
+    # For the package build: part I of N of the work, for N processes.
+    warmup.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     return parser
 
 
@@ -710,12 +728,39 @@ def _plot(path, rows, title):
     print(f"written {path} (recall against QPS; labels are n_probes)")
 
 
+def _cmd_warmup(args):
+    from ivfsq.warmup import warm_up
+
+    start = time.perf_counter()
+
+    def progress(step):
+        if not args.quiet:
+            print(f"[{time.perf_counter() - start:6.1f} s] {step}", flush=True)
+
+    try:
+        part, parts = (int(number) for number in args.part.split("/"))
+    except ValueError:
+        raise UserError(f"--part must be I/N, got {args.part!r}") from None
+    warm_up(progress=progress, _part=(part, parts))
+    if parts > 1:
+        print(f"part {part} of {parts} is compiled ({time.perf_counter() - start:.1f} s)")
+        return 0
+    print(f"every kernel variant is compiled ({time.perf_counter() - start:.1f} s)")
+    if args.manifest:
+        from ivfsq import _numba_cache
+
+        listed = _numba_cache.write_manifests(*_numba_cache.ivfsq_sources())
+        print(f"the manifests list {listed} compiled files")
+    return 0
+
+
 COMMANDS = {
     "build": _cmd_build,
     "search": _cmd_search,
     "bench": _cmd_bench,
     "info": _cmd_info,
     "gt": _cmd_gt,
+    "warmup": _cmd_warmup,
 }
 
 

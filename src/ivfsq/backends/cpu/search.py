@@ -458,7 +458,9 @@ def _scan_grouped_by_queries(engine, probes, list_consts, tables, lists, keep, m
     k = out_distances.shape[1]
     mean_rows = lists.size / max(1, n_lists)
     first_kernel = kernels.grouped.scan_lists_grouped
-    if kernels.scan.two_phase_pays(k, lists.codes.shape[1], mean_rows):
+    # The plain Python function: called through numba, this inlined helper
+    # would be compiled in every process (only kernels are cached on disk).
+    if kernels.scan.two_phase_pays.py_func(k, lists.codes.shape[1], mean_rows):
         first_kernel = kernels.grouped.scan_first_lists_grouped
 
     def task(start, stop):

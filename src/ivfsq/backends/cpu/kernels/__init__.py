@@ -21,16 +21,14 @@ with any numba threading layer. Distances inside the kernels are "smaller is
 better"; inner products are negated by the caller on the way out.
 
 Importing the package first makes numba's disk cache of every kernel depend
-on every file here (see :mod:`~ivfsq.backends.cpu.kernels._cache`), so an
-edited helper or intrinsic module never leaves a stale compiled kernel
-behind.
+on every file here (see :mod:`ivfsq._numba_cache`), so an edited helper or
+intrinsic module never leaves a stale compiled kernel behind, and seeds a
+fresh cache folder with the variants compiled when the package was built.
 """
 
-import os
+from ivfsq import _numba_cache
 
-from ivfsq.backends.cpu.kernels import _cache
-
-_cache.install(os.path.dirname(__file__))
+_numba_cache.install_ivfsq()
 
 from ivfsq.backends.cpu.kernels import (  # noqa: E402  (after the cache stamp)
     coarse,

@@ -35,7 +35,7 @@ plain numba loops, so that kernels referring to them still compile, though
 the scan then never calls them. ``IVFSQ_INT_DOTS=0`` turns the integer path
 off (without changing the compiled code). numba's disk cache of the
 kernels that call these is keyed on every file of this package (see
-:mod:`ivfsq.backends.cpu.kernels._cache`), so editing the IR here recompiles them.
+:mod:`ivfsq._numba_cache`), so editing the IR here recompiles them.
 
 Layout of the weights (one row per query, ``n_chunks * WEIGHTS_PER_CHUNK``
 weights of dtype :func:`weight_dtype`): a code row of ``code_size >=
