@@ -288,16 +288,34 @@ def check_id_list(name, value):
 
 
 def check_output(name, value, shape, dtype):
-    """Validate a user-supplied output array written in place."""
-    if not isinstance(value, np.ndarray):
+    """Validate a user-supplied output array written in place: a NumPy
+    array, or an object that exposes its host memory through
+    ``__array_interface__`` or ``__dlpack__`` (a PyTorch or JAX CPU tensor).
+    Returns a NumPy view of that memory, which the caller writes."""
+    expected = f"an array of dtype {np.dtype(dtype)} and shape {shape}"
+    if isinstance(value, np.ndarray):
+        view = value
+    elif hasattr(value, "__array_interface__"):
+        view = np.asarray(value)
+    elif hasattr(value, "__dlpack__"):
+        try:
+            view = np.from_dlpack(value)
+        except (TypeError, ValueError, RuntimeError, BufferError) as error:
+            raise TypeError(
+                f"{name} must be {expected} in host memory; this DLPack array cannot be "
+                f"read by NumPy ({error})"
+            ) from None
+    else:
+        # An object that only converts (__array__, a list) would be written
+        # in a copy, and the caller's object left as it was.
         raise TypeError(
-            f"{name} must be a NumPy array of dtype {np.dtype(dtype)} and shape {shape}, "
-            f"got {type(value).__name__}"
+            f"{name} must be {expected} that exposes its memory (a NumPy array, "
+            f"__array_interface__ or __dlpack__), got {type(value).__name__}"
         )
-    if value.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got dtype {value.dtype}")
-    if value.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got shape {value.shape}")
-    if not value.flags.writeable:
+    if view.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got dtype {view.dtype}")
+    if view.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got shape {view.shape}")
+    if not view.flags.writeable:
         raise ValueError(f"{name} must be writeable")
-    return value
+    return view

@@ -730,9 +730,11 @@ def search(
     k : int
         Neighbours per query, ``1 <= k <= len(index)``.
     neighbors : int64 array (n_queries, k), optional
-        Written in place when given.
+        Written in place when given, and returned: a NumPy array or any
+        array that exposes host memory (``__array_interface__``,
+        ``__dlpack__``, e.g. a PyTorch CPU tensor).
     distances : float32 array (n_queries, k), optional
-        Written in place when given.
+        As ``neighbors``.
     resources : ivfsq.common.Resources, optional
     filter : ivfsq.neighbors.filters.Filter, optional
         Only ids whose bit is set are returned.
@@ -773,9 +775,9 @@ def search(
     n_queries = queries.shape[0]
     keep_words = _filter_words(filter, engine, n_queries)
     if neighbors is not None:
-        check_output("neighbors", neighbors, (n_queries, k), np.int64)
+        neighbors_view = check_output("neighbors", neighbors, (n_queries, k), np.int64)
     if distances is not None:
-        check_output("distances", distances, (n_queries, k), np.float32)
+        distances_view = check_output("distances", distances, (n_queries, k), np.float32)
     n_threads = resolve_n_threads(resources)
     query_rows = engine.prepare("queries", queries)[0] if n_queries else queries
     if n_queries:
@@ -790,11 +792,13 @@ def search(
         out_d = np.empty((0, k), dtype=np.float32)
         out_i = np.empty((0, k), dtype=np.int64)
     engine.metric.to_public(out_d)
+    # Given buffers are written and returned as they came (a DLPack or
+    # array-interface object stays that object).
     if neighbors is not None:
-        neighbors[...] = out_i
+        neighbors_view[...] = out_i
         out_i = neighbors
     if distances is not None:
-        distances[...] = out_d
+        distances_view[...] = out_d
         out_d = distances
     return out_d, out_i
 

@@ -43,7 +43,9 @@ def refine(
     metric : str
         "sqeuclidean", "euclidean", "inner_product" or "cosine".
     indices, distances : arrays (n_queries, k), optional
-        int64 / float32 outputs written in place.
+        int64 / float32 outputs written in place and returned: NumPy arrays
+        or arrays that expose host memory (``__array_interface__``,
+        ``__dlpack__``).
     resources : ivfsq.common.Resources, optional
 
     Returns
@@ -89,6 +91,10 @@ def refine(
     n_threads = resolve_n_threads(resources)
     queries = to_float32("queries", queries)
     n_queries = queries.shape[0]
+    if indices is not None:
+        indices_view = check_output("indices", indices, (n_queries, k), np.int64)
+    if distances is not None:
+        distances_view = check_output("distances", distances, (n_queries, k), np.float32)
     out_d = np.empty((n_queries, k), dtype=np.float32)
     out_i = np.empty((n_queries, k), dtype=np.int64)
 
@@ -114,9 +120,9 @@ def refine(
     out_i[found] = used[out_i[found]]
     metric.to_public(out_d)
     if indices is not None:
-        check_output("indices", indices, (n_queries, k), np.int64)[...] = out_i
+        indices_view[...] = out_i
         out_i = indices
     if distances is not None:
-        check_output("distances", distances, (n_queries, k), np.float32)[...] = out_d
+        distances_view[...] = out_d
         out_d = distances
     return out_d, out_i
