@@ -23,7 +23,10 @@ class _BuildWithKernels(build_py):
 
     def run(self):
         super().run()
-        if getattr(self, "editable_mode", False) or os.environ.get("IVFSQ_PREBUILD") == "0":
+        if getattr(self, "editable_mode", False):
+            return
+        if os.environ.get("IVFSQ_PREBUILD") == "0":
+            self._remove_compiled()
             return
         env = {name: value for name, value in os.environ.items()
                if not name.startswith("NUMBA_")}
@@ -45,6 +48,14 @@ class _BuildWithKernels(build_py):
         if result.returncode != 0:
             print("ivfsq: the kernels were not compiled; they compile on first use",
                   file=sys.stderr, flush=True)
+
+    def _remove_compiled(self):
+        """Drop what an earlier build compiled into this build folder, which
+        the wheel would otherwise carry."""
+        for folder, _, names in os.walk(self.build_lib):
+            for name in names:
+                if name.endswith((".nbi", ".nbc")) or name == "ivfsq-prebuilt.json":
+                    os.remove(os.path.join(folder, name))
 
 
 setup(cmdclass={"build_py": _BuildWithKernels})
