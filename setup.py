@@ -30,7 +30,10 @@ class _BuildWithKernels(build_py):
             return
         env = {name: value for name, value in os.environ.items()
                if not name.startswith("NUMBA_")}
-        env["PYTHONPATH"] = os.path.abspath(self.build_lib)
+        # Ahead of what is there: pip's isolated build environment puts its
+        # packages on PYTHONPATH.
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.abspath(self.build_lib)] + [p for p in [env.get("PYTHONPATH")] if p])
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         print("ivfsq: compiling the numba kernels (IVFSQ_PREBUILD=0 skips this)", flush=True)
         command = [sys.executable, "-m", "ivfsq", "warmup", "--quiet"]
