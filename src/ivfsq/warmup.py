@@ -9,9 +9,9 @@ compilation, whatever its ``n_probes``, ``k``, batch size, filter, codec or
 metric.
 
 The variants a call compiles depend only on the *types* of the arrays the
-kernels receive (dtype, dimensions, layout, whether read-only), never on
-their sizes or on scalar values. Tiny data therefore reaches every variant
-that real data reaches; ``tests/test_warmup.py`` checks that no operation
+kernels receive (dtype, number of dimensions, layout, whether read-only),
+never on their sizes or on scalar values. Tiny data therefore reaches
+every variant that real data reaches; ``tests/test_warmup.py`` checks that no operation
 compiles anything after a warm-up.
 
 Installing from source runs it while the wheel is built (see
