@@ -84,8 +84,9 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Number of fitted samples.
     n_features_in_ : int
         Number of features of the fitted samples.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
-        Names of the features, when ``X`` has string column names.
+    feature_names_in_ : ndarray of str
+        Names of the features, one per feature, when ``X`` has string
+        column names.
 
     Examples
     --------
