@@ -92,7 +92,7 @@ def test_scoring_kept_rows_directly_equals_the_scan_of_every_list(data, metric, 
                          base[:5000])
     keep = np.zeros(5000, dtype=bool)
     keep[np.random.default_rng(1).choice(5000, size=40, replace=False)] = True
-    words = filters.from_bitset(keep).bitset.reshape(1, -1)
+    words = filters.from_bitset(keep).rows(30, 5000)  # as search passes them
     engine = index._engine
     prepared = engine.prepare("queries", queries[:30])[0]
     # Few kept ids at 4 probes: scored directly (no list is scanned) ...
@@ -147,7 +147,7 @@ def test_lists_to_walk_counts_kept_rows(data, indexes):
     engine = index._engine
     lists = engine.lists
     keep = np.random.default_rng(5).random(base.shape[0]) < 0.05
-    words = filters.from_bitset(keep).bitset.reshape(1, -1)
+    words = filters.from_bitset(keep).rows(30, 5000)  # as search passes them
     prepared = engine.prepare("queries", queries[:20])[0]
     ranked = engine.coarse_probes(prepared, 128, 1)
     targets = np.arange(20, dtype=np.int64) * 7 + 1

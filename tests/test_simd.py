@@ -1,6 +1,7 @@
 """The integer scan filter: AVX2 dots, their portable stand-ins, the error
 bound, and searches that must not change when the filter is on."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from ivfsq.ivf import engine as _ivf
 from ivfsq.neighbors import filters, ivf_sq
 
 
+@functools.lru_cache(maxsize=None)
 def _row_dots(dot_one, dots_four, dots_rows):
+    # One compiled runner per implementation, not per test (compiling it
+    # takes seconds).
     @njit
     def run(codes, weights, n_chunks, out_one, out_four, out_rows):
         for row in range(codes.shape[0]):

@@ -111,6 +111,20 @@ def test_spectral_clustering_pipeline_finds_the_clusters():
     assert adjusted_rand_score(labels, found) > 0.99
 
 
+def test_n_jobs_follows_joblib(data):
+    from ivfsq._threads import default_n_threads
+
+    base, queries = data
+    transformer = IVFSQTransformer(n_neighbors=4, n_jobs=1).fit(base)
+    one = transformer.transform(queries)
+    # The same index searched on every CPU gives the same graph.
+    every = transformer.set_params(n_jobs=-1).transform(queries)
+    np.testing.assert_array_equal(every.indices, one.indices)
+    assert IVFSQTransformer(n_jobs=-1)._resources().n_threads == default_n_threads()
+    assert IVFSQTransformer(n_jobs=-2)._resources().n_threads == max(1, default_n_threads() - 1)
+    assert IVFSQTransformer(n_jobs=-100)._resources().n_threads == 1
+
+
 def test_clone_params_and_pickle(data):
     base, queries = data
     transformer = IVFSQTransformer(n_neighbors=4, n_probes=8, quantizer="sq4")
@@ -130,6 +144,7 @@ def test_clone_params_and_pickle(data):
     (dict(n_neighbors=0), "n_neighbors"),
     (dict(n_lists=5000), "n_lists"),
     (dict(quantizer="pq"), "quantizer"),
+    (dict(n_jobs=0), "n_jobs"),
 ])
 def test_bad_parameters_name_themselves(data, params, message):
     with pytest.raises(ValueError, match=message):

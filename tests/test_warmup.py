@@ -92,7 +92,8 @@ def test_cli_warmup_runs_and_reports():
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("every kernel variant is compiled (")
-    result = subprocess.run([sys.executable, "-m", "ivfsq", "warmup", "--part", "x"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    assert "--part must be I/N, got 'x'" in result.stderr
+    for bad in ("x", "2/2", "1/0"):
+        result = subprocess.run([sys.executable, "-m", "ivfsq", "warmup", "--part", bad],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert f"--part must be I/N with 0 <= I < N, got {bad!r}" in result.stderr

@@ -740,7 +740,9 @@ def _cmd_warmup(args):
     try:
         part, parts = (int(number) for number in args.part.split("/"))
     except ValueError:
-        raise UserError(f"--part must be I/N, got {args.part!r}") from None
+        part, parts = -1, 0
+    if not 0 <= part < parts:
+        raise UserError(f"--part must be I/N with 0 <= I < N, got {args.part!r}")
     warm_up(progress=progress, _part=(part, parts))
     if parts > 1:
         print(f"part {part} of {parts} is compiled ({time.perf_counter() - start:.1f} s)")

@@ -23,6 +23,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ivfsq._threads import default_n_threads
 from ivfsq.cli import default_n_lists
 from ivfsq.common import Resources
 from ivfsq.neighbors import ivf_sq
@@ -74,7 +75,8 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         Seed of the index's training; the same data, seed and ``n_jobs``
         give the same graph.
     n_jobs : int or None, default=None
-        Threads; None or -1: every CPU this process may use.
+        Threads; None or -1: every CPU this process may use, -2 all but
+        one, and so on.
 
     Attributes
     ----------
@@ -114,7 +116,8 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "refine_ratio": [Interval(numbers.Real, 1, None, closed="left"), None],
         "kmeans_n_iters": [Interval(numbers.Integral, 1, None, closed="left")],
         "seed": [Interval(numbers.Integral, 0, None, closed="left")],
-        "n_jobs": [Interval(numbers.Integral, -1, None, closed="left"), None],
+        "n_jobs": [Interval(numbers.Integral, 1, None, closed="left"),
+                   Interval(numbers.Integral, None, -1, closed="right"), None],
     }
 
     def __init__(self, n_neighbors=5, mode="distance", metric="euclidean", n_lists=None,
@@ -133,10 +136,10 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self.n_jobs = n_jobs
 
     def _resources(self):
-        if self.n_jobs in (None, -1):
+        if self.n_jobs is None:
             return Resources()
-        if self.n_jobs == 0:
-            raise ValueError("n_jobs must be a positive int, -1 or None, got 0")
+        if self.n_jobs < 0:  # joblib's convention: -1 every CPU, -2 all but one, ...
+            return Resources(n_threads=max(1, default_n_threads() + 1 + self.n_jobs))
         return Resources(n_threads=self.n_jobs)
 
     def fit(self, X, y=None):
