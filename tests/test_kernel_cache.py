@@ -37,24 +37,33 @@ def _run(package_root, cache_dir, package="stampkernels"):
     return int(value), int(hits)
 
 
-def test_changed_helper_module_recompiles_its_callers(tmp_path):
-    """A kernel whose helper lives in a sibling module is recompiled when
-    only the helper's file changes (numba alone would load the stale one)."""
-    package = tmp_path / "stampkernels"
+def _package(tmp_path, name, imports, returns):
+    """A package ``name`` whose ``caller.run`` (cached by numba) returns
+    ``returns``, with ivfsq's stamp over its files, and an empty helper.py."""
+    package = tmp_path / name
     package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent("""
         import os
         from ivfsq import _numba_cache
         _numba_cache.install(os.path.dirname(__file__))
     """))
-    (package / "caller.py").write_text(textwrap.dedent("""
+    (package / "caller.py").write_text(textwrap.dedent(f"""
         from numba import njit
-        from stampkernels.helper import value
+        {imports}
 
         @njit(cache=True)
         def run():
-            return value()
+            return {returns}
     """))
+    (package / "helper.py").write_text("")
+    return package
+
+
+def test_changed_helper_module_recompiles_its_callers(tmp_path):
+    """A kernel whose helper lives in a sibling module is recompiled when
+    only the helper's file changes (numba alone would load the stale one)."""
+    package = _package(tmp_path, "stampkernels", "from stampkernels.helper import value",
+                       "value()")
     helper = package / "helper.py"
     helper.write_text("from numba import njit\n\n@njit\ndef value():\n    return 1\n")
     cache_dir = tmp_path / "cache"
@@ -74,27 +83,10 @@ def test_ivfsq_kernels_carry_the_package_stamp():
     assert any(path.endswith("_spin.py") for path in sources)
 
 
-def _package(tmp_path):
-    package = tmp_path / "seedkernels"
-    package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent("""
-        import os
-        from ivfsq import _numba_cache
-        _numba_cache.install(os.path.dirname(__file__))
-    """))
-    (package / "caller.py").write_text(textwrap.dedent("""
-        from numba import njit
-
-        @njit(cache=True)
-        def run():
-            return 7
-    """))
-    (package / "helper.py").write_text("")
-    return package
 
 
 def test_a_fresh_cache_folder_starts_from_the_prebuilt_files(tmp_path):
-    package = _package(tmp_path)
+    package = _package(tmp_path, "seedkernels", "", "7")
     # Compiled beside the sources (numba's in-tree cache), as the package
     # build does, then listed in the manifest.
     assert _run(tmp_path, None, "seedkernels") == (7, 0)
@@ -105,7 +97,7 @@ def test_a_fresh_cache_folder_starts_from_the_prebuilt_files(tmp_path):
 
 
 def test_prebuilt_files_of_other_sources_are_not_copied(tmp_path):
-    package = _package(tmp_path)
+    package = _package(tmp_path, "seedkernels", "", "7")
     assert _run(tmp_path, None, "seedkernels") == (7, 0)
     _cache.write_manifests(package)
     (package / "helper.py").write_text("# changed\n")  # another stamp

@@ -82,6 +82,19 @@ def check_dtype_name(name, value, choices):
     return check_choice(name, dtype_name, choices)
 
 
+def _from_dlpack(name, value, what):
+    """``np.from_dlpack(value)`` (its memory, shared); TypeError naming
+    ``name``, which must be ``what``, where NumPy cannot read it (an array
+    on a GPU)."""
+    try:
+        return np.from_dlpack(value)
+    except (TypeError, ValueError, RuntimeError, BufferError) as error:
+        raise TypeError(
+            f"{name} must be {what} in host memory; this DLPack array cannot be read by "
+            f"NumPy ({error})"
+        ) from None
+
+
 def _as_host_array(name, value):
     """Turn an array-like (NumPy, CuPy, anything with the array interface
     or ``__array__``, a DLPack producer, nested lists) into a NumPy array
@@ -97,13 +110,7 @@ def _as_host_array(name, value):
             and not hasattr(value, "__array_interface__")):
         # A DLPack producer NumPy cannot read otherwise: shared, not copied,
         # where it lives in host memory.
-        try:
-            return np.from_dlpack(value)
-        except (TypeError, ValueError, RuntimeError, BufferError) as error:
-            raise TypeError(
-                f"{name} must be an array in host memory; this DLPack array cannot be read by "
-                f"NumPy ({error})"
-            ) from None
+        return _from_dlpack(name, value, "an array")
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as error:
@@ -298,13 +305,7 @@ def check_output(name, value, shape, dtype):
     elif hasattr(value, "__array_interface__"):
         view = np.asarray(value)
     elif hasattr(value, "__dlpack__"):
-        try:
-            view = np.from_dlpack(value)
-        except (TypeError, ValueError, RuntimeError, BufferError) as error:
-            raise TypeError(
-                f"{name} must be {expected} in host memory; this DLPack array cannot be "
-                f"read by NumPy ({error})"
-            ) from None
+        view = _from_dlpack(name, value, expected)
     else:
         # An object that only converts (__array__, a list) would be written
         # in a copy, and the caller's object left as it was.
