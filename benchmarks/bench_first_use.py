@@ -21,10 +21,14 @@ For each checkout given (default: this one), the script
    k, queries, filtered).
 
 Each process is measured from outside (wall clock, interpreter start
-included) and inside (per step). Run it alone: compilation is CPU-bound.
+included) and inside (per step). ``--peers`` also times the same cold
+process with FAISS IVF-SQ8 and hnswlib, from the running interpreter's
+environment (``pip install ".[bench]"``). Run it alone: compilation is
+CPU-bound.
 
     PYTHONPATH=src python benchmarks/bench_first_use.py
     PYTHONPATH=src python benchmarks/bench_first_use.py --checkout /path/to/other/clone --no-prebuild
+    PYTHONPATH=src python benchmarks/bench_first_use.py --peers
 """
 
 import argparse
@@ -54,6 +58,53 @@ COLD = textwrap.dedent("""
     print("RESULT", {"import": imported - start, "build": built - imported,
                      "one_query": one - built, "batch_1000": batch - one})
 """)
+
+# The same first process for the peers (installed in the running
+# interpreter's environment; they compile nothing at run time).
+PEERS = {
+    "faiss IVF256,SQ8": textwrap.dedent("""
+        import time
+        start = time.perf_counter()
+        import numpy as np
+        import faiss
+        imported = time.perf_counter()
+        rng = np.random.default_rng(0)
+        dataset = rng.random((20_000, 64), dtype=np.float32)
+        queries = rng.random((1_000, 64), dtype=np.float32)
+        index = faiss.index_factory(64, "IVF256,SQ8")
+        index.train(dataset)
+        index.add(dataset)
+        index.nprobe = 20
+        built = time.perf_counter()
+        index.search(queries[:1], 10)
+        one = time.perf_counter()
+        index.search(queries, 10)
+        batch = time.perf_counter()
+        print("RESULT", {"import": imported - start, "build": built - imported,
+                         "one_query": one - built, "batch_1000": batch - one})
+    """),
+    "hnswlib M16": textwrap.dedent("""
+        import time
+        start = time.perf_counter()
+        import numpy as np
+        import hnswlib
+        imported = time.perf_counter()
+        rng = np.random.default_rng(0)
+        dataset = rng.random((20_000, 64), dtype=np.float32)
+        queries = rng.random((1_000, 64), dtype=np.float32)
+        index = hnswlib.Index(space="l2", dim=64)
+        index.init_index(max_elements=20_000, M=16, ef_construction=200)
+        index.add_items(dataset)
+        index.set_ef(50)
+        built = time.perf_counter()
+        index.knn_query(queries[:1], k=10)
+        one = time.perf_counter()
+        index.knn_query(queries, k=10)
+        batch = time.perf_counter()
+        print("RESULT", {"import": imported - start, "build": built - imported,
+                         "one_query": one - built, "batch_1000": batch - one})
+    """),
+}
 
 WARM = textwrap.dedent("""
     import gc, time
@@ -187,6 +238,9 @@ def main():
                         help="a checkout to install (repeatable; default: this one)")
     parser.add_argument("--no-prebuild", action="store_true",
                         help="install with IVFSQ_PREBUILD=0 as well")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time the same first process with FAISS and hnswlib "
+                             "(from this interpreter's environment)")
     parser.add_argument("--out", default="benchmarks/results/first-use.json")
     args = parser.parse_args()
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,16 +252,27 @@ def main():
                 report = measure(checkout, prebuild, workdir)
                 print(json.dumps(report, indent=1), flush=True)
                 reports.append(report)
+    peers = {}
+    if args.peers:
+        for name, code in PEERS.items():
+            stdout, seconds = run([sys.executable, "-c", code], env=clean_env())
+            peers[name] = dict(result_of(stdout), process=seconds)
+            print(name, json.dumps(peers[name]), flush=True)
+        reports.append({"peers": peers})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as file:
         json.dump(reports, file, indent=1)
     print(f"{'checkout':>10} {'prebuild':>8} {'install':>8} {'cold total':>10} "
           f"{'(empty dir)':>11} {'warm slowest':>12} {'compiles':>8}")
     for r in reports:
+        if "peers" in r:
+            continue
         print(f"{r['commit']:>10} {str(r['prebuild']):>8} {r['install_seconds']:8.1f} "
               f"{r['cold']['process']:10.2f} {r['cold_empty_numba_cache_dir']['process']:11.2f} "
               f"{r['warm']['slowest_call']:12.3f} "
               f"{sum(r['warm']['compiled_in_all'].values()):8d}")
+    for name, peer in peers.items():
+        print(f"{name:>19} {'':>8} {peer['process']:10.2f}")
 
 
 if __name__ == "__main__":
