@@ -63,7 +63,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="fashion-mnist,pypi-minilm")
     parser.add_argument("--n-neighbors", type=int, default=10)
-    parser.add_argument("--n-probes", default="8,20,40")
+    parser.add_argument("--n-probes", default="auto,8,20,40",
+                        help="IVFSQTransformer n_probes values ('auto': target_recall 0.95)")
     parser.add_argument("--ef", default="20,40,80")
     args = parser.parse_args()
     k = args.n_neighbors
@@ -80,12 +81,14 @@ def main():
         truth, seconds = timed(lambda: KNeighborsTransformer(
             n_neighbors=k, metric=metric, n_jobs=-1).fit_transform(X))
         report(name, "KNeighborsTransformer (exact)", seconds, 1.0)
-        for n_probes in common.parse_int_list(args.n_probes):
+        for n_probes in [p if p == "auto" else int(p) for p in args.n_probes.split(",")]:
             for reorder in (False, True):
-                label = f"IVFSQTransformer n_probes={n_probes}" + (" reorder" if reorder else "")
-                graph, seconds = timed(lambda: IVFSQTransformer(
-                    n_neighbors=k, metric=metric, n_probes=n_probes,
-                    reorder=reorder).fit_transform(X))
+                transformer = IVFSQTransformer(n_neighbors=k, metric=metric, n_probes=n_probes,
+                                               reorder=reorder)
+                graph, seconds = timed(lambda: transformer.fit_transform(X))
+                label = (f"IVFSQTransformer n_probes={n_probes}"
+                         + (f" ({transformer.n_probes_})" if n_probes == "auto" else "")
+                         + (" reorder" if reorder else ""))
                 ids = graph.indices.reshape(X.shape[0], -1)
                 report(name, label, seconds, graph_recall(ids, truth))
         for ef in common.parse_int_list(args.ef):

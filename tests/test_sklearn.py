@@ -24,8 +24,8 @@ from ivfsq.sklearn import IVFSQTransformer  # noqa: E402
 EXACT = dict(reorder=True, n_probes=10_000)
 
 
-@parametrize_with_checks([IVFSQTransformer(), IVFSQTransformer(mode="connectivity",
-                                                                 quantizer="sq4")])
+@parametrize_with_checks([IVFSQTransformer(), IVFSQTransformer(
+    mode="connectivity", quantizer="sq4", reorder=True)])
 def test_sklearn_estimator_checks(estimator, check):
     # All of scikit-learn's checks that apply run; the array API check
     # skips itself unless SCIPY_ARRAY_API is set (the transformer takes
@@ -66,6 +66,38 @@ def test_default_graph_is_close_and_full(data):
     assert recall > 0.9
     assert np.mean(rows[:, 0] == np.arange(len(base))) > 0.99  # itself first
     assert np.all(graph.data >= 0)
+
+
+@pytest.mark.parametrize("target, reorder", [(0.8, False), (0.99, True)])
+def test_auto_n_probes_is_the_fewest_that_reach_the_target(data, target, reorder):
+    from ivfsq.ivf.tune import PROBE_STEPS
+
+    base, _ = data
+    transformer = IVFSQTransformer(n_neighbors=10, target_recall=target,
+                                   reorder=reorder).fit(base)
+    assert transformer.estimated_recall_ >= target
+    chosen = transformer.n_probes_
+    assert chosen in PROBE_STEPS or chosen == transformer.index_.n_lists
+    if chosen > 1:
+        fewer = max(step for step in PROBE_STEPS if step < chosen)
+        below = IVFSQTransformer(n_neighbors=10, n_probes=fewer, reorder=reorder).fit(base)
+        assert below.estimated_recall_ < target
+    # The estimate is the recall of the graph's rows of the sample.
+    graph = transformer.transform(base)
+    exact = KNeighborsTransformer(n_neighbors=10).fit_transform(base)
+    rows = graph.indices.reshape(-1, 11)
+    want = exact.indices.reshape(-1, 11)
+    recall = np.mean([len(set(a) & set(b)) / 11 for a, b in zip(rows, want)])
+    assert abs(recall - transformer.estimated_recall_) < 0.03
+
+
+def test_an_unreachable_target_searches_every_list_and_warns(data):
+    base, _ = data
+    with pytest.warns(UserWarning, match="target_recall=1.0 is not reached"):
+        transformer = IVFSQTransformer(n_neighbors=10, target_recall=1.0,
+                                       quantizer="sq4").fit(base)
+    assert transformer.n_probes_ == transformer.index_.n_lists
+    assert transformer.estimated_recall_ < 1.0
 
 
 def test_rows_stay_full_when_the_probed_lists_are_short(data):
@@ -145,6 +177,8 @@ def test_clone_params_and_pickle(data):
     (dict(n_lists=5000), "n_lists"),
     (dict(quantizer="pq"), "quantizer"),
     (dict(n_jobs=0), "n_jobs"),
+    (dict(n_probes="many"), "n_probes"),
+    (dict(target_recall=1.5), "target_recall"),
 ])
 def test_bad_parameters_name_themselves(data, params, message):
     with pytest.raises(ValueError, match=message):

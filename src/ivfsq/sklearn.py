@@ -16,6 +16,7 @@ estimators that take precomputed neighbours (``Isomap``, ``TSNE``,
 """
 
 import numbers
+import warnings
 
 import numpy as np
 import scipy.sparse
@@ -26,9 +27,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ivfsq._threads import default_n_threads
 from ivfsq.cli import default_n_lists
 from ivfsq.common import Resources
+from ivfsq.datasets import brute_force_knn, recall_at_k
+from ivfsq.ivf.tune import PROBE_STEPS
 from ivfsq.neighbors import ivf_sq
 
-__all__ = ["IVFSQTransformer"]
+__all__ = ["IVFSQTransformer", "RECALL_SAMPLE"]
+
+#: Fitted samples whose exact neighbours measure the graph's recall in
+#: ``fit`` (``estimated_recall_``, and ``n_probes="auto"``).
+RECALL_SAMPLE = 256
 
 # Metrics whose values are distances (non-negative, 0 for a point and
 # itself), which the estimators downstream expect.
@@ -59,9 +66,15 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     n_lists : int or None, default=None
         Inverted lists of the index; None: about ``4 * sqrt(n_samples)``
         (a power of two, at least 39 samples per list).
-    n_probes : int, default=20
+    n_probes : int or "auto", default="auto"
         Lists searched per query (clamped to ``n_lists``): more is slower
-        and finds more of the true neighbours.
+        and finds more of the true neighbours. "auto": the fewest that
+        reach ``target_recall`` on a sample of the fitted samples (see
+        ``estimated_recall_``).
+    target_recall : float, default=0.95
+        For ``n_probes="auto"``: the recall of each row's neighbours (the
+        share of the true ones it holds) to reach on the sample; where
+        no ``n_probes`` reaches it, every list, with a ``UserWarning``.
     quantizer : {"sq8", "sq4", "sq8_uniform", "sq4_uniform"}, default="sq8"
         The code of each sample (see :class:`ivfsq.neighbors.ivf_sq.IndexParams`).
     reorder : bool, default=False
@@ -82,6 +95,12 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     ----------
     index_ : ivfsq.neighbors.ivf_sq.Index
         The index of the fitted samples (sample ``i`` has id ``i``).
+    n_probes_ : int
+        Lists searched per query.
+    estimated_recall_ : float
+        The graph's recall at ``n_probes_`` on up to
+        :data:`RECALL_SAMPLE` fitted samples, against their exact
+        neighbours among the fitted samples.
     n_samples_fit_ : int
         Number of fitted samples.
     n_features_in_ : int
@@ -110,7 +129,8 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "mode": [StrOptions({"distance", "connectivity"})],
         "metric": [StrOptions(set(_METRICS))],
         "n_lists": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "n_probes": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_probes": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "target_recall": [Interval(numbers.Real, 0, 1, closed="right")],
         "quantizer": [StrOptions({"sq8", "sq4", "sq8_uniform", "sq4_uniform"})],
         "reorder": ["boolean"],
         "refine_ratio": [Interval(numbers.Real, 1, None, closed="left"), None],
@@ -121,13 +141,14 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     }
 
     def __init__(self, n_neighbors=5, mode="distance", metric="euclidean", n_lists=None,
-                 n_probes=20, quantizer="sq8", reorder=False, refine_ratio=None,
-                 kmeans_n_iters=20, seed=0, n_jobs=None):
+                 n_probes="auto", target_recall=0.95, quantizer="sq8", reorder=False,
+                 refine_ratio=None, kmeans_n_iters=20, seed=0, n_jobs=None):
         self.n_neighbors = n_neighbors
         self.mode = mode
         self.metric = metric
         self.n_lists = n_lists
         self.n_probes = n_probes
+        self.target_recall = target_recall
         self.quantizer = quantizer
         self.reorder = reorder
         self.refine_ratio = refine_ratio
@@ -157,11 +178,40 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         params = ivf_sq.IndexParams(
             n_lists=n_lists, metric=self.metric, quantizer=self.quantizer,
             reorder=self.reorder, kmeans_n_iters=self.kmeans_n_iters, seed=self.seed)
-        self.index_ = ivf_sq.build(params, X.astype(np.float32, copy=False),
-                                   resources=self._resources())
+        X = X.astype(np.float32, copy=False)
+        self.index_ = ivf_sq.build(params, X, resources=self._resources())
         self.n_samples_fit_ = n_samples
         self._n_features_out = n_samples
+        self.n_probes_, self.estimated_recall_ = self._choose_n_probes(X)
         return self
+
+    def _choose_n_probes(self, X):
+        """(n_probes, recall on a sample of X): ``n_probes`` clamped to the
+        lists, or for "auto" the fewest on the ladder 1, 2, 3, 4, 6, 8, 12,
+        ... (about x1.5 each) whose graph rows of the sample hold
+        ``target_recall`` of their true neighbours."""
+        n_lists = self.index_.n_lists
+        k = min(self.n_neighbors + (self.mode == "distance"), X.shape[0])
+        rng = np.random.default_rng(self.seed)
+        sample = X[np.sort(rng.choice(X.shape[0], min(X.shape[0], RECALL_SAMPLE),
+                                      replace=False))]
+        truth = brute_force_knn(X, sample, k, metric=self.metric)[1]
+        if self.n_probes == "auto":
+            ladder = [n for n in PROBE_STEPS if n < n_lists] + [n_lists]
+        else:
+            ladder = [min(self.n_probes, n_lists)]
+        for n_probes in ladder:
+            found = self._search(sample, k, n_probes)[1]
+            recall = recall_at_k(found, truth, k)
+            if recall >= self.target_recall:
+                break
+        else:
+            if self.n_probes == "auto":
+                warnings.warn(
+                    f"target_recall={self.target_recall} is not reached: {recall:.4f} with "
+                    f"every list searched (the codes' limit; reorder=True re-ranks by "
+                    f"exact distances)", UserWarning, stacklevel=3)
+        return n_probes, float(recall)
 
     def transform(self, X):
         """The sparse neighbour graph of ``X`` (n_samples_transform x
@@ -176,7 +226,8 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 f"Expected n_neighbors <= n_samples_fit, but n_neighbors = {k}, "
                 f"n_samples_fit = {self.n_samples_fit_}, n_samples = {X.shape[0]}"
             )
-        distances, neighbors = self._kneighbors(X.astype(np.float32, copy=False), k)
+        distances, neighbors = self._search(X.astype(np.float32, copy=False), k,
+                                            self.n_probes_)
         n_rows = X.shape[0]
         if self.mode == "distance":
             values = np.maximum(distances, 0).astype(np.float64).ravel()
@@ -191,20 +242,18 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """``fit(X).transform(X)``: the graph of the samples over themselves."""
         return self.fit(X).transform(X)
 
-    def _kneighbors(self, queries, k):
-        """(distances, ids) of the k nearest fitted samples of each query;
-        queries whose probed lists hold fewer than k samples are searched
-        again over every list, so no result is missing."""
+    def _search(self, queries, k, n_probes):
+        """(distances, ids) of the k nearest fitted samples of each query at
+        ``n_probes``; queries whose probed lists hold fewer than k samples
+        are searched again over every list, so no result is missing."""
         resources = self._resources()
-        n_lists = self.index_.n_lists
         refine_ratio = (self.refine_ratio or 2.0) if self.reorder else None
-        params = ivf_sq.SearchParams(n_probes=min(self.n_probes, n_lists),
-                                     refine_ratio=refine_ratio)
+        params = ivf_sq.SearchParams(n_probes=n_probes, refine_ratio=refine_ratio)
         distances, neighbors = ivf_sq.search(params, self.index_, queries, k,
                                              resources=resources)
         short = np.flatnonzero((neighbors < 0).any(axis=1))
         if short.size:
-            every = ivf_sq.SearchParams(n_probes=n_lists, refine_ratio=refine_ratio)
+            every = ivf_sq.SearchParams(n_probes=self.index_.n_lists, refine_ratio=refine_ratio)
             distances[short], neighbors[short] = ivf_sq.search(
                 every, self.index_, queries[short], k, resources=resources)
         return distances, neighbors
