@@ -40,70 +40,59 @@ import tempfile
 import textwrap
 import time
 
-COLD = textwrap.dedent("""
-    import time
-    start = time.perf_counter()
-    import numpy as np
-    from ivfsq.neighbors import ivf_sq
-    imported = time.perf_counter()
-    rng = np.random.default_rng(0)
-    dataset = rng.random((20_000, 64), dtype=np.float32)
-    queries = rng.random((1_000, 64), dtype=np.float32)
+def first_process(imports, build, search):
+    """The cold script: import (``imports``), build a 20,000 x 64 index
+    (``build``, which defines ``search(rows)``), search one query and 1,000,
+    each step timed; it prints a RESULT line."""
+    return "\n".join([
+        "import time",
+        "start = time.perf_counter()",
+        "import numpy as np",
+        imports,
+        "imported = time.perf_counter()",
+        "rng = np.random.default_rng(0)",
+        "dataset = rng.random((20_000, 64), dtype=np.float32)",
+        "queries = rng.random((1_000, 64), dtype=np.float32)",
+        textwrap.dedent(build),
+        "built = time.perf_counter()",
+        f"{search}(queries[:1])",
+        "one = time.perf_counter()",
+        f"{search}(queries)",
+        "batch = time.perf_counter()",
+        'print("RESULT", {"import": imported - start, "build": built - imported,',
+        '                 "one_query": one - built, "batch_1000": batch - one})',
+    ])
+
+
+COLD = first_process(
+    "from ivfsq.neighbors import ivf_sq",
+    """
     index = ivf_sq.build(ivf_sq.IndexParams(n_lists=256), dataset)
-    built = time.perf_counter()
-    ivf_sq.search(ivf_sq.SearchParams(), index, queries[:1], 10)
-    one = time.perf_counter()
-    ivf_sq.search(ivf_sq.SearchParams(), index, queries, 10)
-    batch = time.perf_counter()
-    print("RESULT", {"import": imported - start, "build": built - imported,
-                     "one_query": one - built, "batch_1000": batch - one})
-""")
+    params = ivf_sq.SearchParams()
+    """,
+    "(lambda rows: ivf_sq.search(params, index, rows, 10))")
 
 # The same first process for the peers (installed in the running
 # interpreter's environment; they compile nothing at run time).
 PEERS = {
-    "faiss IVF256,SQ8": textwrap.dedent("""
-        import time
-        start = time.perf_counter()
-        import numpy as np
-        import faiss
-        imported = time.perf_counter()
-        rng = np.random.default_rng(0)
-        dataset = rng.random((20_000, 64), dtype=np.float32)
-        queries = rng.random((1_000, 64), dtype=np.float32)
+    "faiss IVF256,SQ8": first_process(
+        "import faiss",
+        """
         index = faiss.index_factory(64, "IVF256,SQ8")
         index.train(dataset)
         index.add(dataset)
         index.nprobe = 20
-        built = time.perf_counter()
-        index.search(queries[:1], 10)
-        one = time.perf_counter()
-        index.search(queries, 10)
-        batch = time.perf_counter()
-        print("RESULT", {"import": imported - start, "build": built - imported,
-                         "one_query": one - built, "batch_1000": batch - one})
-    """),
-    "hnswlib M16": textwrap.dedent("""
-        import time
-        start = time.perf_counter()
-        import numpy as np
-        import hnswlib
-        imported = time.perf_counter()
-        rng = np.random.default_rng(0)
-        dataset = rng.random((20_000, 64), dtype=np.float32)
-        queries = rng.random((1_000, 64), dtype=np.float32)
+        """,
+        "(lambda rows: index.search(rows, 10))"),
+    "hnswlib M16": first_process(
+        "import hnswlib",
+        """
         index = hnswlib.Index(space="l2", dim=64)
         index.init_index(max_elements=20_000, M=16, ef_construction=200)
         index.add_items(dataset)
         index.set_ef(50)
-        built = time.perf_counter()
-        index.knn_query(queries[:1], k=10)
-        one = time.perf_counter()
-        index.knn_query(queries, k=10)
-        batch = time.perf_counter()
-        print("RESULT", {"import": imported - start, "build": built - imported,
-                         "one_query": one - built, "batch_1000": batch - one})
-    """),
+        """,
+        "(lambda rows: index.knn_query(rows, k=10))"),
 }
 
 WARM = textwrap.dedent("""
