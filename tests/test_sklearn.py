@@ -91,11 +91,13 @@ def test_auto_n_probes_is_the_fewest_that_reach_the_target(data, target, reorder
     assert abs(recall - transformer.estimated_recall_) < 0.03
 
 
-def test_an_unreachable_target_searches_every_list_and_warns(data):
+@pytest.mark.parametrize("reorder, hint", [(False, "reorder=True"),
+                                           (True, "a larger refine_ratio")])
+def test_an_unreachable_target_searches_every_list_and_warns(data, reorder, hint):
     base, _ = data
-    with pytest.warns(UserWarning, match="target_recall=1.0 is not reached"):
-        transformer = IVFSQTransformer(n_neighbors=10, target_recall=1.0,
-                                       quantizer="sq4").fit(base)
+    with pytest.warns(UserWarning, match=f"target_recall=1.0 is not reached.*{hint}"):
+        transformer = IVFSQTransformer(n_neighbors=10, target_recall=1.0, quantizer="sq4",
+                                       reorder=reorder, refine_ratio=1.0).fit(base)
     assert transformer.n_probes_ == transformer.index_.n_lists
     assert transformer.estimated_recall_ < 1.0
 

@@ -207,10 +207,12 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                 break
         else:
             if self.n_probes == "auto":
+                hint = ("a larger refine_ratio re-ranks more candidates" if self.reorder
+                        else "reorder=True re-ranks by exact distances")
                 warnings.warn(
                     f"target_recall={self.target_recall} is not reached: {recall:.4f} with "
-                    f"every list searched (the codes' limit; reorder=True re-ranks by "
-                    f"exact distances)", UserWarning, stacklevel=3)
+                    f"every list searched (the codes' limit; {hint})", UserWarning,
+                    stacklevel=3)
         return n_probes, float(recall)
 
     def transform(self, X):
