@@ -70,16 +70,17 @@ def test_default_graph_is_close_and_full(data):
 
 @pytest.mark.parametrize("target, reorder", [(0.8, False), (0.99, True)])
 def test_auto_n_probes_is_the_fewest_that_reach_the_target(data, target, reorder):
-    from ivfsq.ivf.tune import PROBE_STEPS
+    from ivfsq.ivf.tune import probe_counts
 
     base, _ = data
     transformer = IVFSQTransformer(n_neighbors=10, target_recall=target,
                                    reorder=reorder).fit(base)
     assert transformer.estimated_recall_ >= target
     chosen = transformer.n_probes_
-    assert chosen in PROBE_STEPS or chosen == transformer.index_.n_lists
+    ladder = probe_counts(transformer.index_.n_lists)
+    assert chosen in ladder
     if chosen > 1:
-        fewer = max(step for step in PROBE_STEPS if step < chosen)
+        fewer = ladder[ladder.index(chosen) - 1]
         below = IVFSQTransformer(n_neighbors=10, n_probes=fewer, reorder=reorder).fit(base)
         assert below.estimated_recall_ < target
     # The estimate is the recall of the graph's rows of the sample.

@@ -26,6 +26,7 @@ The hook is numba's list of cache locator classes, which is not public API:
 where it is missing, numba's own per-file stamps apply, as before.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -214,6 +215,9 @@ def ivfsq_sources():
     return (os.path.join(package, "backends", "cpu", "kernels"), os.path.join(package, "_spin.py"))
 
 
+@functools.lru_cache(maxsize=1)
 def install_ivfsq():
-    """:func:`install` for :func:`ivfsq_sources` (idempotent)."""
+    """:func:`install` for :func:`ivfsq_sources`, once per process (both
+    the kernels and the spin loops ask for it; the digest reads every
+    source file)."""
     return install(*ivfsq_sources())

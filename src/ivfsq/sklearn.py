@@ -28,7 +28,7 @@ from ivfsq._threads import default_n_threads
 from ivfsq.cli import default_n_lists
 from ivfsq.common import Resources
 from ivfsq.datasets import brute_force_knn, recall_at_k
-from ivfsq.ivf.tune import PROBE_STEPS
+from ivfsq.ivf.tune import probe_counts
 from ivfsq.neighbors import ivf_sq
 
 __all__ = ["IVFSQTransformer", "RECALL_SAMPLE"]
@@ -197,7 +197,7 @@ class IVFSQTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                                       replace=False))]
         truth = brute_force_knn(X, sample, k, metric=self.metric)[1]
         if self.n_probes == "auto":
-            ladder = [n for n in PROBE_STEPS if n < n_lists] + [n_lists]
+            ladder = probe_counts(n_lists)
         else:
             ladder = [min(self.n_probes, n_lists)]
         for n_probes in ladder:

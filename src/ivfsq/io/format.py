@@ -707,8 +707,11 @@ def read_index_bytes(data, name="index bytes"):
     fresh, writable copies."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    data = memoryview(data).cast("B")
-    return _read_stream(_Reader(name, io.BytesIO(data), data.nbytes), False)
+    if not isinstance(data, bytes):
+        data = bytes(memoryview(data).cast("B"))
+    # BytesIO shares a bytes object's buffer until written to: the bytes are
+    # read in place, once, into the arrays.
+    return _read_stream(_Reader(name, io.BytesIO(data), len(data)), False)
 
 
 def _read_stream(reader, mmap):

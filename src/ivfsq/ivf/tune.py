@@ -9,7 +9,7 @@ from ivfsq.datasets import brute_force_knn, recall_at_k
 from ivfsq.ivf import filtering
 
 # n_probes tried (each about 1.5x the last) below n_lists, then n_lists.
-PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
+_PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
                 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 # refine_ratio values tried for an index with a precise store.
 REFINE_RATIOS = (1.0, 2.0, 4.0)
@@ -86,7 +86,7 @@ def choose(points, target_recall, k, by_qps):
 
 
 def probe_counts(n_lists):
-    counts = [step for step in PROBE_STEPS if step < n_lists]
+    counts = [step for step in _PROBE_STEPS if step < n_lists]
     return counts + [n_lists]
 
 
