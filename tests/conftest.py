@@ -1,3 +1,11 @@
+import os
+
+# The GPU backend's tests run on numba's CUDA simulator (every GPU thread a
+# Python thread) unless IVFSQ_TEST_GPU=1 asks for the GPU; numba reads this
+# when it is first imported, so it is set before anything imports it.
+if os.environ.get("IVFSQ_TEST_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import numpy as np
 import pytest
 

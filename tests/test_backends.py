@@ -10,19 +10,22 @@ from ivfsq.neighbors import ivf_sq
 
 
 def test_registry_and_devices_agree():
-    assert backends.NAMES == common.DEVICES == ("cpu",)
-    for name in backends.NAMES:
-        backend = backends.get(name)
-        assert callable(backend.search_block) and callable(backend.range_search)
-    with pytest.raises(ValueError, match="device must be one of 'cpu', got 'cuda'"):
-        backends.get("cuda")
+    assert backends.NAMES == common.DEVICES == ("cpu", "cuda")
+    assert callable(backends.get("cpu").search_block)
+    assert callable(backends.get("cpu").range_search)
+    with pytest.raises(ValueError, match="device must be one of 'cpu', 'cuda', got 'gpu'"):
+        backends.get("gpu")
 
 
 def test_resources_device():
-    assert Resources().device == "cpu"
-    assert repr(Resources(n_threads=2)) == "Resources(n_threads=2, device='cpu')"
+    assert Resources().device is None  # follows the data
+    assert Resources(device="cpu").device == "cpu"
+    assert repr(Resources(n_threads=2)) == "Resources(n_threads=2, device=None)"
+    assert repr(Resources(n_threads=2, device="cuda")) == "Resources(n_threads=2, device='cuda')"
     with pytest.raises(ValueError, match="device must be one of"):
         Resources(device="gpu")
+    assert common.resolve_device(None) == common.resolve_device(Resources()) == "cpu"
+    assert common.resolve_device(Resources(device="cpu"), "cuda") == "cpu"
 
 
 def test_search_on_the_named_device_is_the_default_search():

@@ -9,6 +9,7 @@ import numbers
 
 import numpy as np
 
+from ivfsq._device import is_device_array, to_host
 from ivfsq.metrics import NAMES as METRICS  # noqa: F401 (the choices checked here)
 
 
@@ -103,9 +104,10 @@ def _as_host_array(name, value):
         return value
     if value is None or isinstance(value, (str, bytes, dict, set)):
         raise TypeError(f"{name} must be a 2-D array, got {_describe(value)}")
-    if hasattr(value, "__cuda_array_interface__") and hasattr(value, "get"):
-        # CuPy: brought to the host; results come back as NumPy arrays.
-        value = value.get()
+    if is_device_array(value):
+        # Device arrays are read to the host: the checks and the preparation
+        # of rows run there (results go back to the device: ivfsq._device).
+        value = to_host(name, value)
     elif (hasattr(value, "__dlpack__") and not hasattr(value, "__array__")
             and not hasattr(value, "__array_interface__")):
         # A DLPack producer NumPy cannot read otherwise: shared, not copied,

@@ -19,14 +19,19 @@ engine's lists. Its module provides:
   with no filter, or None where the backend has no such shortcut for the
   plan.
 
-Which backend runs a call is decided here, from ``Resources(device=...)``:
-``"cpu"`` (NumPy + numba kernels) is the one there is; the entry of a GPU
-backend goes beside it. Per-backend state tuned on an index's data lives in
-the backend, keyed by the list snapshot it was tuned on.
+- ``encode(engine, vectors, labels) -> (codes, aux)``: optional; the
+  engine's own encoding (on the CPU) where a backend has none.
+
+Which backend runs a call is decided here, from ``Resources(device=...)``
+(or where the call's data lives, :func:`ivfsq.common.resolve_device`):
+``"cpu"`` (NumPy + numba kernels) and ``"cuda"`` (numba-cuda kernels,
+:mod:`ivfsq.backends.cuda`). Per-backend state tuned on an index's data
+(the device copy of the lists, for one) lives beside the list snapshot it
+was made from.
 
 >>> from ivfsq import backends
 >>> backends.NAMES
-('cpu',)
+('cpu', 'cuda')
 >>> backends.get("cpu").__name__
 'ivfsq.backends.cpu.search'
 """
@@ -36,7 +41,7 @@ import importlib
 __all__ = ["BACKENDS", "NAMES", "get"]
 
 #: Device name -> the module implementing the backend (imported on first use).
-BACKENDS = {"cpu": "ivfsq.backends.cpu.search"}
+BACKENDS = {"cpu": "ivfsq.backends.cpu.search", "cuda": "ivfsq.backends.cuda.search"}
 NAMES = tuple(BACKENDS)
 # Imported backends by device: a search asks for its backend on every call,
 # and a dict hit costs less than the import machinery's lookup.

@@ -163,9 +163,13 @@ class IvfSqEngine:
             n_threads=n_threads,
         )
 
-    def encode(self, vectors, labels, n_threads):
+    def encode(self, vectors, labels, n_threads, device="cpu"):
         """Codes and per-vector norm terms of float32 rows (prepared,
-        internal space) in lists ``labels``."""
+        internal space) in lists ``labels``, on the backend of ``device``
+        where it encodes (:mod:`ivfsq.backends`)."""
+        backend_encode = getattr(backends.get(device), "encode", None)
+        if backend_encode is not None:
+            return backend_encode(self, vectors, labels)
         n_rows = vectors.shape[0]
         codes = np.empty((n_rows, self.quantizer.code_size), dtype=np.uint8)
         aux = np.empty(n_rows, dtype=np.float32)
@@ -215,14 +219,15 @@ class IvfSqEngine:
         """Prepared vectors in the space of the centers and codes (rotated)."""
         return vectors if self.rotation is None else rotate(vectors, self.rotation, n_threads)
 
-    def add(self, dataset, ids, n_threads, labels=None, name="new_vectors"):
+    def add(self, dataset, ids, n_threads, labels=None, name="new_vectors", device="cpu"):
         """Encode ``dataset`` in batches and add it under ``ids`` (all or nothing).
 
         ``ids=None`` numbers the rows after the largest id so far; given ids
         must not be in the index already. ``labels``: the rows' lists when
         known (from :meth:`train`, whose sample was the whole dataset: that
         spares assigning the rows again, a GEMM). ``name``: the argument
-        errors in ``dataset`` are reported under.
+        errors in ``dataset`` are reported under; ``device``: the backend
+        that encodes (:meth:`encode`).
 
         Codes are written straight to their rows in a new list storage, which
         replaces the current one only once every row is stored. So the lists
@@ -255,7 +260,7 @@ class IvfSqEngine:
                     rotated = self.internal(vectors, n_threads)
                 else:
                     vectors, nonzero, rotated = prepared
-                codes, aux = self.encode(rotated, labels[start:stop], n_threads)
+                codes, aux = self.encode(rotated, labels[start:stop], n_threads, device)
                 if nonzero is not None:
                     # A zero vector keeps cosine distance 1 to every query.
                     aux[~nonzero] = 0.0
@@ -392,6 +397,15 @@ class IvfSqEngine:
         and kept as long as the snapshot (a backend's arguments derived from
         it, for instance)."""
         return self._tuning.get(lists, key, compute)
+
+    def peek_snapshot_value(self, lists, key):
+        """The value :meth:`snapshot_value` keeps for ``lists`` and ``key``,
+        or None (nothing is computed)."""
+        return self._tuning.peek(lists, key)
+
+    def forget_snapshot_value(self, lists, key):
+        """Drop what :meth:`snapshot_value` keeps for ``lists`` and ``key``."""
+        self._tuning.discard(lists, key)
 
     def first_pass_layout(self, lists):
         """The block-interleaved 4-bit codes of the snapshot ``lists`` for

@@ -22,6 +22,7 @@ Examples
 
 import numpy as np
 
+from ivfsq import _device
 from ivfsq._validation import (
     check_bool,
     check_float,
@@ -75,6 +76,7 @@ class Index:
     def __init__(self):
         self._engine = None
         self._params = None
+        self._device = "cpu"  # where searches run by default (to_device, to_host)
 
     @classmethod
     def _from_engine(cls, engine, params):
@@ -207,6 +209,48 @@ class Index:
         header, arrays = _persistence.to_file_contents(engine, self._params._as_dict())
         return _format.index_bytes(header, arrays)
 
+    @property
+    def device(self):
+        """Where the index's searches run when a call names no device:
+        "cpu", or "cuda" after :meth:`to_device`."""
+        return self._device
+
+    def to_device(self):
+        """Copy the index's lists to the GPU and search there from now on.
+
+        The host copy stays (saving, ``extend`` and ``remove`` work on it,
+        and each of these copies its new lists to the GPU again). Searches
+        with NumPy queries still return NumPy arrays. Returns the index;
+        RuntimeError where no GPU backend can run (it needs the ``gpu``
+        extra and an NVIDIA GPU).
+        """
+        engine = self._require_trained()
+        resolve_device(Resources(device="cuda"))
+        from ivfsq.backends.cuda import search as cuda_search
+
+        cuda_search.device_lists(engine)
+        self._device = "cuda"
+        return self
+
+    def to_host(self):
+        """Search on the CPU from now on and free the GPU copy of the lists
+        (if any). Returns the index."""
+        engine = self._require_trained()
+        if self._device == "cuda":
+            from ivfsq.backends.cuda import search as cuda_search
+
+            cuda_search.release(engine)
+        self._device = "cpu"
+        return self
+
+    def _refresh_device_copy(self):
+        """After a change of the lists: copy the new ones to the GPU now, for
+        an index that lives there."""
+        if self._device == "cuda":
+            from ivfsq.backends.cuda import search as cuda_search
+
+            cuda_search.device_lists(self._engine)
+
     def __reduce__(self):
         # Pickled as its bytes (the index file format, checked on the way
         # back by from_bytes), not as Python objects: pickle, joblib,
@@ -222,6 +266,14 @@ class Index:
             f"Index(trained=True, n_lists={self.n_lists}, dim={self.dim}, size={self.size}, "
             f"metric={self.metric!r}, quantizer={self.quantizer!r})"
         )
+
+
+def _data_device(index, *arrays):
+    """Where a call's data lives: "cuda" for device arrays or an index moved
+    to the GPU, else "cpu"."""
+    if any(_device.is_device_array(array) for array in arrays):
+        return "cuda"
+    return "cuda" if index is not None and index._device == "cuda" else "cpu"
 
 
 def _check_index(index):
@@ -245,6 +297,9 @@ def build(index_params, dataset, resources=None):
         float32 or float16; other real dtypes (float64, uint8, int8, ...)
         are converted to float32. ``n_rows >= n_lists``.
     resources : ivfsq.common.Resources, optional
+        ``device="cuda"`` (or a device array ``dataset``) encodes the rows
+        on the GPU and returns an index there (:meth:`Index.to_device`);
+        k-means runs on the CPU.
 
     Returns
     -------
@@ -263,6 +318,7 @@ def build(index_params, dataset, resources=None):
         raise TypeError(
             f"index_params must be an ivf_sq.IndexParams, got {type(index_params).__name__}"
         )
+    device = resolve_device(resources, _data_device(None, dataset))
     dataset = check_matrix("dataset", dataset)
     n_rows = dataset.shape[0]
     if n_rows < index_params.n_lists:
@@ -272,8 +328,10 @@ def build(index_params, dataset, resources=None):
     n_threads = resolve_n_threads(resources)
     engine, labels = IvfSqEngine.train(index_params, dataset, n_threads)
     if index_params.add_data_on_build:
-        engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads, labels, name="dataset")
-    return Index._from_engine(engine, index_params)
+        engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads, labels, name="dataset",
+                   device=device)
+    index = Index._from_engine(engine, index_params)
+    return index.to_device() if device == "cuda" else index
 
 
 def extend(index, new_vectors, new_indices, resources=None):
@@ -309,11 +367,15 @@ def extend(index, new_vectors, new_indices, resources=None):
     1010
     """
     engine = _check_index(index)
+    device = resolve_device(resources, _data_device(index, new_vectors, new_indices))
     new_vectors = check_matrix("new_vectors", new_vectors, dim=index.dim, allow_empty=True)
     ids = None
     if new_indices is not None:
+        if _device.is_device_array(new_indices):
+            new_indices = _device.to_host("new_indices", new_indices)
         ids = check_ids("new_indices", new_indices, new_vectors.shape[0])
-    engine.add(new_vectors, ids, resolve_n_threads(resources))
+    engine.add(new_vectors, ids, resolve_n_threads(resources), device=device)
+    index._refresh_device_copy()
     return index
 
 
@@ -412,8 +474,12 @@ def remove(index, ids, resources=None):
     998
     """
     engine = _check_index(index)
+    if _device.is_device_array(ids):
+        ids = _device.to_host("ids", ids)
     ids = np.unique(check_id_list("ids", ids))
-    return engine.remove(ids)
+    removed = engine.remove(ids)
+    index._refresh_device_copy()
+    return removed
 
 
 def reconstruct(index, ids, resources=None):
@@ -631,6 +697,8 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
             f"search_params must be an ivf_sq.SearchParams, got {type(search_params).__name__}"
         )
     engine = _check_index(index)
+    given = queries
+    device = resolve_device(resources, _data_device(index, queries))
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     radius = check_float("radius", radius)
     n_queries = queries.shape[0]
@@ -638,14 +706,18 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
     metric = engine.metric
     internal = metric.radius_to_internal(radius)
     if n_queries == 0 or engine.lists.size == 0:
-        return (np.zeros(n_queries + 1, dtype=np.int64), np.zeros(0, dtype=np.int64),
-                np.zeros(0, dtype=np.float32))
-    prepared = engine.prepare("queries", queries)[0]
-    offsets, neighbors, distances = engine.range_search(
-        prepared, internal, search_params.n_probes, keep_words, resolve_n_threads(resources),
-        int_filter=search_params.int_filter, device=resolve_device(resources),
-    )
-    return offsets, neighbors, metric.to_public(distances)
+        found = (np.zeros(n_queries + 1, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                 np.zeros(0, dtype=np.float32))
+    else:
+        prepared = engine.prepare("queries", queries)[0]
+        offsets, neighbors, distances = engine.range_search(
+            prepared, internal, search_params.n_probes, keep_words,
+            resolve_n_threads(resources), int_filter=search_params.int_filter, device=device,
+        )
+        found = offsets, neighbors, metric.to_public(distances)
+    if _device.is_device_array(given):
+        return tuple(_device.like(given, array) for array in found)
+    return found
 
 
 def _check_search_params(search_params):
@@ -697,7 +769,8 @@ def _search_one(search_params, index, queries, k, resources):
             return engine.one_query_runner(
                 lists, checked_k, search_params.n_probes, resolve_n_threads(resources),
                 refine_ratio, search_params.scan, search_params.int_filter,
-                resolve_device(resources), search_params.first_pass_candidates or 0)
+                resolve_device(resources, index._device),
+                search_params.first_pass_candidates or 0)
         except (TypeError, ValueError):
             return None  # the general path raises it
 
@@ -770,37 +843,57 @@ def search(
             return found
     _check_search_params(search_params)
     engine = _check_index(index)
+    given = queries
+    device = resolve_device(resources, _data_device(index, queries))
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     k, refine_ratio = _check_k_refine(search_params, engine.lists, k)
     n_queries = queries.shape[0]
     keep_words = _filter_words(filter, engine, n_queries)
     if neighbors is not None:
-        neighbors_view = check_output("neighbors", neighbors, (n_queries, k), np.int64)
+        write_neighbors = _output_writer("neighbors", neighbors, (n_queries, k), np.int64)
     if distances is not None:
-        distances_view = check_output("distances", distances, (n_queries, k), np.float32)
+        write_distances = _output_writer("distances", distances, (n_queries, k), np.float32)
     n_threads = resolve_n_threads(resources)
     query_rows = engine.prepare("queries", queries)[0] if n_queries else queries
     if n_queries:
         out_d, out_i = engine.search(
             query_rows, k, search_params.n_probes, keep_words, n_threads, refine_ratio,
             filter_memo=None if filter is None else filter._memo,
-            scan=search_params.scan, int_filter=search_params.int_filter,
-            device=resolve_device(resources),
+            scan=search_params.scan, int_filter=search_params.int_filter, device=device,
             first_pass=search_params.first_pass_candidates or 0,
         )
     else:
         out_d = np.empty((0, k), dtype=np.float32)
         out_i = np.empty((0, k), dtype=np.int64)
     engine.metric.to_public(out_d)
-    # Given buffers are written and returned as they came (a DLPack or
-    # array-interface object stays that object).
+    # Given buffers are written and returned as they came (a DLPack,
+    # array-interface or device array stays that object); without them,
+    # device queries get device arrays of their own kind.
+    on_device = _device.is_device_array(given)
     if neighbors is not None:
-        neighbors_view[...] = out_i
+        write_neighbors(out_i)
         out_i = neighbors
+    elif on_device:
+        out_i = _device.like(given, out_i)
     if distances is not None:
-        distances_view[...] = out_d
+        write_distances(out_d)
         out_d = distances
+    elif on_device:
+        out_d = _device.like(given, out_d)
     return out_d, out_i
+
+
+def _output_writer(name, value, shape, dtype):
+    """A checked output buffer (host or device): the function that writes
+    the results into it."""
+    if _device.is_device_array(value):
+        return _device.device_output(name, value, shape, dtype)
+    view = check_output(name, value, shape, dtype)
+
+    def write(array):
+        view[...] = array
+
+    return write
 
 
 def search_plan(search_params, index, n_queries, resources=None):
@@ -890,8 +983,10 @@ def load(filename, resources=None, *, mmap=False):
         orthogonal). No code from the file is ever run.
     """
     check_bool("mmap", mmap)
+    device = resolve_device(resources)
     header, arrays = _format.read_index_file(filename, mmap=mmap)
-    return index_from_file_contents(filename, header, arrays)
+    index = index_from_file_contents(filename, header, arrays)
+    return index.to_device() if device == "cuda" else index
 
 
 def from_bytes(data, resources=None):
@@ -907,8 +1002,10 @@ def from_bytes(data, resources=None):
         bytes, another format version, or contents that are not one
         consistent index. No code from the bytes is ever run.
     """
+    device = resolve_device(resources)
     header, arrays = _format.read_index_bytes(data)
-    return index_from_file_contents("index bytes", header, arrays)
+    index = index_from_file_contents("index bytes", header, arrays)
+    return index.to_device() if device == "cuda" else index
 
 
 def index_from_file_contents(filename, header, arrays):

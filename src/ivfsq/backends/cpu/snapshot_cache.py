@@ -54,9 +54,21 @@ class SnapshotCache:
         values = self._values(snapshot)
         return default if values is None else values.get(key, default)
 
+    def discard(self, snapshot, key):
+        """Drop the value of ``snapshot`` and ``key`` if there is one (the
+        next :meth:`get` computes it again)."""
+        with self._lock:
+            values = self._entries.get(snapshot)
+            if values is not None and key in values:
+                # A new dict, swapped whole: readers without the lock see the
+                # old one or the new one, never one being changed.
+                values = {name: value for name, value in values.items() if name != key}
+                self._entries[snapshot] = values
+                self._last = None
+
     def get(self, snapshot, key, compute):
-        # A hit takes no lock: entries are only ever added, and a snapshot's
-        # dict is stored whole before any reader can find it.
+        # A hit takes no lock: a snapshot's dict is never changed once a
+        # reader can find it (added values and discards replace it whole).
         values = self._values(snapshot)
         if values is not None:
             value = values.get(key, _MISSING)
@@ -64,4 +76,9 @@ class SnapshotCache:
                 return value
         value = compute()
         with self._lock:
-            return self._entries.setdefault(snapshot, {}).setdefault(key, value)
+            values = self._entries.get(snapshot, {})
+            if key not in values:
+                values = {**values, key: value}
+                self._entries[snapshot] = values
+                self._last = None
+            return values[key]

@@ -1,0 +1,285 @@
+"""The GPU backend against the CPU backend.
+
+Run on numba's CUDA simulator (tests/conftest.py sets NUMBA_ENABLE_CUDASIM
+unless IVFSQ_TEST_GPU=1), on tiny data: each kernel against its CPU
+counterpart, then whole searches, builds and index moves against the CPU
+backend. The kernels' GPU compilation is checked by compiling them to PTX
+(tests/test_cuda_ptx.py). Skipped without numba-cuda (the ``gpu`` extra).
+"""
+
+import numpy as np
+import pytest
+
+from ivfsq.backends import cuda as cuda_backend
+
+if not cuda_backend.is_available():
+    pytest.skip("the GPU backend cannot run here (no numba-cuda, or no GPU and no simulator)",
+                allow_module_level=True)
+
+from numba import cuda  # noqa: E402
+
+from ivfsq.backends.cpu import search as cpu_search  # noqa: E402
+from ivfsq.backends.cuda import kernels  # noqa: E402
+from ivfsq.backends.cuda import search as gpu_search  # noqa: E402
+from ivfsq.common import Resources  # noqa: E402
+from ivfsq.datasets import make_blobs_lowrank  # noqa: E402
+from ivfsq.neighbors import filters, ivf_sq  # noqa: E402
+
+SIMULATED = kernels.SHAPES == kernels.SIMULATOR_SHAPES
+CPU = Resources(device="cpu")
+GPU = Resources(device="cuda")
+
+
+@pytest.fixture(scope="module")
+def data():
+    base, queries = make_blobs_lowrank(700, 12, n_queries=4, seed=3)
+    return base, queries
+
+
+def _index(data, **params):
+    params.setdefault("n_lists", 8)
+    return ivf_sq.build(ivf_sq.IndexParams(**params), data[0])
+
+
+def assert_same_results(expected, found):
+    """GPU results equal the CPU's: distances to float32 rounding, and ids
+    position by position except where two distances tie."""
+    (d0, i0), (d1, i1) = expected, found
+    d1 = d1.copy_to_host() if hasattr(d1, "copy_to_host") else np.asarray(d1)
+    i1 = i1.copy_to_host() if hasattr(i1, "copy_to_host") else np.asarray(i1)
+    assert d1.dtype == np.float32 and i1.dtype == np.int64 and d1.shape == d0.shape
+    np.testing.assert_allclose(d1, d0, rtol=2e-5, atol=2e-5)
+    differ = i0 != i1
+    for q, col in zip(*np.nonzero(differ)):
+        # The other backend's id at this place has the same distance.
+        tied = np.isclose(d0[q], d0[q, col], rtol=2e-5, atol=2e-5)
+        assert i1[q, col] in i0[q][tied], (q, col)
+    assert differ.mean() <= 0.05
+
+
+# ------------------------------------------------------------------ kernels
+@pytest.mark.parametrize("k", [1, 5, 40, 200])
+def test_select_kernel_is_a_sort_by_value_then_key(k):
+    rng = np.random.default_rng(k)
+    values = rng.integers(0, 30, size=(3, 300)).astype(np.float32)  # many ties
+    keys = rng.permutation(300 * 3).reshape(3, 300).astype(np.int64)
+    keys[:, ::7] = -1  # padding, never selected
+    kcap, tpb = kernels.shape_for(k)
+    for implicit in (False, True):
+        given_keys = np.zeros((0, 0), np.int64) if implicit else keys
+        out_d = np.zeros((3, k), np.float32)
+        out_k = np.zeros((3, k), np.int64)
+        kernels.select_kernel(kcap, tpb)[3, tpb](values, given_keys, k, out_d, out_k)
+        for row in range(3):
+            row_keys = np.arange(300) if implicit else keys[row]
+            live = row_keys >= 0
+            order = np.lexsort((row_keys[live], values[row][live]))[:k]
+            np.testing.assert_array_equal(out_k[row], row_keys[live][order])
+            np.testing.assert_array_equal(out_d[row], values[row][live][order])
+
+
+def test_select_kernel_pads_short_rows():
+    values = np.array([[3.0, 1.0, 2.0]], np.float32)
+    out_d = np.zeros((1, 5), np.float32)
+    out_k = np.zeros((1, 5), np.int64)
+    kcap, tpb = kernels.shape_for(5)
+    kernels.select_kernel(kcap, tpb)[1, tpb](values, np.zeros((0, 0), np.int64), 5, out_d,
+                                             out_k)
+    np.testing.assert_array_equal(out_k, [[1, 2, 0, -1, -1]])
+    np.testing.assert_array_equal(out_d, [[1, 2, 3, np.inf, np.inf]])
+
+
+def test_shape_for_takes_the_smallest_capacity():
+    assert kernels.shape_for(1)[0] == 16 and kernels.shape_for(17)[0] == 64
+    assert kernels.shape_for(kernels.MAX_K)[0] == kernels.MAX_K
+    with pytest.raises(ValueError, match="k must be at most 1024 on the GPU, got 1025"):
+        kernels.shape_for(kernels.MAX_K + 1)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product"])
+def test_coarse_probes_and_list_constants_equal_the_engine(data, metric):
+    index = _index(data, metric=metric)
+    engine = index._engine
+    queries = engine.internal(engine.prepare("q", data[1])[0])
+    copy = gpu_search.device_lists(engine)
+    probes = gpu_search.coarse_probes(engine, copy, cuda.to_device(queries), 5, 1).copy_to_host()
+    np.testing.assert_array_equal(probes, engine.coarse_probes(queries, 5, 1))
+    consts = np.zeros(probes.shape, np.float32)
+    sq_norms = np.zeros(len(queries), np.float32)
+    blocks, threads = kernels.grid_2d(*probes.shape)
+    kernels.list_constants[blocks, threads](queries, engine.centers, probes,
+                                            engine.quantizer.vmin, True, metric == "sqeuclidean",
+                                            consts, sq_norms)
+    expected_consts, expected_norms = engine.list_constants(queries, probes, 1)
+    np.testing.assert_array_equal(consts, expected_consts)
+    np.testing.assert_array_equal(sq_norms, expected_norms)
+
+
+@pytest.mark.parametrize("quantizer", ["sq8", "sq4"])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
+def test_encoding_on_the_device_equals_the_cpu(data, quantizer, metric):
+    base = data[0].copy()
+    base[5] = 0.0  # a zero vector: cosine side value 0
+    host = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, metric=metric, quantizer=quantizer), base)
+    device = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, metric=metric, quantizer=quantizer),
+                          base, resources=GPU)
+    assert device.device == "cuda" and host.device == "cpu"
+    for name in ("codes", "ids", "aux", "list_offsets", "list_sizes"):
+        np.testing.assert_array_equal(getattr(device._engine.lists, name),
+                                      getattr(host._engine.lists, name), err_msg=name)
+
+
+@pytest.mark.parametrize("precise", ["float32", "float16"])
+def test_rerank_kernel_equals_the_cpu(data, precise):
+    index = _index(data, reorder=True, precise_dtype=precise, metric="cosine")
+    engine = index._engine
+    prepared = engine.prepare("q", data[1])[0]
+    lists = engine.lists
+    rng = np.random.default_rng(0)
+    rows = rng.choice(lists.size, size=(len(prepared), 30)).astype(np.int64)
+    rows[:, -3:] = -1  # padding
+    expected = cpu_search._rerank(engine, prepared, rows, 6, lists, engine.kernel_metric, 1)
+    copy = gpu_search.device_lists(engine)
+    out_d = np.zeros((len(prepared), 6), np.float32)
+    out_i = np.zeros((len(prepared), 6), np.int64)
+    kcap, tpb = kernels.shape_for(6)
+    kernels.rerank_kernel(kcap, tpb)[len(prepared), tpb](
+        prepared, copy.precise, copy.half_bits, copy.half_table, rows, copy.ids,
+        engine.kernel_metric, 6, out_d, out_i)
+    assert_same_results(expected, (out_d, out_i))
+
+
+# ---------------------------------------------------------- whole searches
+CONFIGS = [
+    dict(quantizer="sq8", metric="sqeuclidean"),
+    dict(quantizer="sq4", metric="inner_product"),
+    dict(quantizer="sq8_uniform", metric="cosine", transform="rom"),
+    dict(quantizer="sq4_uniform", metric="euclidean", by_residual=False),
+    dict(quantizer="sq8", metric="sqeuclidean", reorder=True),
+    dict(quantizer="sq4", metric="cosine", reorder=True, precise_dtype="float16"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+def test_search_equals_the_cpu_backend(data, config):
+    index = _index(data, **config)
+    params = ivf_sq.SearchParams(n_probes=3)
+    expected = ivf_sq.search(params, index, data[1], 7, resources=CPU)
+    assert_same_results(expected, ivf_sq.search(params, index, data[1], 7, resources=GPU))
+
+
+def test_one_query_over_many_rows_splits_its_rows_among_blocks(data):
+    index = _index(data, n_lists=4)
+    engine = index._engine
+    _, tpb = kernels.shape_for(10)
+    assert gpu_search.n_splits(1, len(index), tpb) > 1
+    params = ivf_sq.SearchParams(n_probes=4)
+    expected = ivf_sq.search(params, index, data[1][:1], 10, resources=CPU)
+    assert_same_results(expected, ivf_sq.search(params, index, data[1][:1], 10, resources=GPU))
+    assert engine is index._engine
+
+
+def test_filters_equal_the_cpu_backend(data):
+    index = _index(data)
+    params = ivf_sq.SearchParams(n_probes=4)
+    queries = data[1]
+    keep = np.zeros(len(index), bool)
+    keep[::3] = True
+    shared = filters.from_bitset(keep)
+    per_query = np.zeros((len(queries), len(index)), bool)
+    for row in range(len(queries)):
+        per_query[row, row::2] = True
+    bitmap = filters.from_bitmap(per_query)
+    for filter in (shared, bitmap):
+        expected = ivf_sq.search(params, index, queries, 6, resources=CPU, filter=filter)
+        found = ivf_sq.search(params, index, queries, 6, resources=GPU, filter=filter)
+        assert_same_results(expected, found)
+    # A rare filter: few ids pass, the search walks lists until it finds them.
+    rare = np.zeros(len(index), bool)
+    rare[[3, 400, 650]] = True
+    found = ivf_sq.search(params, index, queries, 3, resources=GPU,
+                          filter=filters.from_bitset(rare))
+    assert sorted(found[1][0].tolist()) == [3, 400, 650]
+
+
+def test_device_queries_give_device_results_of_their_kind(data):
+    index = _index(data)
+    params = ivf_sq.SearchParams(n_probes=3)
+    expected = ivf_sq.search(params, index, data[1], 5)
+    distances, neighbors = ivf_sq.search(params, index, cuda.to_device(data[1]), 5)
+    assert cuda.devicearray.is_cuda_ndarray(distances)
+    assert cuda.devicearray.is_cuda_ndarray(neighbors)
+    assert_same_results(expected, (distances, neighbors))
+    # Device output buffers are written in place and returned.
+    out_d = cuda.device_array((len(data[1]), 5), np.float32)
+    out_i = cuda.device_array((len(data[1]), 5), np.int64)
+    found = ivf_sq.search(params, index, data[1], 5, neighbors=out_i, distances=out_d)
+    assert found[0] is out_d and found[1] is out_i
+    assert_same_results(expected, (out_d, out_i))
+    with pytest.raises(ValueError, match=r"neighbors must have shape \(4, 5\), got shape \(4, 6\)"):
+        ivf_sq.search(params, index, data[1], 5,
+                      neighbors=cuda.device_array((4, 6), np.int64))
+    with pytest.raises(TypeError, match="distances must have dtype float32, got dtype float64"):
+        ivf_sq.search(params, index, data[1], 5,
+                      distances=cuda.device_array((4, 5), np.float64))
+    # Range search follows its queries too.
+    offsets, ids, dist = ivf_sq.range_search(params, index, cuda.to_device(data[1]), 5.0)
+    host = ivf_sq.range_search(params, index, data[1], 5.0)
+    np.testing.assert_array_equal(offsets.copy_to_host(), host[0])
+    np.testing.assert_array_equal(ids.copy_to_host(), host[1])
+
+
+def test_index_moves_between_host_and_device(data, tmp_path):
+    index = _index(data, reorder=True)
+    params = ivf_sq.SearchParams(n_probes=3)
+    queries = data[1]
+    assert gpu_search.device_nbytes(index._engine) == 0
+    assert index.to_device() is index and index.device == "cuda"
+    assert gpu_search.device_nbytes(index._engine) >= index.memory_bytes - (
+        index.memory_breakdown["list_metadata"])
+    on_device = ivf_sq.search(params, index, queries, 5)
+    assert isinstance(on_device[0], np.ndarray)  # NumPy in, NumPy out
+    # extend and remove replace the lists: the new ones go to the device.
+    extra = data[0][:20] + np.float32(0.01)
+    ivf_sq.extend(index, extra, np.arange(1000, 1020))
+    assert ivf_sq.remove(index, np.arange(0, 700, 2)) == 350
+    assert gpu_search.device_nbytes(index._engine) > 0
+    expected = ivf_sq.search(params, index, queries, 5, resources=CPU)
+    assert_same_results(expected, ivf_sq.search(params, index, queries, 5))
+    # Saved from the device, loaded onto it again.
+    ivf_sq.save(tmp_path / "index.ivfsq", index)
+    loaded = ivf_sq.load(tmp_path / "index.ivfsq", resources=GPU)
+    assert loaded.device == "cuda"
+    assert_same_results(expected, ivf_sq.search(params, loaded, queries, 5))
+    assert ivf_sq.from_bytes(index.to_bytes(), resources=GPU).device == "cuda"
+    assert index.to_host() is index and index.device == "cpu"
+    assert gpu_search.device_nbytes(index._engine) == 0
+    np.testing.assert_array_equal(ivf_sq.search(params, index, queries, 5)[1], expected[1])
+
+
+def test_extend_with_device_vectors_encodes_them_there(data):
+    host = _index(data, add_data_on_build=False)
+    device = _index(data, add_data_on_build=False)
+    ivf_sq.extend(host, data[0], None)
+    ivf_sq.extend(device, cuda.to_device(data[0]), cuda.to_device(np.arange(len(data[0]))))
+    np.testing.assert_array_equal(device._engine.lists.codes, host._engine.lists.codes)
+    assert device.device == "cpu"  # the index did not move
+
+
+def test_more_candidates_than_the_kernels_select_run_on_the_cpu_backend(data):
+    index = _index(data, n_lists=2, reorder=True)
+    params = ivf_sq.SearchParams(n_probes=2, refine_ratio=2.0)
+    k = kernels.MAX_K // 2 + 1  # 2k candidates: more than MAX_K
+    expected = ivf_sq.search(params, index, data[1][:1], k, resources=CPU)
+    for found, wanted in zip(ivf_sq.search(params, index, data[1][:1], k, resources=GPU),
+                             expected):
+        np.testing.assert_array_equal(found, wanted)
+
+
+def test_cuda_device_is_refused_clearly_where_it_cannot_run(monkeypatch, data):
+    monkeypatch.setattr(cuda_backend, "_unavailable_reason", lambda: "numba-cuda is not installed")
+    with pytest.raises(RuntimeError, match=r'device="cuda" needs a CUDA GPU: numba-cuda is not '
+                                           r'installed; install the GPU extra'):
+        ivf_sq.search(ivf_sq.SearchParams(), _index(data), data[1], 3, resources=GPU)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        _index(data).to_device()
