@@ -118,15 +118,71 @@ def test_coarse_probes_and_list_constants_equal_the_engine(data, metric):
 @pytest.mark.parametrize("quantizer", ["sq8", "sq4"])
 @pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine"])
 def test_encoding_on_the_device_equals_the_cpu(data, quantizer, metric):
-    base = data[0].copy()
-    base[5] = 0.0  # a zero vector: cosine side value 0
-    host = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, metric=metric, quantizer=quantizer), base)
-    device = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, metric=metric, quantizer=quantizer),
-                          base, resources=GPU)
+    index = _index(data, metric=metric, quantizer=quantizer)
+    engine = index._engine
+    rows = engine.prepare("rows", data[0][:300])[0].copy()
+    rows[5] = 0.0  # a zero row: cosine side value 0
+    labels = engine.assign(rows, 1)
+    codes, aux = engine.encode(rows, labels, 1, "cuda")
+    expected_codes, expected_aux = engine.encode(rows, labels, 1, "cpu")
+    np.testing.assert_array_equal(codes, expected_codes)
+    np.testing.assert_array_equal(aux, expected_aux)
+
+
+@pytest.mark.parametrize("inner_product", [False, True])
+def test_assignment_on_the_device_equals_the_cpu(data, inner_product):
+    from ivfsq.ivf.kmeans import assign_nearest
+
+    centers = data[0][::50].copy()
+    rows = data[0]
+    expected = assign_nearest(rows, centers, inner_product=inner_product,
+                              return_distances=True)
+    found = assign_nearest(rows, centers, inner_product=inner_product, return_distances=True,
+                           device="cuda")
+    np.testing.assert_array_equal(found[0], expected[0])
+    np.testing.assert_allclose(found[1], expected[1], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product"])
+def test_build_on_the_device_trains_the_same_index(metric):
+    # Well separated clusters: no row is near a tie between two centers, so
+    # k-means on the GPU makes the same choices as on the CPU.
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(6, 10)).astype(np.float32) * 20
+    base = (centers[rng.integers(0, 6, 300)] + rng.normal(size=(300, 10))).astype(np.float32)
+    params = ivf_sq.IndexParams(n_lists=6, metric=metric, kmeans_n_iters=4)
+    host = ivf_sq.build(params, base)
+    device = ivf_sq.build(params, base, resources=GPU)
     assert device.device == "cuda" and host.device == "cpu"
-    for name in ("codes", "ids", "aux", "list_offsets", "list_sizes"):
+    np.testing.assert_allclose(device.centers, host.centers, rtol=1e-5, atol=1e-5)
+    for name in ("codes", "ids", "aux", "list_sizes"):
         np.testing.assert_array_equal(getattr(device._engine.lists, name),
                                       getattr(host._engine.lists, name), err_msg=name)
+
+
+def test_hierarchical_kmeans_on_the_device_is_as_good_as_on_the_cpu():
+    from ivfsq.ivf.kmeans import HIERARCHICAL_MIN_CLUSTERS, assign_nearest, train_kmeans
+
+    base, _ = make_blobs_lowrank(600, 6, n_queries=1, seed=8)
+    n_clusters = HIERARCHICAL_MIN_CLUSTERS
+
+    def inertia(centers):
+        return float(assign_nearest(base, centers, return_distances=True)[1].sum())
+
+    host = train_kmeans(base, n_clusters, 1, seed=0)
+    device = train_kmeans(base, n_clusters, 1, seed=0, device="cuda")
+    assert device.shape == host.shape and np.isfinite(device).all()
+    assert inertia(device) <= 1.05 * inertia(host)
+
+
+def test_build_from_device_data_is_searched_there(data):
+    index = ivf_sq.build(ivf_sq.IndexParams(n_lists=8, kmeans_n_iters=4),
+                         cuda.to_device(data[0]))
+    assert index.device == "cuda"
+    params = ivf_sq.SearchParams(n_probes=8)
+    distances, neighbors = ivf_sq.search(params, index, data[1], 5)
+    truth = ivf_sq.search(params, index, data[1], 5, resources=CPU)
+    assert_same_results(truth, (distances, neighbors))
 
 
 @pytest.mark.parametrize("precise", ["float32", "float16"])

@@ -90,8 +90,9 @@ class IvfSqEngine:
 
     # ------------------------------------------------------------- training
     @classmethod
-    def train(cls, params, dataset, n_threads):
-        """Train the coarse quantizer and the scalar quantizer on a sample.
+    def train(cls, params, dataset, n_threads, device="cpu"):
+        """Train the coarse quantizer and the scalar quantizer on a sample;
+        rows are assigned to centers on the backend of ``device``.
 
         Returns the engine and, when the sample is the whole dataset (in
         order) and was assigned to lists for the residuals, those lists (the
@@ -122,13 +123,14 @@ class IvfSqEngine:
             sample = rotate(sample, rotation, n_threads)
         inner_product = metric.by_inner_product
         centers = train_kmeans(
-            sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product, n_threads
+            sample, params.n_lists, params.kmeans_n_iters, params.seed, inner_product, n_threads,
+            device,
         )
         values = sample
         labels = None
         if params.by_residual:
             labels = assign_nearest(sample, centers, inner_product=inner_product,
-                                    n_threads=n_threads)
+                                    n_threads=n_threads, device=device)
             # In blocks: a gathered copy of the centers as large as the
             # sample cost more (fresh pages) than the subtraction itself.
             for start in range(0, values.shape[0], RESIDUAL_BLOCK_ROWS):
@@ -153,7 +155,7 @@ class IvfSqEngine:
         return engine, labels if n_train == n_rows else None
 
     # --------------------------------------------------------------- adding
-    def assign(self, vectors, n_threads):
+    def assign(self, vectors, n_threads, device="cpu"):
         """The list of each float32 row (prepared, internal space)."""
         return assign_nearest(
             vectors,
@@ -161,6 +163,7 @@ class IvfSqEngine:
             self.center_sq_norms,
             inner_product=self.metric.by_inner_product,
             n_threads=n_threads,
+            device=device,
         )
 
     def encode(self, vectors, labels, n_threads, device="cpu"):
@@ -227,7 +230,7 @@ class IvfSqEngine:
         known (from :meth:`train`, whose sample was the whole dataset: that
         spares assigning the rows again, a GEMM). ``name``: the argument
         errors in ``dataset`` are reported under; ``device``: the backend
-        that encodes (:meth:`encode`).
+        that assigns and encodes (:meth:`assign`, :meth:`encode`).
 
         Codes are written straight to their rows in a new list storage, which
         replaces the current one only once every row is stored. So the lists
@@ -249,7 +252,7 @@ class IvfSqEngine:
                 for start, stop in batches:
                     vectors, nonzero = self.prepare(name, dataset[start:stop], start)
                     rotated = self.internal(vectors, n_threads)
-                    labels[start:stop] = self.assign(rotated, n_threads)
+                    labels[start:stop] = self.assign(rotated, n_threads, device)
                     if len(batches) == 1:
                         prepared = vectors, nonzero, rotated
                     report("assigning", stop, n_rows)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ivfsq._progress import report
 from ivfsq._threads import default_n_threads, run_chunks, single_threaded_blas
+from ivfsq import backends
 from ivfsq.backends.cpu import kernels
 
 # A cluster smaller than this fraction of the mean size is re-seeded.
@@ -52,7 +53,7 @@ def imbalance_factor(sizes):
 
 
 def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, n_threads=None,
-                   return_distances=False):
+                   return_distances=False, device="cpu"):
     """Index (int64) of each row's nearest center, and with
     ``return_distances`` its squared L2 distance (float32) too.
 
@@ -60,8 +61,12 @@ def assign_nearest(vectors, centers, center_sq_norms=None, inner_product=False, 
     stays bounded; ties go to the lower center index. With ``inner_product``
     the center with the largest ``x.c`` is chosen instead (the rule lists are
     probed by for inner-product and cosine search), and the distance returned
-    is ``-2 x.c``.
+    is ``-2 x.c``. ``device`` "cuda" computes it on the GPU
+    (:func:`ivfsq.backends.cuda.search.assign_nearest`), with the same rule.
     """
+    if device != "cpu":
+        return backends.get(device).assign_nearest(vectors, centers, center_sq_norms,
+                                                   inner_product, return_distances)
     if inner_product:
         center_sq_norms = np.zeros(centers.shape[0], dtype=np.float32)
     elif center_sq_norms is None:
@@ -136,7 +141,8 @@ def _split_small_clusters(centers, counts, rng):
     return moved
 
 
-def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threads=None):
+def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threads=None,
+                 device="cpu"):
     """Balanced k-means on ``sample`` (float32, C-contiguous).
 
     With ``inner_product`` rows are assigned to the center of largest inner
@@ -146,6 +152,9 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
     most ``HIERARCHICAL_FINAL_ITERATIONS``). Largest-dot k-means stays flat:
     started from per-mesocluster centers, centers of large norm took all the
     rows of their neighbours (5 of 64 lists empty in a test, none when flat).
+
+    ``device``: where rows are assigned to centers (:func:`assign_nearest`);
+    the centers' updates run on the host.
 
     Returns ``centers`` (float32, (n_clusters, dim)). Deterministic for a given
     seed and sample on one machine.
@@ -159,7 +168,7 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
     )
     if not hierarchical:
         return _train_flat(
-            sample, n_clusters, n_iters, seed, inner_product, n_threads, stage="k-means"
+            sample, n_clusters, n_iters, seed, inner_product, n_threads, "k-means", device
         )
     rng = np.random.default_rng(seed)
     n_meso = round(np.sqrt(n_clusters))
@@ -168,10 +177,10 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
     meso_rows = np.sort(rng.choice(n_rows, size=n_meso_train, replace=False))
     meso_centers = _train_flat(
         np.ascontiguousarray(sample[meso_rows]), n_meso, n_iters, seed, inner_product, n_threads,
-        stage="k-means: mesoclusters",
+        "k-means: mesoclusters", device,
     )
     meso_labels = assign_nearest(
-        sample, meso_centers, inner_product=inner_product, n_threads=n_threads
+        sample, meso_centers, inner_product=inner_product, n_threads=n_threads, device=device
     )
     meso_sizes = np.bincount(meso_labels, minlength=n_meso)
     fine_counts = _share_clusters(meso_sizes, n_clusters)
@@ -190,7 +199,7 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
                 continue
             rows = np.ascontiguousarray(sample[order[bounds[meso] : bounds[meso + 1]]])
             centers[first_center[meso] : first_center[meso] + count] = _train_flat(
-                rows, count, n_iters, seed + 1 + meso, inner_product, n_threads=1
+                rows, count, n_iters, seed + 1 + meso, inner_product, 1, device=device
             )
             with trained_lock:
                 trained[0] += 1
@@ -199,13 +208,15 @@ def train_kmeans(sample, n_clusters, n_iters, seed, inner_product=False, n_threa
     trained = [0]
     trained_lock = threading.Lock()
 
+    # On the GPU, one mesocluster at a time: each is a few small launches,
+    # which host threads would only queue on the one device.
+    task_threads = 1 if device != "cpu" else n_threads or default_n_threads()
     with single_threaded_blas():
-        run_chunks(task, n_meso, n_threads or default_n_threads(), chunks_per_thread=4,
-                   spin=False)
+        run_chunks(task, n_meso, task_threads, chunks_per_thread=4, spin=False)
     # A few iterations of all centers on the whole sample.
     final_iters = min(n_iters, HIERARCHICAL_FINAL_ITERATIONS)
     return _lloyd(sample, centers, final_iters, rng, inner_product, n_threads, final_iters - 1,
-                  stage="k-means: all lists")
+                  "k-means: all lists", device)
 
 
 def _share_clusters(sizes, n_clusters):
@@ -224,7 +235,8 @@ def _share_clusters(sizes, n_clusters):
     return counts
 
 
-def _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads, stage=None):
+def _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads, stage=None,
+                device="cpu"):
     """Lloyd's k-means from ``n_clusters`` distinct sample rows."""
     rng = np.random.default_rng(seed)
     n_rows = sample.shape[0]
@@ -246,18 +258,21 @@ def _train_flat(sample, n_clusters, n_iters, seed, inner_product, n_threads, sta
         first = n_iters // 2
         half = np.sort(rng.choice(n_rows, size=n_rows // 2, replace=False))
         centers = _lloyd(np.ascontiguousarray(sample[half]), centers, first, rng,
-                         inner_product, n_threads, split_iters, stage)
+                         inner_product, n_threads, split_iters, stage, device)
         return _lloyd(sample, centers, n_iters - first, rng, inner_product, n_threads,
-                      split_iters - first, stage)
-    return _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters, stage)
+                      split_iters - first, stage, device)
+    return _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters, stage,
+                  device)
 
 
-def _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters, stage=None):
+def _lloyd(sample, centers, n_iters, rng, inner_product, n_threads, split_iters, stage=None,
+           device="cpu"):
     """``n_iters`` Lloyd iterations from ``centers`` (updated in place); tiny
     clusters are split after each of the first ``split_iters``."""
     n_clusters, dim = centers.shape
     for iteration in range(n_iters):
-        labels = assign_nearest(sample, centers, inner_product=inner_product, n_threads=n_threads)
+        labels = assign_nearest(sample, centers, inner_product=inner_product, n_threads=n_threads,
+                                device=device)
         sums = np.zeros((n_clusters, dim), dtype=np.float64)
         counts = np.zeros(n_clusters, dtype=np.int64)
         kernels.encode.accumulate_clusters(sample, labels, sums, counts)

@@ -297,9 +297,9 @@ def build(index_params, dataset, resources=None):
         float32 or float16; other real dtypes (float64, uint8, int8, ...)
         are converted to float32. ``n_rows >= n_lists``.
     resources : ivfsq.common.Resources, optional
-        ``device="cuda"`` (or a device array ``dataset``) encodes the rows
-        on the GPU and returns an index there (:meth:`Index.to_device`);
-        k-means runs on the CPU.
+        ``device="cuda"`` (or a device array ``dataset``) trains and encodes
+        on the GPU (k-means assigns rows there; its center updates run on
+        the host) and returns an index there (:meth:`Index.to_device`).
 
     Returns
     -------
@@ -326,7 +326,7 @@ def build(index_params, dataset, resources=None):
             f"dataset must have at least n_lists={index_params.n_lists} rows, got {n_rows}"
         )
     n_threads = resolve_n_threads(resources)
-    engine, labels = IvfSqEngine.train(index_params, dataset, n_threads)
+    engine, labels = IvfSqEngine.train(index_params, dataset, n_threads, device)
     if index_params.add_data_on_build:
         engine.add(dataset, np.arange(n_rows, dtype=np.int64), n_threads, labels, name="dataset",
                    device=device)

@@ -308,6 +308,28 @@ def scores_from_dots(dots, center_sq_norms, use_l2, out):
 
 
 @cuda.jit
+def nearest_centers(rows, centers, center_sq_norms, use_l2, out_labels, out_scores):
+    """Each row's best center by :func:`coarse_scores`'s score (ties to the
+    lower center) and that score: one thread per row, for k-means
+    assignment where no GEMM (CuPy) is at hand."""
+    row = cuda.grid(1)
+    if row >= rows.shape[0]:
+        return
+    best = np.float32(np.inf)
+    chosen = 0
+    for lst in range(centers.shape[0]):
+        dot = np.float32(0.0)
+        for j in range(rows.shape[1]):
+            dot += rows[row, j] * centers[lst, j]
+        score = center_sq_norms[lst] - np.float32(2.0) * dot if use_l2 else -dot
+        if score < best:
+            best = score
+            chosen = lst
+    out_labels[row] = chosen
+    out_scores[row] = best
+
+
+@cuda.jit
 def list_constants(queries, centers, probes, vmin, by_residual, use_l2, out, out_sq_norms):
     """``out[q, p] = q.c + q.vmin`` (``q.vmin`` without residuals) and
     ``out_sq_norms[q] = |q|^2`` for L2 (else 0), float64 sums rounded to
@@ -390,6 +412,7 @@ SIGNATURES = {
     "rerank": (_A2F, _A2F, "uint16[:, ::1]", _A1F, _A2I, _A1I, "int64", "int64", _A2F, _A2I),
     "coarse_scores": (_A2F, _A2F, _A1F, "boolean", _A2F),
     "scores_from_dots": (_A2F, _A1F, "boolean", _A2F),
+    "nearest_centers": (_A2F, _A2F, _A1F, "boolean", _A1I, _A1F),
     "list_constants": (_A2F, _A2F, _A2I, _A1F, "boolean", "boolean", _A2F, _A1F),
     "encode_rows": (_A2F, _A2F, _A1I, _A1F, _A1F, "int64", "int64", _CODES, _A1F),
 }

@@ -136,31 +136,82 @@ def _cupy():
     return cupy
 
 
+def _nearest_centers(queries, centers, center_sq_norms, use_l2, k):
+    """Per query (device rows), its ``k`` best centers by the coarse score
+    ``|c|^2 - 2 q.c`` (L2) or ``-q.c``, ties to the lower center: device
+    (scores, centers), best first."""
+    n_queries, n_centers = queries.shape[0], centers.shape[0]
+    scores = cuda.device_array((n_queries, n_centers), dtype=np.float32)
+    blocks, threads = kernels.grid_2d(n_queries, n_centers)
+    cupy = _cupy()
+    if cupy is not None:
+        dots = cupy.asarray(queries) @ cupy.asarray(centers).T
+        kernels.scores_from_dots[blocks, threads](cuda.as_cuda_array(dots), center_sq_norms,
+                                                  use_l2, scores)
+    else:
+        kernels.coarse_scores[blocks, threads](queries, centers, center_sq_norms, use_l2,
+                                               scores)
+    kcap, tpb = kernels.shape_for(k)
+    best = cuda.device_array((n_queries, k), dtype=np.float32)
+    chosen = cuda.device_array((n_queries, k), dtype=np.int64)
+    kernels.select_kernel(kcap, tpb)[n_queries, tpb](scores, _empty((0, 0), np.int64), k, best,
+                                                    chosen)
+    return best, chosen
+
+
 def coarse_probes(engine, copy, queries, n_probes, n_threads):
     """Probed lists per query on the device, int64 (n_queries, n_probes),
     best first (ties to the lower list), as the CPU's coarse step."""
-    n_queries = queries.shape[0]
     if n_probes > kernels.MAX_K:
         return cuda.to_device(engine.coarse_probes(queries.copy_to_host(), n_probes, n_threads))
-    n_lists = copy.centers.shape[0]
-    use_l2 = engine.kernel_metric == METRIC_L2
-    scores = cuda.device_array((n_queries, n_lists), dtype=np.float32)
+    return _nearest_centers(queries, copy.centers, copy.center_sq_norms,
+                            engine.kernel_metric == METRIC_L2, n_probes)[1]
+
+
+# Coarse scores per block of rows in assign_nearest (256 MiB of float32).
+ASSIGN_BLOCK_SCORES = 1 << 26
+
+
+def assign_nearest(vectors, centers, center_sq_norms, inner_product, return_distances=False):
+    """:func:`ivfsq.ivf.kmeans.assign_nearest` on the device: each row's
+    nearest center (largest dot with ``inner_product``), ties to the lower
+    center, and with ``return_distances`` its squared L2 distance (``-2 x.c``
+    with ``inner_product``), float32. A GEMM and an argmin through CuPy where
+    it is installed, else a kernel with a thread per row; blocks of rows
+    bound the device memory."""
+    n_rows, n_centers = vectors.shape[0], centers.shape[0]
+    if inner_product or center_sq_norms is None:
+        center_sq_norms = (np.zeros(n_centers, dtype=np.float32) if inner_product
+                           else np.einsum("ij,ij->i", centers, centers))
+    centers_d = cuda.to_device(np.ascontiguousarray(centers, dtype=np.float32))
+    norms_d = cuda.to_device(np.ascontiguousarray(center_sq_norms, dtype=np.float32))
+    labels = np.empty(n_rows, dtype=np.int64)
+    scores = np.empty(n_rows, dtype=np.float32)
     cupy = _cupy()
-    if cupy is not None:
-        dots = cupy.asarray(queries) @ cupy.asarray(copy.centers).T
-        blocks, threads = kernels.grid_2d(n_queries, n_lists)
-        kernels.scores_from_dots[blocks, threads](cuda.as_cuda_array(dots),
-                                                  copy.center_sq_norms, use_l2, scores)
-    else:
-        blocks, threads = kernels.grid_2d(n_queries, n_lists)
-        kernels.coarse_scores[blocks, threads](queries, copy.centers, copy.center_sq_norms,
-                                               use_l2, scores)
-    kcap, tpb = kernels.shape_for(n_probes)
-    probes = cuda.device_array((n_queries, n_probes), dtype=np.int64)
-    best = cuda.device_array((n_queries, n_probes), dtype=np.float32)
-    kernels.select_kernel(kcap, tpb)[n_queries, tpb](
-        scores, _empty((0, 0), np.int64), n_probes, best, probes)
-    return probes
+    step = max(1, ASSIGN_BLOCK_SCORES // max(1, n_centers))
+    for start in range(0, n_rows, step):
+        rows = np.ascontiguousarray(vectors[start:start + step], dtype=np.float32)
+        done = slice(start, start + rows.shape[0])
+        if cupy is not None:
+            dots = cupy.asarray(rows) @ cupy.asarray(centers_d).T
+            block_scores = (cupy.asarray(norms_d) - 2 * dots) if not inner_product else -dots
+            best = block_scores.argmin(axis=1)  # the first of equal minima
+            labels[done] = cupy.asnumpy(best)
+            scores[done] = cupy.asnumpy(cupy.take_along_axis(block_scores, best[:, None], 1)[:, 0])
+            continue
+        out_labels = cuda.device_array(rows.shape[0], dtype=np.int64)
+        out_scores = cuda.device_array(rows.shape[0], dtype=np.float32)
+        blocks, threads = kernels.grid_1d(rows.shape[0])
+        kernels.nearest_centers[blocks, threads](cuda.to_device(rows), centers_d, norms_d,
+                                                 not inner_product, out_labels, out_scores)
+        labels[done] = out_labels.copy_to_host()
+        scores[done] = out_scores.copy_to_host()
+    if not return_distances:
+        return labels
+    if inner_product:
+        return labels, np.float32(2.0) * scores
+    row_sq = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32)
+    return labels, np.maximum(scores + row_sq, np.float32(0.0))
 
 
 class Block(namedtuple("Block", ["queries", "probes", "consts", "sq_norms", "weights"])):
