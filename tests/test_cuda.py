@@ -285,14 +285,36 @@ def test_device_queries_give_device_results_of_their_kind(data):
     np.testing.assert_array_equal(ids.copy_to_host(), host[1])
 
 
+@pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine", "euclidean"])
+def test_refine_on_the_device_equals_the_cpu(data, metric):
+    from ivfsq.neighbors import refine
+
+    base, queries = data
+    queries = queries.copy()
+    queries[0] = 0.0  # a zero query: cosine distance 1 to every row
+    rng = np.random.default_rng(1)
+    candidates = rng.choice(len(base), size=(len(queries), 25)).astype(np.int64)
+    candidates[:, -2:] = -1
+    expected = refine(base, queries, candidates, 6, metric=metric)
+    assert_same_results(expected, refine(base, queries, candidates, 6, metric=metric,
+                                         resources=GPU))
+    found = refine(base, cuda.to_device(queries), candidates, 6, metric=metric)
+    assert cuda.devicearray.is_cuda_ndarray(found[1])
+    assert_same_results(expected, found)
+    out_i = cuda.device_array((len(queries), 6), np.int64)
+    assert refine(base, queries, candidates, 6, metric=metric, indices=out_i)[1] is out_i
+    np.testing.assert_array_equal(out_i.copy_to_host(), expected[1])
+
+
 def test_index_moves_between_host_and_device(data, tmp_path):
     index = _index(data, reorder=True)
     params = ivf_sq.SearchParams(n_probes=3)
     queries = data[1]
-    assert gpu_search.device_nbytes(index._engine) == 0
+    assert index.device_memory_bytes == 0
     assert index.to_device() is index and index.device == "cuda"
-    assert gpu_search.device_nbytes(index._engine) >= index.memory_bytes - (
-        index.memory_breakdown["list_metadata"])
+    assert index.device_memory_bytes == gpu_search.device_nbytes(index._engine)
+    assert index.device_memory_bytes >= index.memory_bytes - index.memory_breakdown[
+        "list_metadata"]
     on_device = ivf_sq.search(params, index, queries, 5)
     assert isinstance(on_device[0], np.ndarray)  # NumPy in, NumPy out
     # extend and remove replace the lists: the new ones go to the device.
@@ -308,8 +330,10 @@ def test_index_moves_between_host_and_device(data, tmp_path):
     assert loaded.device == "cuda"
     assert_same_results(expected, ivf_sq.search(params, loaded, queries, 5))
     assert ivf_sq.from_bytes(index.to_bytes(), resources=GPU).device == "cuda"
+    merged = ivf_sq.merge([index, _index(data, reorder=True, add_data_on_build=False)])
+    assert merged.device == "cuda" and merged.device_memory_bytes > 0
     assert index.to_host() is index and index.device == "cpu"
-    assert gpu_search.device_nbytes(index._engine) == 0
+    assert index.device_memory_bytes == 0
     np.testing.assert_array_equal(ivf_sq.search(params, index, queries, 5)[1], expected[1])
 
 

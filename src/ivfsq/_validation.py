@@ -9,7 +9,7 @@ import numbers
 
 import numpy as np
 
-from ivfsq._device import is_device_array, to_host
+from ivfsq._device import device_output, is_device_array, to_host
 from ivfsq.metrics import NAMES as METRICS  # noqa: F401 (the choices checked here)
 
 
@@ -322,3 +322,17 @@ def check_output(name, value, shape, dtype):
     if not view.flags.writeable:
         raise ValueError(f"{name} must be writeable")
     return view
+
+
+def output_writer(name, value, shape, dtype):
+    """Check an output buffer, on the host (:func:`check_output`) or a
+    device (:func:`ivfsq._device.device_output`), and return the function
+    that writes a NumPy array of results into it."""
+    if is_device_array(value):
+        return device_output(name, value, shape, dtype)
+    view = check_output(name, value, shape, dtype)
+
+    def write(array):
+        view[...] = array
+
+    return write

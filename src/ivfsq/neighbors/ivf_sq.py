@@ -20,6 +20,8 @@ Examples
 [0, 1, 2, 3]
 """
 
+import sys
+
 import numpy as np
 
 from ivfsq import _device
@@ -30,7 +32,7 @@ from ivfsq._validation import (
     check_ids,
     check_int,
     check_matrix,
-    check_output,
+    output_writer,
 )
 from ivfsq.common import Resources, resolve_device, resolve_n_threads
 from ivfsq.io import format as _format
@@ -214,6 +216,16 @@ class Index:
         """Where the index's searches run when a call names no device:
         "cpu", or "cuda" after :meth:`to_device`."""
         return self._device
+
+    @property
+    def device_memory_bytes(self):
+        """Bytes of GPU memory the index's lists hold (0 on the host): the
+        codes, ids, side values, list metadata, centers, quantizer ranges
+        and precise store copied by :meth:`to_device` or a GPU search."""
+        engine = self._require_trained()
+        if "ivfsq.backends.cuda.search" not in sys.modules:
+            return 0  # no GPU search ever ran in this process
+        return sys.modules["ivfsq.backends.cuda.search"].device_nbytes(engine)
 
     def to_device(self):
         """Copy the index's lists to the GPU and search there from now on.
@@ -399,7 +411,8 @@ def merge(indexes, resources=None):
     -------
     Index
         A new index (the inputs are not changed), with the first index's
-        parameters; lists keep each input's vectors in input order.
+        parameters; lists keep each input's vectors in input order. It is
+        on the GPU (:meth:`Index.to_device`) when any input is.
 
     Raises
     ------
@@ -439,7 +452,10 @@ def merge(indexes, resources=None):
             raise ValueError(
                 f"indexes[{position}] cannot be merged with indexes[0]: it has {mismatch}"
             )
-    return Index._from_engine(engines[0].merged(engines[1:]), indexes[0]._params)
+    merged = Index._from_engine(engines[0].merged(engines[1:]), indexes[0]._params)
+    if any(index.device == "cuda" for index in indexes):
+        merged.to_device()
+    return merged
 
 
 def remove(index, ids, resources=None):
@@ -850,9 +866,9 @@ def search(
     n_queries = queries.shape[0]
     keep_words = _filter_words(filter, engine, n_queries)
     if neighbors is not None:
-        write_neighbors = _output_writer("neighbors", neighbors, (n_queries, k), np.int64)
+        write_neighbors = output_writer("neighbors", neighbors, (n_queries, k), np.int64)
     if distances is not None:
-        write_distances = _output_writer("distances", distances, (n_queries, k), np.float32)
+        write_distances = output_writer("distances", distances, (n_queries, k), np.float32)
     n_threads = resolve_n_threads(resources)
     query_rows = engine.prepare("queries", queries)[0] if n_queries else queries
     if n_queries:
@@ -882,18 +898,6 @@ def search(
         out_d = _device.like(given, out_d)
     return out_d, out_i
 
-
-def _output_writer(name, value, shape, dtype):
-    """A checked output buffer (host or device): the function that writes
-    the results into it."""
-    if _device.is_device_array(value):
-        return _device.device_output(name, value, shape, dtype)
-    view = check_output(name, value, shape, dtype)
-
-    def write(array):
-        view[...] = array
-
-    return write
 
 
 def search_plan(search_params, index, n_queries, resources=None):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ivfsq import metrics
+from ivfsq import _device, metrics
 from ivfsq._threads import run_chunks
 from ivfsq._validation import (
     METRICS,
@@ -10,11 +10,11 @@ from ivfsq._validation import (
     check_choice,
     check_int,
     check_matrix,
-    check_output,
+    output_writer,
     to_float32,
 )
 from ivfsq.backends.cpu import kernels
-from ivfsq.common import resolve_n_threads
+from ivfsq.common import resolve_device, resolve_n_threads
 
 
 def refine(
@@ -43,10 +43,13 @@ def refine(
     metric : str
         "sqeuclidean", "euclidean", "inner_product" or "cosine".
     indices, distances : arrays (n_queries, k), optional
-        int64 / float32 outputs written in place and returned: NumPy arrays
-        or arrays that expose host memory (``__array_interface__``,
-        ``__dlpack__``).
+        int64 / float32 outputs written in place and returned: NumPy arrays,
+        arrays that expose host memory (``__array_interface__``,
+        ``__dlpack__``) or device arrays.
     resources : ivfsq.common.Resources, optional
+        ``device="cuda"``, or device arrays among the inputs, scores on the
+        GPU (the candidate rows are gathered on the host, as on the CPU);
+        device ``queries`` give device results of their kind.
 
     Returns
     -------
@@ -66,6 +69,9 @@ def refine(
     array([[1, 0]])
     """
     metric = metrics.get(check_choice("metric", metric, METRICS))
+    given_queries = queries
+    on_device = [_device.is_device_array(array) for array in (dataset, queries, candidates)]
+    device = resolve_device(resources, "cuda" if any(on_device) else "cpu")
     dataset = check_matrix("dataset", dataset)
     queries = check_matrix("queries", queries, dim=dataset.shape[1], allow_empty=True)
     candidates = _as_host_array("candidates", candidates)
@@ -92,9 +98,9 @@ def refine(
     queries = to_float32("queries", queries)
     n_queries = queries.shape[0]
     if indices is not None:
-        indices_view = check_output("indices", indices, (n_queries, k), np.int64)
+        write_indices = output_writer("indices", indices, (n_queries, k), np.int64)
     if distances is not None:
-        distances_view = check_output("distances", distances, (n_queries, k), np.float32)
+        write_distances = output_writer("distances", distances, (n_queries, k), np.float32)
     out_d = np.empty((n_queries, k), dtype=np.float32)
     out_i = np.empty((n_queries, k), dtype=np.int64)
 
@@ -104,25 +110,43 @@ def refine(
         (0, dataset.shape[1]), dtype=np.float32
     )
     local_candidates = np.where(candidates >= 0, np.searchsorted(used, candidates), -1)
+    metric_code = kernels.common.METRIC_CODES[metric.family]
 
     def task(start, stop):
         kernels.exact.refine_exact(
             local,
             queries[start:stop],
             local_candidates[start:stop],
-            kernels.common.METRIC_CODES[metric.family],
+            metric_code,
             out_d[start:stop],
             out_i[start:stop],
         )
 
-    run_chunks(task, n_queries, n_threads, min_chunk=16)
-    found = out_i >= 0
-    out_i[found] = used[out_i[found]]
+    if device == "cuda" and n_queries and k <= _max_k_on_device():
+        from ivfsq.backends.cuda import search as cuda_search
+
+        out_d, out_i = cuda_search.refine_rows(local, queries, local_candidates, used,
+                                               metric_code, k)
+    else:
+        run_chunks(task, n_queries, n_threads, min_chunk=16)
+        found = out_i >= 0
+        out_i[found] = used[out_i[found]]
     metric.to_public(out_d)
     if indices is not None:
-        indices_view[...] = out_i
+        write_indices(out_i)
         out_i = indices
+    elif _device.is_device_array(given_queries):
+        out_i = _device.like(given_queries, out_i)
     if distances is not None:
-        distances_view[...] = out_d
+        write_distances(out_d)
         out_d = distances
+    elif _device.is_device_array(given_queries):
+        out_d = _device.like(given_queries, out_d)
     return out_d, out_i
+
+
+def _max_k_on_device():
+    """The largest k the GPU's selection takes (a larger one runs on the CPU)."""
+    from ivfsq.backends.cuda import kernels as cuda_kernels
+
+    return cuda_kernels.MAX_K

@@ -26,7 +26,7 @@ import numpy as np
 from numba import config, cuda
 
 from ivfsq.backends.cpu import search as cpu
-from ivfsq.backends.cpu.kernels.common import METRIC_L2
+from ivfsq.backends.cpu.kernels.common import METRIC_COSINE, METRIC_L2
 from ivfsq.backends.cuda import kernels
 
 # The host-side steps of filtered search, and range search, are the CPU's.
@@ -289,6 +289,30 @@ def search_block(engine, plan, prepared, lists, k, n_probes, keep_words, n_threa
     if refine:
         out_d, out_k = rerank_block(engine, copy, prepared, out_k, k)
     return out_d.copy_to_host(), out_k.copy_to_host()
+
+
+def refine_rows(rows, queries, candidates, ids, metric, k):
+    """:func:`ivfsq.neighbors.refine` on the device, over the gathered
+    candidate ``rows`` (float32; ``candidates`` index them, -1 for none,
+    and ``ids`` name them): exact internal distances and ids, host arrays,
+    ascending by (distance, id). For cosine the queries are normalized
+    first (a zero query keeps distance 1 to every row), as the re-ranking
+    of a search takes them."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if metric == METRIC_COSINE:
+        norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
+        queries = (queries / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    n_queries = queries.shape[0]
+    kcap, tpb = kernels.shape_for(k)
+    out_d = cuda.device_array((n_queries, k), dtype=np.float32)
+    out_i = cuda.device_array((n_queries, k), dtype=np.int64)
+    dim = queries.shape[1]
+    kernels.rerank_kernel(kcap, tpb)[n_queries, tpb](
+        cuda.to_device(queries), cuda.to_device(np.ascontiguousarray(rows, dtype=np.float32)),
+        _empty((0, dim), np.uint16), _empty((1,), np.float32),
+        cuda.to_device(np.ascontiguousarray(candidates, dtype=np.int64)),
+        cuda.to_device(np.ascontiguousarray(ids, dtype=np.int64)), metric, k, out_d, out_i)
+    return out_d.copy_to_host(), out_i.copy_to_host()
 
 
 def one_query(engine, plan, lists, k, n_probes, refine_ratio=None):
