@@ -235,6 +235,16 @@ def test_one_query_over_many_rows_splits_its_rows_among_blocks(data):
     assert engine is index._engine
 
 
+def test_splits_give_each_query_enough_threads_but_not_too_few_rows():
+    kcap, tpb = kernels.DEVICE_SHAPES[2]  # k up to 256: few threads per block
+    # A big batch over many rows: split up to MIN_THREADS_PER_QUERY threads.
+    assert gpu_search.n_splits(10_000, 1_000_000, tpb) * tpb >= gpu_search.MIN_THREADS_PER_QUERY
+    # Few rows: no block gets fewer than MIN_ROWS_PER_THREAD rows a thread.
+    rows = 3 * tpb * gpu_search.MIN_ROWS_PER_THREAD
+    assert gpu_search.n_splits(10_000, rows, tpb) == 3
+    assert gpu_search.n_splits(10_000, 10, tpb) == 1
+
+
 def test_filters_equal_the_cpu_backend(data):
     index = _index(data)
     params = ivf_sq.SearchParams(n_probes=4)

@@ -39,6 +39,9 @@ range_search = cpu.range_search
 # Blocks in flight a scan aims for per streaming multiprocessor: a few
 # queries' rows are split among this many blocks in all.
 BLOCKS_PER_SM = 4
+# Threads a query's scan aims for at least: a larger k has fewer threads per
+# block (kernels.SHAPES), so its rows are split among more blocks.
+MIN_THREADS_PER_QUERY = 128
 # Rows a scan thread takes at least: below this, splitting a query's rows
 # further costs more in the merge than it saves in the scan.
 MIN_ROWS_PER_THREAD = 16
@@ -60,7 +63,6 @@ class DeviceLists:
         self.centers = cuda.to_device(engine.centers)
         self.center_sq_norms = cuda.to_device(engine.center_sq_norms)
         self.vmin = cuda.to_device(quantizer.vmin)
-        self.delta = cuda.to_device(quantizer.delta)
         dim = engine.centers.shape[1]
         precise = lists.precise
         self.precise = cuda.to_device(np.zeros((0, dim), dtype=np.float32))
@@ -78,7 +80,7 @@ class DeviceLists:
         """Device bytes of the copy."""
         return sum(int(getattr(self, name).nbytes) for name in (
             "codes", "ids", "aux", "offsets", "sizes", "centers", "center_sq_norms", "vmin",
-            "delta", "precise", "half_bits", "half_table"))
+            "precise", "half_bits", "half_table"))
 
 
 def device_lists(engine, lists=None):
@@ -118,8 +120,10 @@ def _n_sms():
 
 def n_splits(n_queries, rows_per_query, threads):
     """Blocks sharing one query's rows: enough blocks in all to fill the
-    GPU, but none with fewer than :data:`MIN_ROWS_PER_THREAD` rows a thread."""
-    wanted = -(-BLOCKS_PER_SM * _n_sms() // max(1, n_queries))
+    GPU and :data:`MIN_THREADS_PER_QUERY` threads a query, but none with
+    fewer than :data:`MIN_ROWS_PER_THREAD` rows a thread."""
+    wanted = max(-(-BLOCKS_PER_SM * _n_sms() // max(1, n_queries)),
+                 -(-MIN_THREADS_PER_QUERY // threads))
     most = max(1, int(rows_per_query) // (threads * MIN_ROWS_PER_THREAD))
     return max(1, min(wanted, most))
 
