@@ -366,10 +366,28 @@ def test_more_candidates_than_the_kernels_select_run_on_the_cpu_backend(data):
         np.testing.assert_array_equal(found, wanted)
 
 
-def test_cuda_device_is_refused_clearly_where_it_cannot_run(monkeypatch, data):
+def test_cuda_device_is_refused_clearly_where_it_cannot_run(monkeypatch, data, capsys):
+    from ivfsq import cli
+
     monkeypatch.setattr(cuda_backend, "_unavailable_reason", lambda: "numba-cuda is not installed")
     with pytest.raises(RuntimeError, match=r'device="cuda" needs a CUDA GPU: numba-cuda is not '
                                            r'installed; install the GPU extra'):
         ivf_sq.search(ivf_sq.SearchParams(), _index(data), data[1], 3, resources=GPU)
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(cuda_backend.DeviceUnavailableError, match="needs a CUDA GPU"):
         _index(data).to_device()
+    assert cli.main(["bench", "--n-rows", "600", "--device", "cuda", "--quiet"]) == cli.EXIT_ERROR
+    assert 'error: device="cuda" needs a CUDA GPU' in capsys.readouterr().err
+
+
+def test_cli_bench_runs_on_the_device(tmp_path, capsys):
+    import json
+
+    from ivfsq import cli
+
+    out = tmp_path / "bench.jsonl"
+    assert cli.main(["bench", "--n-rows", "600", "--dim", "8", "--n-queries", "4",
+                     "--n-probes", "2", "--latency-queries", "2", "--kmeans-n-iters", "2",
+                     "--device", "cuda", "--quiet", "--out", str(out), "--plot", ""]) == 0
+    record = json.loads(out.read_text().splitlines()[0])
+    assert record["device"] == "cuda" and 0.0 <= record["recall"] <= 1.0
+    assert "device cuda" in capsys.readouterr().out

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from ivfsq import __version__, codecs
+from ivfsq.backends.cuda import DeviceUnavailableError
 from ivfsq.metrics import NAMES as METRIC_CHOICES
 
 # Exit statuses.
@@ -113,6 +114,9 @@ def _subcommand(commands, name, help_text, examples):
 def _add_common(parser):
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="threads (default: every CPU this process may use)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where to build and search: cpu (default) or cuda (an NVIDIA GPU; "
+                             "needs the gpu extra)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -248,7 +252,7 @@ def _parser():
 def _resources(args):
     from ivfsq.common import Resources
 
-    return Resources(n_threads=args.threads) if args.threads else Resources()
+    return Resources(n_threads=args.threads, device=args.device)
 
 
 def default_n_lists(n_rows):
@@ -640,7 +644,7 @@ def _cmd_bench(args):
     n_rows, dim = base.shape
     resources = _resources(args)
     print(f"ivfsq {__version__}: {name}, {n_rows:,} x {dim}, {queries.shape[0]:,} queries, "
-          f"metric {metric}, {resources.n_threads} threads")
+          f"metric {metric}, {resources.n_threads} threads, device {args.device}")
     if truth is None:
         start = time.perf_counter()
         _, truth = brute_force_knn(base, queries, args.k, metric)
@@ -648,7 +652,7 @@ def _cmd_bench(args):
     index, build_seconds = _build_index(args, base, metric)
     for line in _summary_lines(index, build_seconds):
         print(line)
-    single = _resources_single()
+    single = _resources_single(args)
     rows = []
     print(f"{'n_probes':>8} {'recall@' + str(args.k):>10} {'QPS':>12} {'p50 ms':>10}")
     for n_probes in args.n_probes:
@@ -679,7 +683,7 @@ def _cmd_bench(args):
     record_base = {
         "tool": "ivfsq bench", "version": __version__, "dataset": name, "n_rows": n_rows,
         "dim": dim, "n_queries": int(queries.shape[0]), "metric": metric, "k": args.k,
-        "threads": resources.n_threads, "build_seconds": build_seconds,
+        "threads": resources.n_threads, "device": args.device, "build_seconds": build_seconds,
         "bytes_per_vector": index.memory_bytes / n_rows,
         "index_params": {key: getattr(index.index_params, key) for key in _param_names()},
         "imbalance_factor": index.imbalance_factor,
@@ -698,10 +702,10 @@ def _cmd_bench(args):
     return EXIT_OK
 
 
-def _resources_single():
+def _resources_single(args):
     from ivfsq.common import Resources
 
-    return Resources(n_threads=1)
+    return Resources(n_threads=1, device=args.device)
 
 
 def _plot(path, rows, title):
@@ -777,7 +781,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("ivfsq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UserError, ValueError, TypeError, OSError, ImportError) as error:
+    except (UserError, ValueError, TypeError, OSError, ImportError,
+            DeviceUnavailableError) as error:
         if args.debug:
             raise
         message = str(error) or type(error).__name__

@@ -8,9 +8,13 @@ cannot; nothing is imported from numba-cuda before it is asked for.
 import functools
 import importlib.util
 
-__all__ = ["check_available", "is_available"]
+__all__ = ["DeviceUnavailableError", "check_available", "is_available"]
 
 GPU_EXTRA_HINT = 'install the GPU extra (pip install "ivfsq[gpu]") on a machine with an NVIDIA GPU'
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The GPU backend was asked for where it cannot run."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +42,8 @@ def is_available():
 
 
 def check_available(what='device="cuda"'):
-    """Raise RuntimeError naming what is missing when the backend cannot run."""
+    """Raise :class:`DeviceUnavailableError` (a RuntimeError) naming what is
+    missing when the backend cannot run."""
     reason = _unavailable_reason()
     if reason is not None:
-        raise RuntimeError(f"{what} needs a CUDA GPU: {reason}; {GPU_EXTRA_HINT}")
+        raise DeviceUnavailableError(f"{what} needs a CUDA GPU: {reason}; {GPU_EXTRA_HINT}")
