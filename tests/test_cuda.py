@@ -57,6 +57,23 @@ def assert_same_results(expected, found):
     assert differ.mean() <= 0.05
 
 
+def assert_same_ranges(expected, found, radius, descending=False):
+    """GPU range results equal the CPU's: per query the same ids, except
+    those whose distance is within rounding of the radius, with the same
+    distances, best first (``descending`` for inner products)."""
+    (o0, i0, d0), (o1, i1, d1) = expected, found
+    assert len(o0) == len(o1)
+    for q in range(len(o0) - 1):
+        cpu = dict(zip(i0[o0[q]:o0[q + 1]].tolist(), d0[o0[q]:o0[q + 1]].tolist()))
+        gpu = dict(zip(i1[o1[q]:o1[q + 1]].tolist(), d1[o1[q]:o1[q + 1]].tolist()))
+        for vid in set(cpu) ^ set(gpu):
+            assert abs(cpu.get(vid, gpu.get(vid)) - radius) <= 1e-4 * max(1.0, abs(radius))
+        for vid in set(cpu) & set(gpu):
+            assert cpu[vid] == pytest.approx(gpu[vid], rel=2e-5, abs=2e-5)
+        steps = np.diff(d1[o1[q]:o1[q + 1]])
+        assert np.all(steps <= 0 if descending else steps >= 0)
+
+
 # ------------------------------------------------------------------ kernels
 @pytest.mark.parametrize("k", [1, 5, 40, 200])
 def test_select_kernel_is_a_sort_by_value_then_key(k):
@@ -245,6 +262,25 @@ def test_splits_give_each_query_enough_threads_but_not_too_few_rows():
     assert gpu_search.n_splits(10_000, 10, tpb) == 1
 
 
+@pytest.mark.parametrize("config", CONFIGS[:2] + CONFIGS[-1:],
+                         ids=lambda c: "-".join(map(str, c.values())))
+def test_range_search_equals_the_cpu_backend(data, config):
+    index = _index(data, **config)
+    params = ivf_sq.SearchParams(n_probes=3)
+    queries = data[1]
+    # A radius that keeps about 20 rows per query.
+    distances = ivf_sq.search(params, index, queries, 20, resources=CPU)[0]
+    radius = float(np.median(distances[:, -1]))
+    keep = np.ones(len(index), bool)
+    keep[::4] = False
+    for filter in (None, filters.from_bitset(keep)):
+        expected = ivf_sq.range_search(params, index, queries, radius, resources=CPU,
+                                       filter=filter)
+        found = ivf_sq.range_search(params, index, queries, radius, resources=GPU, filter=filter)
+        assert expected[0][-1] > 0
+        assert_same_ranges(expected, found, radius, config["metric"] == "inner_product")
+
+
 def test_filters_equal_the_cpu_backend(data):
     index = _index(data)
     params = ivf_sq.SearchParams(n_probes=4)
@@ -289,10 +325,10 @@ def test_device_queries_give_device_results_of_their_kind(data):
         ivf_sq.search(params, index, data[1], 5,
                       distances=cuda.device_array((4, 5), np.float64))
     # Range search follows its queries too.
-    offsets, ids, dist = ivf_sq.range_search(params, index, cuda.to_device(data[1]), 5.0)
-    host = ivf_sq.range_search(params, index, data[1], 5.0)
-    np.testing.assert_array_equal(offsets.copy_to_host(), host[0])
-    np.testing.assert_array_equal(ids.copy_to_host(), host[1])
+    found = ivf_sq.range_search(params, index, cuda.to_device(data[1]), 5.0)
+    assert all(cuda.devicearray.is_cuda_ndarray(array) for array in found)
+    assert_same_ranges(ivf_sq.range_search(params, index, data[1], 5.0, resources=CPU),
+                       [array.copy_to_host() for array in found], 5.0)
 
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "inner_product", "cosine", "euclidean"])

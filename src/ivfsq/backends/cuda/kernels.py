@@ -42,6 +42,8 @@ SHAPES = SIMULATOR_SHAPES if config.ENABLE_CUDASIM else DEVICE_SHAPES
 MAX_K = SHAPES[-1][0]
 #: Threads per block of the element-wise kernels (2-D: 16 x 16).
 TILE = 16
+#: Threads per block of range_rows (one block per probed list of a query).
+ROW_THREADS = 8 if config.ENABLE_CUDASIM else 128
 
 
 def shape_for(k):
@@ -131,6 +133,55 @@ def _to_distance(metric, score, q_sq, aux_value):
     return np.float32(1.0) - aux_value * score
 
 
+@cuda.jit(device=True, inline="always")
+def _code_distance(weights, q, base, query_sq, codes, row, aux, metric, bits):
+    # The distance of storage row ``row`` scored on its codes: ``base`` (the
+    # list constant) plus the dot of the query's weights with the codes
+    # (4 bits: low nibbles meet weights[:code_size], high ones the rest).
+    code_size = codes.shape[1]
+    total = np.float32(0.0)
+    if bits == 8:
+        for j in range(code_size):
+            total += weights[q, j] * np.float32(codes[row, j])
+    else:
+        low = np.float32(0.0)
+        high = np.float32(0.0)
+        for j in range(code_size):
+            byte = np.int32(codes[row, j])
+            low += weights[q, j] * np.float32(byte & 15)
+            high += weights[q, code_size + j] * np.float32(byte >> 4)
+        total = low + high
+    return _to_distance(metric, base + total, query_sq, aux[row])
+
+
+@cuda.jit(device=True, inline="always")
+def _exact_distance(queries, q, precise, half_bits, half_table, row, metric):
+    # ivfsq.backends.cpu.kernels.exact._exact_distance (float64 sums) of a
+    # query and a precise row: float32 rows, or (none) float16 bit patterns
+    # read through half_table. Queries are normalized for cosine.
+    use_half = precise.shape[0] == 0
+    acc = 0.0
+    sq_norm = 0.0
+    for j in range(queries.shape[1]):
+        if use_half:
+            x = np.float64(half_table[half_bits[row, j]])
+        else:
+            x = np.float64(precise[row, j])
+        y = np.float64(queries[q, j])
+        if metric == METRIC_L2:
+            acc += (y - x) * (y - x)
+        else:
+            acc += y * x
+            sq_norm += x * x
+    if metric == METRIC_L2:
+        return acc
+    if metric == METRIC_IP:
+        return -acc
+    if sq_norm == 0.0:
+        return 1.0
+    return 1.0 - acc / math.sqrt(sq_norm)
+
+
 # ------------------------------------------------------------------ kernels
 def _scan(weights, list_consts, q_sq, probes, codes, aux, ids, list_offsets, list_sizes,
           keep_words, filtered, metric, bits, emit_rows, k, out_d, out_k):
@@ -150,7 +201,6 @@ def _scan(weights, list_consts, q_sq, probes, codes, aux, ids, list_offsets, lis
     shared_d = cuda.shared.array(SHARED, float32)
     shared_k = cuda.shared.array(SHARED, int64)
     _init(local_d, local_k, KCAP)
-    code_size = codes.shape[1]
     word_row = q if keep_words.shape[0] > 1 else 0
     lane = split * TPB + t
     stride = cuda.gridDim.y * TPB
@@ -165,19 +215,7 @@ def _scan(weights, list_consts, q_sq, probes, codes, aux, ids, list_offsets, lis
             vid = ids[row]
             if filtered and not _is_kept(keep_words[word_row], vid):
                 continue
-            total = np.float32(0.0)
-            if bits == 8:
-                for j in range(code_size):
-                    total += weights[q, j] * np.float32(codes[row, j])
-            else:
-                low = np.float32(0.0)
-                high = np.float32(0.0)
-                for j in range(code_size):
-                    byte = np.int32(codes[row, j])
-                    low += weights[q, j] * np.float32(byte & 15)
-                    high += weights[q, code_size + j] * np.float32(byte >> 4)
-                total = low + high
-            dist = _to_distance(metric, base + total, query_sq, aux[row])
+            dist = _code_distance(weights, q, base, query_sq, codes, row, aux, metric, bits)
             _offer(local_d, local_k, KCAP, dist, row if emit_rows else vid)
     _merge_block(local_d, local_k, shared_d, shared_k, KCAP, TPB)
     first = split * k
@@ -222,38 +260,53 @@ def _rerank(queries, precise, half_bits, half_table, candidate_rows, ids, metric
     shared_d = cuda.shared.array(SHARED, float32)
     shared_k = cuda.shared.array(SHARED, int64)
     _init(local_d, local_k, KCAP)
-    use_half = precise.shape[0] == 0
-    dim = queries.shape[1]
     for c in range(t, candidate_rows.shape[1], TPB):
         row = candidate_rows[q, c]
         if row < 0:
             continue
-        acc = 0.0
-        sq_norm = 0.0
-        for j in range(dim):
-            if use_half:
-                x = np.float64(half_table[half_bits[row, j]])
-            else:
-                x = np.float64(precise[row, j])
-            y = np.float64(queries[q, j])
-            if metric == METRIC_L2:
-                acc += (y - x) * (y - x)
-            else:
-                acc += y * x
-                sq_norm += x * x
-        if metric == METRIC_L2:
-            dist = acc
-        elif metric == METRIC_IP:
-            dist = -acc
-        elif sq_norm == 0.0:
-            dist = 1.0
-        else:
-            dist = 1.0 - acc / math.sqrt(sq_norm)
+        dist = _exact_distance(queries, q, precise, half_bits, half_table, row, metric)
         _offer(local_d, local_k, KCAP, np.float32(dist), ids[row])
     _merge_block(local_d, local_k, shared_d, shared_k, KCAP, TPB)
     for j in range(t, k, TPB):
         out_d[q, j] = shared_d[j]
         out_k[q, j] = shared_k[j]
+
+
+@cuda.jit
+def range_rows(weights, list_consts, q_sq, probes, codes, aux, ids, list_offsets, list_sizes,
+               keep_words, filtered, metric, bits, precise_queries, precise, half_bits,
+               half_table, exact, radius, write, cursors, starts, out_ids, out_d):
+    """The rows of each query's probed lists within ``radius`` (internal
+    distance, inclusive): grid (queries, probes), block ROW_THREADS threads.
+    Distances are scored on the codes, or with ``exact`` on the precise
+    store (``precise_queries``: the prepared queries), as the CPU's range
+    search does.
+
+    Two passes: without ``write``, ``cursors[q, p]`` counts the rows of
+    probe ``p``; with it, each row takes a slot from ``cursors[q, p]`` (zero
+    again) past ``starts[q, p]`` and writes its id and distance there. The
+    order within a probe is the threads'; the caller sorts."""
+    q = cuda.blockIdx.x
+    p = cuda.blockIdx.y
+    lst = probes[q, p]
+    start = list_offsets[lst]
+    word_row = q if keep_words.shape[0] > 1 else 0
+    for r in range(cuda.threadIdx.x, list_sizes[lst], cuda.blockDim.x):
+        row = start + r
+        vid = ids[row]
+        if filtered and not _is_kept(keep_words[word_row], vid):
+            continue
+        if exact:
+            dist = np.float32(_exact_distance(precise_queries, q, precise, half_bits, half_table,
+                                              row, metric))
+        else:
+            dist = _code_distance(weights, q, list_consts[q, p], q_sq[q], codes, row, aux,
+                                  metric, bits)
+        if dist <= radius:
+            slot = cuda.atomic.add(cursors, (q, p), 1)
+            if write:
+                out_ids[starts[q, p] + slot] = vid
+                out_d[starts[q, p] + slot] = dist
 
 
 def _with_shape(function, kcap, tpb):
@@ -413,6 +466,9 @@ SIGNATURES = {
     "coarse_scores": (_A2F, _A2F, _A1F, "boolean", _A2F),
     "scores_from_dots": (_A2F, _A1F, "boolean", _A2F),
     "nearest_centers": (_A2F, _A2F, _A1F, "boolean", _A1I, _A1F),
+    "range_rows": (_A2F, _A2F, _A1F, _A2I, _CODES, _A1F, _A1I, _A1I, _A1I, "uint32[:, ::1]",
+                   "boolean", "int64", "int64", _A2F, _A2F, "uint16[:, ::1]", _A1F, "boolean",
+                   "float32", "boolean", _A2I, _A2I, _A1I, _A1F),
     "list_constants": (_A2F, _A2F, _A2I, _A1F, "boolean", "boolean", _A2F, _A1F),
     "encode_rows": (_A2F, _A2F, _A1I, _A1F, _A1F, "int64", "int64", _CODES, _A1F),
 }

@@ -15,9 +15,9 @@ What runs on the host: the queries' preparation (checks, normalization,
 rotation) and their float weights (small arrays), and the filtered-search
 bookkeeping of :mod:`ivfsq.ivf.filtering` (``count_kept``,
 ``kept_per_list``, ``lists_to_walk``, ``search_rows``: the few rows of a
-rare filter), and ``range_search``, which are the CPU backend's. A search
-of more than :data:`~ivfsq.backends.cuda.kernels.MAX_K` candidates per
-query runs on the CPU backend.
+rare filter), which are the CPU backend's. A search of more than
+:data:`~ivfsq.backends.cuda.kernels.MAX_K` candidates per query runs on the
+CPU backend.
 """
 
 from collections import namedtuple
@@ -29,12 +29,11 @@ from ivfsq.backends.cpu import search as cpu
 from ivfsq.backends.cpu.kernels.common import METRIC_COSINE, METRIC_L2
 from ivfsq.backends.cuda import kernels
 
-# The host-side steps of filtered search, and range search, are the CPU's.
+# The host-side steps of filtered search are the CPU's.
 count_kept = cpu.count_kept
 kept_per_list = cpu.kept_per_list
 lists_to_walk = cpu.lists_to_walk
 search_rows = cpu.search_rows
-range_search = cpu.range_search
 
 # Blocks in flight a scan aims for per streaming multiprocessor: a few
 # queries' rows are split among this many blocks in all.
@@ -317,6 +316,57 @@ def refine_rows(rows, queries, candidates, ids, metric, k):
         cuda.to_device(np.ascontiguousarray(candidates, dtype=np.int64)),
         cuda.to_device(np.ascontiguousarray(ids, dtype=np.int64)), metric, k, out_d, out_i)
     return out_d.copy_to_host(), out_i.copy_to_host()
+
+
+def range_search(engine, prepared, radius, n_probes, keep_words, n_threads,
+                 int_filter="auto"):
+    """:func:`ivfsq.backends.cpu.search.range_search` on the device: per
+    query, the rows of its probed lists within ``radius`` (internal
+    distance), scored on the codes, or on the precise store where there is
+    one. CSR arrays ``offsets``, ``ids`` and distances, each query's results
+    sorted by (distance, id). ``int_filter`` is the CPU's and has no effect
+    here (the results do not depend on it)."""
+    lists = engine.lists  # one snapshot
+    if lists.size == 0:
+        return cpu.range_search(engine, prepared, radius, n_probes, keep_words, n_threads)
+    copy = device_lists(engine, lists)
+    n_probes = min(n_probes, engine.centers.shape[0])
+    block = prepare_block(engine, copy, prepared, n_probes, n_threads)
+    n_queries = prepared.shape[0]
+    filtered = keep_words is not None
+    words = (cuda.to_device(np.ascontiguousarray(keep_words)) if filtered
+             else _empty((1, 0), np.uint32))
+    exact = lists.precise is not None
+    precise_queries = (cuda.to_device(np.ascontiguousarray(prepared, dtype=np.float32)) if exact
+                       else _empty((0, prepared.shape[1]), np.float32))
+    counts = cuda.to_device(np.zeros((n_queries, n_probes), dtype=np.int64))
+    grid = (n_queries, n_probes), kernels.ROW_THREADS
+
+    def run(write, starts, out_ids, out_d):
+        kernels.range_rows[grid](
+            block.weights, block.consts, block.sq_norms, block.probes, copy.codes, copy.aux,
+            copy.ids, copy.offsets, copy.sizes, words, filtered, engine.kernel_metric,
+            engine.quantizer.bits, precise_queries, copy.precise, copy.half_bits,
+            copy.half_table, exact, np.float32(radius), write, counts, starts, out_ids, out_d)
+
+    no_starts = _empty((0, 0), np.int64)
+    run(False, no_starts, _empty((0,), np.int64), _empty((0,), np.float32))
+    per_probe = counts.copy_to_host()
+    starts = np.zeros(per_probe.size, dtype=np.int64)
+    np.cumsum(per_probe.ravel()[:-1], out=starts[1:])
+    total = int(per_probe.sum())
+    ids = cuda.device_array(max(total, 1), dtype=np.int64)
+    distances = cuda.device_array(max(total, 1), dtype=np.float32)
+    counts.copy_to_device(np.zeros_like(per_probe))
+    run(True, cuda.to_device(starts.reshape(per_probe.shape)), ids, distances)
+    ids = ids.copy_to_host()[:total]
+    distances = distances.copy_to_host()[:total]
+    per_query = per_probe.sum(axis=1)
+    offsets = np.zeros(n_queries + 1, dtype=np.int64)
+    np.cumsum(per_query, out=offsets[1:])
+    owner = np.repeat(np.arange(n_queries), per_query)
+    order = np.lexsort((ids, distances, owner))
+    return offsets, ids[order], distances[order]
 
 
 def one_query(engine, plan, lists, k, n_probes, refine_ratio=None):
