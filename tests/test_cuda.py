@@ -383,6 +383,24 @@ def test_index_moves_between_host_and_device(data, tmp_path):
     np.testing.assert_array_equal(ivf_sq.search(params, index, queries, 5)[1], expected[1])
 
 
+def test_single_queries_follow_the_index_to_the_device(data, monkeypatch):
+    index = _index(data)
+    params = ivf_sq.SearchParams(n_probes=3)
+    query = data[1][:1]
+    expected = ivf_sq.search(params, index, query, 5)  # makes the CPU's one-query runner
+    calls = []
+    search_block = gpu_search.search_block
+    monkeypatch.setattr(gpu_search, "search_block",
+                        lambda *args: calls.append(1) or search_block(*args))
+    index.to_device()
+    assert_same_results(expected, ivf_sq.search(params, index, query, 5))
+    assert calls
+    index.to_host()
+    calls.clear()
+    np.testing.assert_array_equal(ivf_sq.search(params, index, query, 5)[1], expected[1])
+    assert not calls
+
+
 def test_extend_with_device_vectors_encodes_them_there(data):
     host = _index(data, add_data_on_build=False)
     device = _index(data, add_data_on_build=False)

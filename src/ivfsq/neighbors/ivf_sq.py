@@ -383,8 +383,6 @@ def extend(index, new_vectors, new_indices, resources=None):
     new_vectors = check_matrix("new_vectors", new_vectors, dim=index.dim, allow_empty=True)
     ids = None
     if new_indices is not None:
-        if _device.is_device_array(new_indices):
-            new_indices = _device.to_host("new_indices", new_indices)
         ids = check_ids("new_indices", new_indices, new_vectors.shape[0])
     engine.add(new_vectors, ids, resolve_n_threads(resources), device=device)
     index._refresh_device_copy()
@@ -490,8 +488,6 @@ def remove(index, ids, resources=None):
     998
     """
     engine = _check_index(index)
-    if _device.is_device_array(ids):
-        ids = _device.to_host("ids", ids)
     ids = np.unique(check_id_list("ids", ids))
     removed = engine.remove(ids)
     index._refresh_device_copy()
@@ -790,7 +786,9 @@ def _search_one(search_params, index, queries, k, resources):
         except (TypeError, ValueError):
             return None  # the general path raises it
 
-    runner = engine.one_query((search_params, k, resources), make)
+    # The index's device is part of the key: to_device() after a CPU runner
+    # was made must not find it.
+    runner = engine.one_query((search_params, k, resources, index._device), make)
     if runner is None:
         return None
     distances, neighbors = runner.run(engine.prepare("queries", queries)[0])
