@@ -253,7 +253,7 @@ def test_one_query_over_many_rows_splits_its_rows_among_blocks(data):
 
 
 def test_splits_give_each_query_enough_threads_but_not_too_few_rows():
-    kcap, tpb = kernels.DEVICE_SHAPES[2]  # k up to 256: few threads per block
+    kcap, tpb = kernels.SHAPES[2]  # k up to 256: few threads per block
     # A big batch over many rows: split up to MIN_THREADS_PER_QUERY threads.
     assert gpu_search.n_splits(10_000, 1_000_000, tpb) * tpb >= gpu_search.MIN_THREADS_PER_QUERY
     # Few rows: no block gets fewer than MIN_ROWS_PER_THREAD rows a thread.
@@ -445,3 +445,37 @@ def test_cli_bench_runs_on_the_device(tmp_path, capsys):
     record = json.loads(out.read_text().splitlines()[0])
     assert record["device"] == "cuda" and 0.0 <= record["recall"] <= 1.0
     assert "device cuda" in capsys.readouterr().out
+
+
+def test_warm_up_on_the_device_is_refused_clearly_where_it_cannot_run(monkeypatch):
+    import ivfsq
+
+    with pytest.raises(ValueError, match="device must be one of 'cpu', 'cuda', got 'gpu'"):
+        ivfsq.warm_up(device="gpu")
+    monkeypatch.setattr(cuda_backend, "_unavailable_reason", lambda: "no CUDA GPU was found")
+    with pytest.raises(cuda_backend.DeviceUnavailableError, match="no CUDA GPU was found"):
+        ivfsq.warm_up(device="cuda")
+
+
+@pytest.mark.skipif(SIMULATED, reason="the simulator compiles nothing (and runs k=1024 for "
+                                      "minutes)")
+def test_nothing_compiles_on_the_device_after_a_warm_up(data):
+    import ivfsq
+
+    ivfsq.warm_up(device="cuda")
+
+    def compiled():
+        shaped = [factory(kcap, tpb) for factory in (kernels.scan_kernel, kernels.select_kernel,
+                                                     kernels.rerank_kernel)
+                  for kcap, tpb in kernels.SHAPES]
+        plain = [kernels.coarse_scores, kernels.scores_from_dots, kernels.nearest_centers,
+                 kernels.list_constants, kernels.encode_rows, kernels.range_rows]
+        return sum(len(kernel.overloads) for kernel in shaped + plain)
+
+    before = compiled()
+    index = _index(data, reorder=True, quantizer="sq4", metric="cosine")
+    index.to_device()
+    for k in (1, 10, 100, 500):
+        ivf_sq.search(ivf_sq.SearchParams(n_probes=5), index, data[1], k)
+    ivf_sq.range_search(ivf_sq.SearchParams(n_probes=5), index, data[1], 0.5)
+    assert compiled() == before

@@ -131,7 +131,7 @@ def _lifecycle(index, dataset, queries):
     return index
 
 
-def warm_up(*, progress=None, _part=(0, 1)):
+def warm_up(*, progress=None, device="cpu", _part=(0, 1)):
     """Compile (or load from numba's disk cache) every kernel variant that
     the library's operations use.
 
@@ -145,12 +145,22 @@ def warm_up(*, progress=None, _part=(0, 1)):
     ----------
     progress : callable, optional
         Called with a one-line description before each index is built.
+    device : {"cpu", "cuda"}, default = "cpu"
+        "cuda" compiles the GPU backend's kernels instead, every block
+        shape of them, by building, searching and re-ranking on the GPU.
+        numba-cuda keeps them in the process only, so a server calls this
+        at its start; the first GPU call then waits for nothing.
 
     Examples
     --------
     >>> import ivfsq
     >>> ivfsq.warm_up()  # doctest: +SKIP
     """
+    if device == "cuda":
+        _warm_up_gpu(progress)
+        return
+    if device != "cpu":
+        raise ValueError(f"device must be one of 'cpu', 'cuda', got {device!r}")
     # _part = (i, n): only the configurations of part i of n, for processes
     # that share the work (the package build); parts split by code width,
     # whose kernel variants differ.
@@ -177,3 +187,31 @@ def warm_up(*, progress=None, _part=(0, 1)):
         ivf_sq.tune(index, queries[:4], target_recall=0.5, k=2)
         brute_force_knn(dataset, queries, 4, metric=index.metric)
 
+
+
+def _warm_up_gpu(progress):
+    """:func:`warm_up` of the GPU backend. Its kernels' argument types do not
+    depend on the codec, metric or filter (those are run-time values), only
+    their block shapes on k: one index with and one without a precise store,
+    searched at each shape's largest k, reach every compiled variant."""
+    from ivfsq.backends.cuda import kernels
+    from ivfsq.common import Resources, resolve_device
+    from ivfsq.neighbors import ivf_sq, refine
+
+    gpu = Resources(device="cuda")
+    resolve_device(gpu)  # a clear error where no GPU backend runs
+    largest = kernels.SHAPES[-1][0]
+    rng = np.random.default_rng(0)
+    dataset = rng.standard_normal((largest + largest // 2, 16), dtype=np.float32)
+    queries = rng.standard_normal((2, 16), dtype=np.float32)
+    for reorder in (False, True):
+        if progress is not None:
+            progress(f"device=cuda, reorder={reorder}")
+        index = ivf_sq.build(ivf_sq.IndexParams(n_lists=4, kmeans_n_iters=1, reorder=reorder),
+                             dataset, resources=gpu)
+        for capacity, _ in kernels.SHAPES:
+            params = ivf_sq.SearchParams(n_probes=4, refine_ratio=1.0 if reorder else None)
+            ivf_sq.search(params, index, queries, capacity, resources=gpu)
+        ivf_sq.range_search(ivf_sq.SearchParams(n_probes=4), index, queries, 1.0,
+                            resources=gpu)
+    refine(dataset, queries, np.arange(8)[None].repeat(2, axis=0), 4, resources=gpu)

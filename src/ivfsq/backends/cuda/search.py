@@ -39,8 +39,9 @@ search_rows = cpu.search_rows
 # queries' rows are split among this many blocks in all.
 BLOCKS_PER_SM = 4
 # Threads a query's scan aims for at least: a larger k has fewer threads per
-# block (kernels.SHAPES), so its rows are split among more blocks.
-MIN_THREADS_PER_QUERY = 128
+# block (kernels.SHAPES), so its rows are split among more blocks. (On the
+# simulator, whose blocks are smaller, as many as its largest block.)
+MIN_THREADS_PER_QUERY = kernels.SHAPES[0][1] if config.ENABLE_CUDASIM else 128
 # Rows a scan thread takes at least: below this, splitting a query's rows
 # further costs more in the merge than it saves in the scan.
 MIN_ROWS_PER_THREAD = 16
