@@ -17,8 +17,12 @@
    every probed row) per second, as a fraction of the GPU's peak memory
    bandwidth (memory clock x bus width x 2).
 
-``--tiny`` runs the same steps on tiny data: on numba's CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``) that checks the script itself without a GPU.
+First it times ``ivfsq.warm_up(device="cuda")``, which compiles every GPU
+kernel (what a process's first GPU call would wait for).
+
+``--tiny`` runs the same steps on tiny data, without the warm-up: on numba's
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) that checks the script itself
+without a GPU.
 Prints one JSON object per measurement and writes them all to ``--out``.
 """
 
@@ -233,6 +237,14 @@ def main(argv=None):
     probes_sweep = [int(p) for p in args.probes.split(",")]
     info = device_info()
     emit(step="device", **info)
+    if not args.tiny:
+        # Compiling every GPU kernel: what the first GPU call of a process
+        # would otherwise wait for (the simulator compiles nothing).
+        import ivfsq
+
+        start = time.perf_counter()
+        ivfsq.warm_up(device="cuda")
+        emit(step="warm_up", seconds=time.perf_counter() - start)
     base, queries = make_blobs_lowrank(args.rows, args.dim, n_queries=args.queries, seed=0)
     start = time.perf_counter()
     truth = exact_on_gpu(base, queries, 10, "sqeuclidean")
