@@ -457,8 +457,7 @@ def test_warm_up_on_the_device_is_refused_clearly_where_it_cannot_run(monkeypatc
         ivfsq.warm_up(device="cuda")
 
 
-@pytest.mark.skipif(SIMULATED, reason="the simulator compiles nothing (and runs k=1024 for "
-                                      "minutes)")
+@pytest.mark.skipif(SIMULATED, reason="the simulator compiles nothing, and k=1024 is slow there")
 def test_nothing_compiles_on_the_device_after_a_warm_up(data):
     import ivfsq
 
