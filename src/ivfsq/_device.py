@@ -3,13 +3,15 @@ to the host, and returning results of the same kind as the input (output
 follows input: CuPy in, CuPy out; a PyTorch CUDA tensor in, tensors out;
 a numba device array in, numba device arrays out).
 
-Recognising needs nothing installed; reading and writing device memory
-needs numba-cuda (the ``gpu`` extra), imported only then.
+Recognising needs nothing installed; CuPy arrays and PyTorch tensors are
+read and written through their own libraries, other device arrays through
+numba-cuda (the ``gpu`` extra), imported only then.
 """
 
 import numpy as np
 
 from ivfsq.backends.cuda import check_available
+
 
 def is_device_array(value):
     """Whether ``value`` is a CUDA device array ivfsq reads: it has
