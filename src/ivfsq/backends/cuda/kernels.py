@@ -46,6 +46,12 @@ TILE = 16
 ROW_THREADS = 8 if config.ENABLE_CUDASIM else 128
 
 
+# The sizes of a selecting kernel's local and shared arrays (SHARED = KCAP *
+# TPB): each kernel made by _with_shape reads its own values from its
+# globals; these module-level zeros are never compiled into one.
+KCAP = TPB = SHARED = 0
+
+
 def shape_for(k):
     """The (KCAP, TPB) of :data:`SHAPES` for a top-``k`` (``k <= MAX_K``)."""
     for kcap, tpb in SHAPES:
