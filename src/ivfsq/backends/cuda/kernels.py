@@ -123,6 +123,16 @@ def _merge_block(local_d, local_k, shared_d, shared_k, kcap, tpb):
 
 
 @cuda.jit(device=True, inline="always")
+def _write_block_top(local_d, local_k, shared_d, shared_k, kcap, tpb, out_d, out_k, q, first,
+                     k):
+    # The block's merged top k (_merge_block) to out_*[q, first : first + k].
+    _merge_block(local_d, local_k, shared_d, shared_k, kcap, tpb)
+    for j in range(cuda.threadIdx.x, k, tpb):
+        out_d[q, first + j] = shared_d[j]
+        out_k[q, first + j] = shared_k[j]
+
+
+@cuda.jit(device=True, inline="always")
 def _is_kept(words, vid):
     # cuVS bitset: bit vid % 32 of word vid // 32 set means kept.
     word = vid >> 5
@@ -223,11 +233,8 @@ def _scan(weights, list_consts, q_sq, probes, codes, aux, ids, list_offsets, lis
                 continue
             dist = _code_distance(weights, q, base, query_sq, codes, row, aux, metric, bits)
             _offer(local_d, local_k, KCAP, dist, row if emit_rows else vid)
-    _merge_block(local_d, local_k, shared_d, shared_k, KCAP, TPB)
-    first = split * k
-    for j in range(t, k, TPB):
-        out_d[q, first + j] = shared_d[j]
-        out_k[q, first + j] = shared_k[j]
+    _write_block_top(local_d, local_k, shared_d, shared_k, KCAP, TPB, out_d, out_k, q,
+                     split * k, k)
 
 
 def _select(values, keys, k, out_d, out_k):
@@ -246,10 +253,7 @@ def _select(values, keys, k, out_d, out_k):
         key = j if implicit else keys[q, j]
         if key >= 0:
             _offer(local_d, local_k, KCAP, values[q, j], key)
-    _merge_block(local_d, local_k, shared_d, shared_k, KCAP, TPB)
-    for j in range(t, k, TPB):
-        out_d[q, j] = shared_d[j]
-        out_k[q, j] = shared_k[j]
+    _write_block_top(local_d, local_k, shared_d, shared_k, KCAP, TPB, out_d, out_k, q, 0, k)
 
 
 def _rerank(queries, precise, half_bits, half_table, candidate_rows, ids, metric, k, out_d,
@@ -272,10 +276,7 @@ def _rerank(queries, precise, half_bits, half_table, candidate_rows, ids, metric
             continue
         dist = _exact_distance(queries, q, precise, half_bits, half_table, row, metric)
         _offer(local_d, local_k, KCAP, np.float32(dist), ids[row])
-    _merge_block(local_d, local_k, shared_d, shared_k, KCAP, TPB)
-    for j in range(t, k, TPB):
-        out_d[q, j] = shared_d[j]
-        out_k[q, j] = shared_k[j]
+    _write_block_top(local_d, local_k, shared_d, shared_k, KCAP, TPB, out_d, out_k, q, 0, k)
 
 
 @cuda.jit
