@@ -19,8 +19,10 @@ engine's lists. Its module provides:
   with no filter, or None where the backend has no such shortcut for the
   plan.
 
-- ``encode(engine, vectors, labels) -> (codes, aux)``: optional; the
-  engine's own encoding (on the CPU) where a backend has none.
+- ``encode(engine, vectors, labels) -> (codes, aux)`` and
+  ``assign_nearest(vectors, centers, center_sq_norms, inner_product,
+  return_distances)``: optional; where a backend has none, the engine's
+  encoding and :func:`ivfsq.ivf.kmeans.assign_nearest` run on the CPU.
 
 Which backend runs a call is decided here, from ``Resources(device=...)``
 (or where the call's data lives, :func:`ivfsq.common.resolve_device`):
