@@ -42,6 +42,7 @@ from numba import config, cuda  # noqa: E402
 from ivfsq.backends.cuda import kernels  # noqa: E402
 from ivfsq.backends.cuda import search as gpu_search  # noqa: E402
 from ivfsq.common import Resources  # noqa: E402
+from ivfsq.data.groundtruth import recall_at_k  # noqa: E402
 from ivfsq.datasets import make_blobs_lowrank  # noqa: E402
 from ivfsq.neighbors import ivf_sq  # noqa: E402
 
@@ -110,11 +111,6 @@ def exact_on_gpu(base, queries, k, metric):
     return out_i
 
 
-def recall(found, truth, k=10):
-    hits = sum(len(set(f[:k]) & set(t[:k])) for f, t in zip(found, truth))
-    return hits / (len(truth) * k)
-
-
 def check_correctness(base, queries, n_lists, n_probes):
     configs = [
         dict(quantizer="sq8", metric="sqeuclidean"),
@@ -138,7 +134,8 @@ def check_build(base, queries, truth, n_lists, n_probes):
     search = ivf_sq.SearchParams(n_probes=n_probes)
     # k-means on the two devices rounds its sums differently, so the two
     # indexes may differ a little: their recall says whether it matters.
-    recalls = {name: recall(ivf_sq.search(search, index, queries, 10, resources=GPU)[1], truth)
+    recalls = {name: recall_at_k(ivf_sq.search(search, index, queries, 10, resources=GPU)[1],
+                                 truth, 10)
                for name, index in (("cpu_built", cpu_index), ("gpu_built", gpu_index))}
     emit(step="build", rows=len(base), n_lists=n_lists, cpu_build_s=cpu_s, gpu_build_s=gpu_s,
          n_probes=n_probes, recall_at_10_cpu_built=recalls["cpu_built"],
@@ -167,7 +164,7 @@ def check_search(index, queries, truth, probes_sweep, peak_gbs, repeat):
         rows = int(engine.lists.list_sizes[block.probes.copy_to_host()].sum())
         gbs = rows * code_bytes / scan_s / 1e9
         emit(step="search", n_probes=n_probes, queries=len(queries),
-             recall_at_10=recall(found, truth), batch_qps=len(queries) / batch_s,
+             recall_at_10=recall_at_k(found, truth, 10), batch_qps=len(queries) / batch_s,
              p50_ms=1e3 * float(np.median(singles)), scan_s=scan_s, scan_gbs=gbs,
              scan_bandwidth_fraction=None if peak_gbs is None else gbs / peak_gbs)
 
@@ -215,7 +212,7 @@ def check_cuvs(base, queries, truth, n_lists, probes_sweep, repeat):
         seconds, (_, found) = timed(lambda: cuvs_ivf_sq.search(params, index, queries_c, 10),
                                     repeat)
         emit(step="cuvs_ivf_sq", n_probes=n_probes, build_s=build_s,
-             recall_at_10=recall(cupy.asnumpy(cupy.asarray(found)), truth),
+             recall_at_10=recall_at_k(cupy.asnumpy(cupy.asarray(found)), truth, 10),
              batch_qps=len(queries) / seconds)
 
 

@@ -119,7 +119,8 @@ def test_coarse_probes_and_list_constants_equal_the_engine(data, metric):
     engine = index._engine
     queries = engine.internal(engine.prepare("q", data[1])[0])
     copy = gpu_search.device_lists(engine)
-    probes = gpu_search.coarse_probes(engine, copy, cuda.to_device(queries), 5, 1).copy_to_host()
+    probes = gpu_search.coarse_probes(engine, copy, cuda.to_device(queries), queries, 5,
+                                      1).copy_to_host()
     np.testing.assert_array_equal(probes, engine.coarse_probes(queries, 5, 1))
     consts = np.zeros(probes.shape, np.float32)
     sq_norms = np.zeros(len(queries), np.float32)

@@ -710,7 +710,8 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
         )
     engine = _check_index(index)
     given = queries
-    device = resolve_device(resources, _data_device(index, queries))
+    on_device = _device.is_device_array(queries)
+    device = resolve_device(resources, "cuda" if on_device else _data_device(index))
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     radius = check_float("radius", radius)
     n_queries = queries.shape[0]
@@ -727,7 +728,7 @@ def range_search(search_params, index, queries, radius, resources=None, filter=N
             resolve_n_threads(resources), int_filter=search_params.int_filter, device=device,
         )
         found = offsets, neighbors, metric.to_public(distances)
-    if _device.is_device_array(given):
+    if on_device:
         return tuple(_device.like(given, array) for array in found)
     return found
 
@@ -858,7 +859,8 @@ def search(
     _check_search_params(search_params)
     engine = _check_index(index)
     given = queries
-    device = resolve_device(resources, _data_device(index, queries))
+    on_device = _device.is_device_array(queries)
+    device = resolve_device(resources, "cuda" if on_device else _data_device(index))
     queries = check_matrix("queries", queries, dim=index.dim, allow_empty=True)
     k, refine_ratio = _check_k_refine(search_params, engine.lists, k)
     n_queries = queries.shape[0]
@@ -883,7 +885,6 @@ def search(
     # Given buffers are written and returned as they came (a DLPack,
     # array-interface or device array stays that object); without them,
     # device queries get device arrays of their own kind.
-    on_device = _device.is_device_array(given)
     if neighbors is not None:
         write_neighbors(out_i)
         out_i = neighbors

@@ -70,8 +70,9 @@ def refine(
     """
     metric = metrics.get(check_choice("metric", metric, METRICS))
     given_queries = queries
-    on_device = [_device.is_device_array(array) for array in (dataset, queries, candidates)]
-    device = resolve_device(resources, "cuda" if any(on_device) else "cpu")
+    queries_on_device = _device.is_device_array(queries)
+    on_device = queries_on_device or any(map(_device.is_device_array, (dataset, candidates)))
+    device = resolve_device(resources, "cuda" if on_device else "cpu")
     dataset = check_matrix("dataset", dataset)
     queries = check_matrix("queries", queries, dim=dataset.shape[1], allow_empty=True)
     candidates = _as_host_array("candidates", candidates)
@@ -135,12 +136,12 @@ def refine(
     if indices is not None:
         write_indices(out_i)
         out_i = indices
-    elif _device.is_device_array(given_queries):
+    elif queries_on_device:
         out_i = _device.like(given_queries, out_i)
     if distances is not None:
         write_distances(out_d)
         out_d = distances
-    elif _device.is_device_array(given_queries):
+    elif queries_on_device:
         out_d = _device.like(given_queries, out_d)
     return out_d, out_i
 

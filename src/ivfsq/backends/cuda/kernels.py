@@ -29,6 +29,7 @@ import math
 import numpy as np
 from numba import config, cuda, float32, int64
 
+from ivfsq.backends.cpu.kernels import score
 from ivfsq.backends.cpu.kernels.common import METRIC_IP, METRIC_L2
 
 #: (KCAP, TPB) of the selecting kernels on a GPU: local top-k capacity and
@@ -132,21 +133,10 @@ def _write_block_top(local_d, local_k, shared_d, shared_k, kcap, tpb, out_d, out
         out_k[q, first + j] = shared_k[j]
 
 
-@cuda.jit(device=True, inline="always")
-def _is_kept(words, vid):
-    # cuVS bitset: bit vid % 32 of word vid // 32 set means kept.
-    word = vid >> 5
-    return word < words.shape[0] and ((words[word] >> (vid & 31)) & 1) == 1
-
-
-@cuda.jit(device=True, inline="always")
-def _to_distance(metric, score, q_sq, aux_value):
-    # ivfsq.backends.cpu.kernels.score.score_to_distance.
-    if metric == METRIC_L2:
-        return q_sq + aux_value - np.float32(2.0) * score
-    if metric == METRIC_IP:
-        return -score
-    return np.float32(1.0) - aux_value * score
+# The CPU kernels' own scalar helpers, compiled for the device: the bitset
+# test and the score-to-distance rule are then one definition for both.
+_is_kept = cuda.jit(device=True, inline="always")(score.is_kept.py_func)
+_to_distance = cuda.jit(device=True, inline="always")(score.score_to_distance.py_func)
 
 
 @cuda.jit(device=True, inline="always")

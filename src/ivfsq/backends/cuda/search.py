@@ -163,11 +163,13 @@ def _nearest_centers(queries, centers, center_sq_norms, use_l2, k):
     return best, chosen
 
 
-def coarse_probes(engine, copy, queries, n_probes, n_threads):
+def coarse_probes(engine, copy, queries, host_queries, n_probes, n_threads):
     """Probed lists per query on the device, int64 (n_queries, n_probes),
-    best first (ties to the lower list), as the CPU's coarse step."""
+    best first (ties to the lower list), as the CPU's coarse step (which
+    selects them from ``host_queries`` where there are more than the
+    kernels select)."""
     if n_probes > kernels.MAX_K:
-        return cuda.to_device(engine.coarse_probes(queries.copy_to_host(), n_probes, n_threads))
+        return cuda.to_device(engine.coarse_probes(host_queries, n_probes, n_threads))
     return _nearest_centers(queries, copy.centers, copy.center_sq_norms,
                             engine.kernel_metric == METRIC_L2, n_probes)[1]
 
@@ -229,7 +231,7 @@ def prepare_block(engine, copy, prepared, n_probes, n_threads):
     host_queries = engine.internal(prepared, n_threads)
     n_queries = host_queries.shape[0]
     queries = cuda.to_device(np.ascontiguousarray(host_queries, dtype=np.float32))
-    probes = coarse_probes(engine, copy, queries, n_probes, n_threads)
+    probes = coarse_probes(engine, copy, queries, host_queries, n_probes, n_threads)
     consts = cuda.device_array((n_queries, n_probes), dtype=np.float32)
     sq_norms = cuda.device_array(n_queries, dtype=np.float32)
     blocks, threads = kernels.grid_2d(n_queries, n_probes)
