@@ -7,6 +7,8 @@ backend. The kernels' GPU compilation is checked by compiling them to PTX
 (tests/test_cuda_ptx.py). Skipped without numba-cuda (the ``gpu`` extra).
 """
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -28,6 +30,17 @@ from ivfsq.neighbors import filters, ivf_sq  # noqa: E402
 SIMULATED = kernels.SHAPES == kernels.SIMULATOR_SHAPES
 CPU = Resources(device="cpu")
 GPU = Resources(device="cuda")
+
+
+@pytest.fixture(autouse=True)
+def _short_gil_switch_interval():
+    # The simulator's block manager polls its threads in a loop that holds
+    # the GIL; at Python's default 5 ms switch interval a launch's threads
+    # could wait on it for tens of seconds at a time.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(interval)
 
 
 @pytest.fixture(scope="module")
